@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", streamjob_crds::crd_yaml());
+}
