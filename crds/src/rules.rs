@@ -32,10 +32,7 @@ fn spec_level_rules() -> Vec<Value> {
             "!has(self.pipeline) || self.pipeline.filter(s, has(s.window)).size() <= 1",
             "pipeline may contain at most one window stage",
         ),
-        rule(
-            &key_by_before_window_rule(MAX_STAGES),
-            "a window stage needs a keyBy stage before it in the pipeline",
-        ),
+        rule(&key_by_before_window_rule(MAX_STAGES), "a window stage needs a keyBy stage before it in the pipeline"),
     ]
 }
 
@@ -45,10 +42,7 @@ fn spec_level_rules() -> Vec<Value> {
 fn key_by_before_window_rule(max_stages: usize) -> String {
     let per_index: Vec<String> = (0..max_stages)
         .map(|i| {
-            let mut allowed = vec![
-                format!("size(self.pipeline) <= {i}"),
-                format!("!has(self.pipeline[{i}].window)"),
-            ];
+            let mut allowed = vec![format!("size(self.pipeline) <= {i}"), format!("!has(self.pipeline[{i}].window)")];
             allowed.extend((0..i).map(|j| format!("has(self.pipeline[{j}].keyBy)")));
             format!("({})", allowed.join(" || "))
         })

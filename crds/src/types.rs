@@ -5,6 +5,9 @@
 //! type they constrain; the lists and strings they touch are bounded so a real API server accepts
 //! the rules' estimated cost.
 
+// kube's derive takes one `printcolumn(...)` per column, which clippy reads as duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
@@ -43,13 +46,45 @@ pub const MAX_REPORTED_PARTITIONS: usize = 64;
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "What the job is doing now"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.ready", description = "Ready workers / desired workers"),
-    printcolumn(name = "Partitions", type_ = "integer", json_path = ".status.partitions", description = "Partitions of the source topics"),
-    printcolumn(name = "Lag", type_ = "integer", json_path = ".status.lag.total", description = "Records not yet processed, over all partitions"),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "What the job is doing now"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.ready",
+        description = "Ready workers / desired workers"
+    ),
+    printcolumn(
+        name = "Partitions",
+        type_ = "integer",
+        json_path = ".status.partitions",
+        description = "Partitions of the source topics"
+    ),
+    printcolumn(
+        name = "Lag",
+        type_ = "integer",
+        json_path = ".status.lag.total",
+        description = "Records not yet processed, over all partitions"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "Group", type_ = "string", json_path = ".status.consumerGroup", priority = "1", description = "Kafka consumer group"),
-    printcolumn(name = "Last Scale", type_ = "string", json_path = ".status.lastScale.summary", priority = "1", description = "The last scaling decision")
+    printcolumn(
+        name = "Group",
+        type_ = "string",
+        json_path = ".status.consumerGroup",
+        priority = "1",
+        description = "Kafka consumer group"
+    ),
+    printcolumn(
+        name = "Last Scale",
+        type_ = "string",
+        json_path = ".status.lastScale.summary",
+        priority = "1",
+        description = "The last scaling decision"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(transform = rules::spec_rules)]
@@ -655,10 +690,7 @@ fn default_scale_down_stabilization_seconds() -> i32 {
 
 impl Default for ScaleDownBehavior {
     fn default() -> Self {
-        Self {
-            stabilization_seconds: default_scale_down_stabilization_seconds(),
-            max_step: None,
-        }
+        Self { stabilization_seconds: default_scale_down_stabilization_seconds(), max_step: None }
     }
 }
 

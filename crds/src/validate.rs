@@ -43,8 +43,8 @@ pub fn openapi_schema() -> &'static Value {
 
 /// Parses one YAML document into a StreamJob, validating it as the API server would.
 pub fn parse_manifest(yaml: &str) -> Result<StreamJob, ManifestErrors> {
-    let value: Value = serde_yaml::from_str(yaml)
-        .map_err(|error| ManifestErrors(vec![format!("not a YAML document: {error}")]))?;
+    let value: Value =
+        serde_yaml::from_str(yaml).map_err(|error| ManifestErrors(vec![format!("not a YAML document: {error}")]))?;
     validate_value(&value)
 }
 
@@ -58,7 +58,9 @@ pub fn validate_value(value: &Value) -> Result<StreamJob, ManifestErrors> {
     if let Err(failures) = Validator::new().validate(openapi_schema(), value, None) {
         let messages = failures
             .iter()
-            .map(|failure| format!("{}: Invalid value: \"object\": {}", display_path(&failure.field_path), failure.message))
+            .map(|failure| {
+                format!("{}: Invalid value: \"object\": {}", display_path(&failure.field_path), failure.message)
+            })
             .collect();
         return Err(ManifestErrors(messages));
     }
@@ -145,7 +147,10 @@ fn check_structure(schema: &Value, value: &Value, path: &str, errors: &mut Vec<S
     }
     if flag(schema, "x-kubernetes-int-or-string") {
         if !(value.is_string() || value.is_i64() || value.is_u64()) {
-            errors.push(format!("{path}: Invalid value: \"{}\": {path} in body must be of type int-or-string", json_type_name(value)));
+            errors.push(format!(
+                "{path}: Invalid value: \"{}\": {path} in body must be of type int-or-string",
+                json_type_name(value)
+            ));
         }
         return;
     }
@@ -197,7 +202,9 @@ fn check_object(schema: &Value, fields: &serde_json::Map<String, Value>, path: &
         let field_path = child_path(path, name);
         match (properties.and_then(|p| p.get(name)), additional) {
             (Some(field_schema), _) => check_structure(field_schema, field, &field_path, errors),
-            (None, Some(map_values)) if map_values.is_object() => check_structure(map_values, field, &field_path, errors),
+            (None, Some(map_values)) if map_values.is_object() => {
+                check_structure(map_values, field, &field_path, errors)
+            }
             (None, Some(Value::Bool(true))) => {}
             (None, _) if preserves_unknown || is_root_metadata(path, name) => {}
             (None, _) => errors.push(format!("unknown field \"{field_path}\"")),
@@ -219,7 +226,10 @@ fn check_array(schema: &Value, items: &[Value], path: &str, errors: &mut Vec<Str
     }
     if let Some(min) = schema.get("minItems").and_then(Value::as_u64) {
         if (items.len() as u64) < min {
-            errors.push(format!("{path}: Invalid value: {}: {path} in body should have at least {min} items", items.len()));
+            errors.push(format!(
+                "{path}: Invalid value: {}: {path} in body should have at least {min} items",
+                items.len()
+            ));
         }
     }
     if let Some(item_schema) = schema.get("items") {
@@ -238,7 +248,8 @@ fn check_string(schema: &Value, text: &str, path: &str, errors: &mut Vec<String>
     }
     if let Some(min) = schema.get("minLength").and_then(Value::as_u64) {
         if length < min {
-            errors.push(format!("{path}: Invalid value: \"{text}\": {path} in body should be at least {min} chars long"));
+            errors
+                .push(format!("{path}: Invalid value: \"{text}\": {path} in body should be at least {min} chars long"));
         }
     }
     if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
@@ -256,12 +267,15 @@ fn check_number(schema: &Value, number: &serde_json::Number, path: &str, errors:
     };
     if let Some(min) = bound(schema, "minimum") {
         if value < min {
-            errors.push(format!("{path}: Invalid value: {number}: {path} in body should be greater than or equal to {min}"));
+            errors.push(format!(
+                "{path}: Invalid value: {number}: {path} in body should be greater than or equal to {min}"
+            ));
         }
     }
     if let Some(max) = bound(schema, "maximum") {
         if value > max {
-            errors.push(format!("{path}: Invalid value: {number}: {path} in body should be less than or equal to {max}"));
+            errors
+                .push(format!("{path}: Invalid value: {number}: {path} in body should be less than or equal to {max}"));
         }
     }
 }

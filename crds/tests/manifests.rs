@@ -24,7 +24,8 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn committed_crd_is_generated_from_the_types() {
-    let committed = std::fs::read_to_string(repo_root().join("crds/streamjob.yaml")).expect("crds/streamjob.yaml exists");
+    let committed =
+        std::fs::read_to_string(repo_root().join("crds/streamjob.yaml")).expect("crds/streamjob.yaml exists");
     assert!(
         committed == crd_yaml(),
         "crds/streamjob.yaml is stale: run `cargo run -q -p streamjob-operator -- crd > crds/streamjob.yaml`"
@@ -52,7 +53,8 @@ fn crd_declares_names_subresources_and_columns() {
         .flatten()
         .map(|c| (c.name.clone(), c.priority.unwrap_or(0)))
         .collect();
-    let expected = [("Phase", 0), ("Ready", 0), ("Partitions", 0), ("Lag", 0), ("Age", 0), ("Group", 1), ("Last Scale", 1)];
+    let expected =
+        [("Phase", 0), ("Ready", 0), ("Partitions", 0), ("Lag", 0), ("Age", 0), ("Group", 1), ("Last Scale", 1)];
     let expected: Vec<(String, i32)> = expected.iter().map(|(n, p)| (n.to_string(), *p)).collect();
     assert_eq!(columns, expected);
 }
@@ -94,7 +96,10 @@ fn every_cel_rule_compiles_and_fits_the_cost_budget() {
         let bound = comprehension_variables(text);
         let warnings: Vec<_> = analyze_rule(text, &spec, ScopeContext::CrdValidation)
             .into_iter()
-            .filter(|w| !(w.kind == WarningKind::WrongScope && bound.iter().any(|v| w.message.contains(&format!("variable '{v}'")))))
+            .filter(|w| {
+                !(w.kind == WarningKind::WrongScope
+                    && bound.iter().any(|v| w.message.contains(&format!("variable '{v}'"))))
+            })
             .collect();
         assert!(warnings.is_empty(), "rule at {path} ({text}) draws warnings: {warnings:?}");
     }
@@ -128,7 +133,8 @@ fn every_cel_rule_has_a_message() {
 #[test]
 fn every_example_validates() {
     let examples = yaml_files(&repo_root().join("examples"));
-    let names: Vec<String> = examples.iter().map(|p| p.file_name().expect("name").to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        examples.iter().map(|p| p.file_name().expect("name").to_string_lossy().into_owned()).collect();
     for required in ["wordcount.yaml", "clicks-per-user.yaml", "passthrough-exactly-once.yaml"] {
         assert!(names.iter().any(|n| n == required), "examples/{required} is missing");
     }
