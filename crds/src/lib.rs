@@ -2,6 +2,7 @@
 //! client-side validation that matches what the API server enforces.
 
 pub mod duration;
+pub mod kafka;
 mod rules;
 mod schema;
 pub mod types;
@@ -10,7 +11,7 @@ pub mod validate;
 use kube::{CustomResourceExt, ResourceExt};
 
 pub use types::*;
-pub use validate::{parse_manifest, validate_value, ManifestErrors};
+pub use validate::{parse_manifest, runtime_problems, validate_value, ManifestErrors};
 
 /// The CRD as the YAML committed in `crds/streamjob.yaml`.
 pub fn crd_yaml() -> String {

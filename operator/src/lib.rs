@@ -1,7 +1,16 @@
 //! The StreamJob operator: builds and reconciles each job's workers, measures lag and scales.
 
 pub mod builders;
+pub mod controller;
+pub mod http;
+pub mod kafka;
+pub mod metrics;
 pub mod render;
+pub mod run;
+pub mod status;
 
 /// Worker image used for jobs that name none, unless `--worker-image` says otherwise.
 pub const DEFAULT_WORKER_IMAGE: &str = concat!("ghcr.io/streamjob/streamjob-worker:", env!("CARGO_PKG_VERSION"));
+
+/// Annotation that makes the operator leave a job and its children untouched.
+pub const PAUSE_ANNOTATION: &str = "streamjob.io/pause-reconciliation";

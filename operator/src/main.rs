@@ -12,8 +12,47 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the operator against the cluster in KUBECONFIG or the in-cluster service account.
+    Run {
+        /// Namespace to watch; repeat for several. Without it, all namespaces.
+        #[arg(long = "namespace", env = "STREAMJOB_WATCH_NAMESPACES", value_delimiter = ',')]
+        namespaces: Vec<String>,
+        /// Worker image for jobs that name none.
+        #[arg(long, env = "STREAMJOB_WORKER_IMAGE", default_value = streamjob_operator::DEFAULT_WORKER_IMAGE)]
+        worker_image: String,
+        /// Address of /healthz, /readyz and /metrics.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        metrics_addr: std::net::SocketAddr,
+        /// Elect one active replica through a coordination.k8s.io Lease.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        leader_election: bool,
+        /// Name of the Lease.
+        #[arg(long, default_value = "streamjob-operator-leader")]
+        lease_name: String,
+        /// Namespace of the Lease (the operator's own).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
+        /// Seconds a leader's lease lasts without renewal: the longest hand-over time.
+        #[arg(long, default_value_t = 15)]
+        lease_duration_seconds: u64,
+        /// This replica's identity in the Lease.
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Log format.
+        #[arg(long, value_enum, default_value = "text", env = "STREAMJOB_LOG_FORMAT")]
+        log_format: LogFormat,
+        /// Log filter (tracing EnvFilter syntax), for example `info` or `streamjob_operator=debug`.
+        #[arg(long, default_value = "info", env = "STREAMJOB_LOG_LEVEL")]
+        log_level: String,
+    },
     /// Print the StreamJob CustomResourceDefinition (YAML).
     Crd,
     /// Print the Kubernetes objects a StreamJob manifest becomes, without a cluster.
@@ -37,9 +76,61 @@ fn read_input(path: &PathBuf) -> std::io::Result<String> {
     }
 }
 
+fn init_tracing(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn default_identity() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "streamjob-operator".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run {
+            namespaces,
+            worker_image,
+            metrics_addr,
+            leader_election,
+            lease_name,
+            lease_namespace,
+            lease_duration_seconds,
+            identity,
+            log_format,
+            log_level,
+        } => {
+            init_tracing(log_format, &log_level);
+            let options = streamjob_operator::run::RunOptions {
+                namespaces,
+                worker_image,
+                metrics_addr,
+                leader_election,
+                lease_name,
+                lease_namespace,
+                lease_duration_seconds,
+                identity: identity.unwrap_or_else(default_identity),
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("error: cannot start the async runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(streamjob_operator::run::run(options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!(%error, "operator stopped");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Crd => {
             print!("{}", streamjob_crds::crd_yaml());
             ExitCode::SUCCESS

@@ -1,0 +1,164 @@
+//! `streamjob-operator run`: leader election, the controllers, and the health/metrics server.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client};
+use kube_lease_manager::LeaseManagerBuilder;
+use streamjob_crds::StreamJob;
+
+use crate::controller::{error_policy, owned_apis, reconcile, record_phases, Context, ScaleDecisions};
+use crate::http::{serve, HealthState};
+use crate::kafka::KafkaGroupDeleter;
+use crate::metrics::Metrics;
+
+/// Settings of `run`.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Namespaces to watch; empty for all.
+    pub namespaces: Vec<String>,
+    pub worker_image: String,
+    pub metrics_addr: SocketAddr,
+    pub leader_election: bool,
+    pub lease_name: String,
+    pub lease_namespace: String,
+    pub lease_duration_seconds: u64,
+    /// This replica's identity in the lease (the pod name in a cluster).
+    pub identity: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Client(#[from] kube::Error),
+    #[error("leader election failed: {0}")]
+    LeaderElection(String),
+    #[error("lost the leader lease; exiting so that another replica takes over")]
+    LostLeadership,
+    #[error("the health server failed: {0}")]
+    Server(#[from] std::io::Error),
+}
+
+/// Runs until SIGTERM/SIGINT, or until leadership is lost.
+pub async fn run(options: RunOptions) -> Result<(), RunError> {
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = HealthState { metrics: metrics.clone(), ready: ready.clone() };
+    let server = tokio::spawn(serve(options.metrics_addr, health, shutdown_signal()));
+
+    let mut leadership = if options.leader_election {
+        let manager = LeaseManagerBuilder::new(client.clone(), &options.lease_name)
+            .with_namespace(&options.lease_namespace)
+            .with_identity(&options.identity)
+            .with_duration(options.lease_duration_seconds)
+            .with_grace(options.lease_duration_seconds.div_ceil(3).max(1))
+            .build()
+            .await
+            .map_err(|e| RunError::LeaderElection(e.to_string()))?;
+        let (receiver, _task) = manager.watch().await;
+        Some(receiver)
+    } else {
+        None
+    };
+    // A standby replica is healthy and ready: it serves probes while it waits for the lease.
+    ready.store(true, Ordering::Relaxed);
+
+    if let Some(receiver) = leadership.as_mut() {
+        tracing::info!(identity = %options.identity, lease = %options.lease_name, "waiting for the leader lease");
+        tokio::select! {
+            acquired = receiver.wait_for(|leading| *leading) => {
+                acquired.map_err(|e| RunError::LeaderElection(e.to_string()))?;
+            }
+            () = shutdown_signal() => return Ok(()),
+        }
+        tracing::info!(identity = %options.identity, "acquired the leader lease; reconciling");
+    }
+    metrics.leader.set(1);
+
+    let context = Arc::new(Context::new(
+        client.clone(),
+        Recorder::new(client.clone(), Reporter { controller: "streamjob-operator".into(), instance: Some(options.identity.clone()) }),
+        options.worker_image.clone(),
+        metrics.clone(),
+        Arc::new(ScaleDecisions::default()),
+        Arc::new(KafkaGroupDeleter::new(client.clone())),
+    ));
+    let scopes: Vec<Option<String>> =
+        if options.namespaces.is_empty() { vec![None] } else { options.namespaces.iter().cloned().map(Some).collect() };
+    let controllers = futures::future::join_all(scopes.into_iter().map(|ns| run_controller(client.clone(), ns, context.clone())));
+
+    let outcome = match leadership.as_mut() {
+        Some(receiver) => tokio::select! {
+            _ = controllers => Ok(()),
+            _ = receiver.wait_for(|leading| !*leading) => Err(RunError::LostLeadership),
+        },
+        None => {
+            controllers.await;
+            Ok(())
+        }
+    };
+    metrics.leader.set(0);
+    server.abort();
+    outcome
+}
+
+async fn run_controller(client: Client, namespace: Option<String>, context: Arc<Context>) {
+    let jobs: Api<StreamJob> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (stateful_sets, config_maps, services, budgets) = owned_apis(&client, namespace.as_deref());
+    let controller = Controller::new(jobs, watcher::Config::default())
+        .owns(stateful_sets, watcher::Config::default())
+        .owns(config_maps, watcher::Config::default())
+        .owns(services, watcher::Config::default())
+        .owns(budgets, watcher::Config::default())
+        .shutdown_on_signal();
+    let store = controller.store();
+    let metrics = context.metrics.clone();
+    let phase_gauge = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            let jobs = store.state();
+            record_phases(&metrics, jobs.iter().map(|job| job.as_ref()));
+        }
+    });
+    tracing::info!(namespace = namespace.as_deref().unwrap_or("<all>"), "watching StreamJobs");
+    controller
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile did not complete");
+            }
+        })
+        .await;
+    phase_gauge.abort();
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
