@@ -289,12 +289,17 @@ pub fn runtime_problems(job: &StreamJob) -> Vec<String> {
             if filter.op == crate::FilterOperator::Matches {
                 let pattern = filter.value.as_ref().and_then(Value::as_str).unwrap_or_default();
                 if let Err(error) = Regex::new(pattern) {
-                    problems.push(format!("spec.pipeline[{index}].filter.value: not a valid regular expression: {error}"));
+                    problems
+                        .push(format!("spec.pipeline[{index}].filter.value: not a valid regular expression: {error}"));
                 }
             }
         }
         if let Some(window) = &stage.window {
-            let durations = [("size", Some(&window.size)), ("slide", window.slide.as_ref()), ("allowedLateness", Some(&window.allowed_lateness))];
+            let durations = [
+                ("size", Some(&window.size)),
+                ("slide", window.slide.as_ref()),
+                ("allowedLateness", Some(&window.allowed_lateness)),
+            ];
             for (field, text) in durations {
                 if let Some(Err(error)) = text.map(|t| crate::duration::parse_duration(t)) {
                     problems.push(format!("spec.pipeline[{index}].window.{field}: {error}"));

@@ -408,3 +408,111 @@ fn build_volumes(job: &StreamJob) -> Vec<Volume> {
     }
     volumes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use streamjob_crds::parse_manifest;
+
+    fn job(extra_spec: &str) -> StreamJob {
+        let yaml = format!(
+            "apiVersion: streamjob.io/v1alpha1\nkind: StreamJob\nmetadata: {{name: j, namespace: ns}}\nspec:\n  \
+             source: {{bootstrapServers: 'k:9092', topics: [in]}}\n  sink: {{topic: out}}\n{extra_spec}"
+        );
+        parse_manifest(&yaml).expect("valid test job")
+    }
+
+    fn context(replicas: i32) -> BuildContext {
+        BuildContext { default_worker_image: "img:1".to_owned(), replicas }
+    }
+
+    fn pod_spec(children: &Children) -> &PodSpec {
+        children.stateful_set.spec.as_ref().and_then(|s| s.template.spec.as_ref()).expect("pod spec")
+    }
+
+    fn checksum(children: &Children) -> String {
+        let template = &children.stateful_set.spec.as_ref().expect("spec").template;
+        template.metadata.as_ref().and_then(|m| m.annotations.as_ref()).expect("annotations")
+            [CONFIG_CHECKSUM_ANNOTATION]
+            .clone()
+    }
+
+    #[test]
+    fn desired_replicas_follows_suspend_autoscaling_and_spec() {
+        let cases = [
+            ("  replicas: 3\n", None, 3),
+            ("  replicas: 3\n  suspend: true\n", None, 0),
+            ("  autoscaling: {minReplicas: 2, maxReplicas: 6}\n", None, 2),
+            ("  autoscaling: {minReplicas: 2, maxReplicas: 6}\n", Some(5), 5),
+            ("  autoscaling: {minReplicas: 2, maxReplicas: 6}\n", Some(9), 6),
+            ("  autoscaling: {minReplicas: 0, maxReplicas: 6}\n", Some(0), 0),
+            ("  autoscaling: {enabled: false, maxReplicas: 6}\n  replicas: 4\n", Some(1), 4),
+            ("  autoscaling: {maxReplicas: 6}\n  suspend: true\n", Some(5), 0),
+        ];
+        for (spec, decision, expected) in cases {
+            assert_eq!(desired_replicas(&job(spec), decision), expected, "{spec} with decision {decision:?}");
+        }
+    }
+
+    #[test]
+    fn every_container_runs_restricted() {
+        let children = build_children(&job(""), &context(1));
+        let pod = pod_spec(&children);
+        let pod_security = pod.security_context.as_ref().expect("pod security context");
+        assert_eq!(pod_security.run_as_non_root, Some(true));
+        assert_eq!(pod_security.seccomp_profile.as_ref().map(|p| p.type_.as_str()), Some("RuntimeDefault"));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        for container in &pod.containers {
+            assert_eq!(container.security_context, Some(restricted_container_security_context()));
+        }
+    }
+
+    #[test]
+    fn checksum_changes_exactly_when_the_worker_config_changes() {
+        let base = checksum(&build_children(&job(""), &context(1)));
+        assert_eq!(base, checksum(&build_children(&job(""), &context(4))), "replicas are not config");
+        assert_eq!(
+            base,
+            checksum(&build_children(&job("  podLabels: {a: b}\n"), &context(1))),
+            "pod labels are not config"
+        );
+        assert_ne!(base, checksum(&build_children(&job("  delivery: exactlyOnce\n"), &context(1))));
+        let with_stage = job("  pipeline:\n  - filter: {field: x, op: exists}\n");
+        assert_ne!(base, checksum(&build_children(&with_stage, &context(1))));
+    }
+
+    #[test]
+    fn credentials_come_from_the_secret_and_never_reach_the_config_map() {
+        let spec = "  env: [{name: EXTRA, value: '1'}]\n";
+        let mut job = job(spec);
+        job.spec.source.auth = Some(streamjob_crds::KafkaAuth {
+            mechanism: streamjob_crds::SaslMechanism::ScramSha256,
+            secret_ref: streamjob_crds::CredentialsSecretRef {
+                name: "kafka-secret".into(),
+                username_key: "user".into(),
+                password_key: "pass".into(),
+            },
+            tls: None,
+        });
+        let children = build_children(&job, &context(1));
+        let config = &children.config_map.data.as_ref().expect("data")[worker_paths::CONFIG_FILE_NAME];
+        assert!(!config.contains("STREAMJOB_KAFKA"), "no credential variables in the config");
+        let env = pod_spec(&children).containers[0].env.as_ref().expect("env");
+        let password = env.iter().find(|e| e.name == worker_paths::PASSWORD_ENV).expect("password env");
+        let selector = password.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).expect("secret ref");
+        assert_eq!((selector.name.as_str(), selector.key.as_str()), ("kafka-secret", "pass"));
+        assert!(password.value.is_none());
+        assert!(env.iter().any(|e| e.name == "EXTRA"), "the job's own env is kept");
+        assert!(env.iter().any(|e| e.name == worker_paths::POD_NAME_ENV));
+    }
+
+    #[test]
+    fn worker_config_is_the_job_with_the_group_resolved() {
+        let config = worker_config(&job("  replicas: 7\n  podLabels: {a: b}\n"));
+        assert_eq!(config.spec.source.consumer_group.as_deref(), Some("streamjob-ns-j"));
+        assert!(config.spec.pod_labels.is_empty());
+        let yaml = worker_config_yaml(&job(""));
+        let reparsed = parse_manifest(&yaml).expect("the worker config is itself a valid StreamJob");
+        assert_eq!(reparsed.spec.sink.topic, "out");
+    }
+}

@@ -122,6 +122,20 @@ impl Context {
         *count
     }
 
+    /// Counts a failed consumer-group deletion of the job with `uid`; returns the attempts so far.
+    fn record_deletion_failure(&self, uid: &str) -> u32 {
+        let Ok(mut attempts) = self.deletion_attempts.lock() else { return MAX_GROUP_DELETION_ATTEMPTS };
+        let count = attempts.entry(uid.to_owned()).or_insert(0);
+        *count += 1;
+        *count
+    }
+
+    fn forget_deletion(&self, uid: &str) {
+        if let Ok(mut attempts) = self.deletion_attempts.lock() {
+            attempts.remove(uid);
+        }
+    }
+
     fn record_success(&self, key: &(String, String)) {
         if let Ok(mut failures) = self.failures.lock() {
             failures.remove(key);
@@ -163,8 +177,14 @@ pub async fn reconcile(job: Arc<StreamJob>, context: Arc<Context>) -> Result<Act
     result
 }
 
+/// Publishes an event on the job. kube's recorder folds events with the same key into one
+/// series and keeps the first note, so the note's digest goes into `action` (which
+/// `kubectl describe` does not show): a repeated message counts up, a new one is a new event.
 async fn publish(context: &Context, job: &StreamJob, type_: EventType, reason: &str, action: &str, note: String) {
-    let event = Event { type_, reason: reason.to_owned(), note: Some(note), action: action.to_owned(), secondary: None };
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&note, &mut hasher);
+    let action = format!("{action}-{:08x}", std::hash::Hasher::finish(&hasher) as u32);
+    let event = Event { type_, reason: reason.to_owned(), note: Some(note), action, secondary: None };
     if let Err(error) = context.recorder.publish(&event, &job.object_ref(&())).await {
         tracing::warn!(job = %job.name_any(), %error, reason, "could not publish event");
     }
@@ -212,9 +232,10 @@ async fn reconcile_job(job: &StreamJob, context: &Context) -> Result<Action, Err
 
     let problems = config_problems(job);
     if !problems.is_empty() {
-        let already_reported = job.status.as_ref().is_some_and(|s| {
-            s.phase == Some(Phase::Failed) && s.observed_generation == job.metadata.generation
-        });
+        let already_reported = job
+            .status
+            .as_ref()
+            .is_some_and(|s| s.phase == Some(Phase::Failed) && s.observed_generation == job.metadata.generation);
         let observation = Observation { config_problem: Some(problems.join("; ")), ..Observation::default() };
         write_status(&jobs, job, compute_status(job, &observation, &now())).await?;
         if !already_reported {
@@ -226,10 +247,8 @@ async fn reconcile_job(job: &StreamJob, context: &Context) -> Result<Action, Err
 
     let decision = context.decisions.get(&namespace, &job.name_any());
     let desired = desired_replicas(job, decision);
-    let children = build_children(
-        job,
-        &BuildContext { default_worker_image: context.worker_image.clone(), replicas: desired },
-    );
+    let children =
+        build_children(job, &BuildContext { default_worker_image: context.worker_image.clone(), replicas: desired });
     let client = &context.client;
     apply_child(context, job, &Api::namespaced(client.clone(), &namespace), &children.config_map).await?;
     apply_child(context, job, &Api::namespaced(client.clone(), &namespace), &children.service).await?;
@@ -386,12 +405,7 @@ async fn finalize(job: &StreamJob, jobs: &Api<StreamJob>, context: &Context) -> 
             publish(context, job, EventType::Normal, "ConsumerGroupDeleted", "Delete", note).await;
         }
         Err(error) => {
-            let attempts = {
-                let mut attempts = context.deletion_attempts.lock().map_err(|_| Error::MissingNamespace(uid.clone()))?;
-                let count = attempts.entry(uid.clone()).or_insert(0);
-                *count += 1;
-                *count
-            };
+            let attempts = context.record_deletion_failure(&uid);
             if attempts < MAX_GROUP_DELETION_ATTEMPTS {
                 let note = format!(
                     "could not delete consumer group {group} (attempt {attempts} of {MAX_GROUP_DELETION_ATTEMPTS}): {error}"
@@ -405,9 +419,7 @@ async fn finalize(job: &StreamJob, jobs: &Api<StreamJob>, context: &Context) -> 
             publish(context, job, EventType::Warning, "ConsumerGroupNotDeleted", "Delete", note).await;
         }
     }
-    if let Ok(mut attempts) = context.deletion_attempts.lock() {
-        attempts.remove(&uid);
-    }
+    context.forget_deletion(&uid);
     remove_finalizer(jobs, job).await?;
     Ok(Action::await_change())
 }
@@ -427,7 +439,10 @@ pub fn record_phases<'a>(metrics: &Metrics, jobs: impl Iterator<Item = &'a Strea
 
 /// Type-erased children APIs used by `run`, kept here so the controller's owned types are in
 /// one place.
-pub fn owned_apis(client: &Client, namespace: Option<&str>) -> (Api<StatefulSet>, Api<ConfigMap>, Api<Service>, Api<PodDisruptionBudget>) {
+pub fn owned_apis(
+    client: &Client,
+    namespace: Option<&str>,
+) -> (Api<StatefulSet>, Api<ConfigMap>, Api<Service>, Api<PodDisruptionBudget>) {
     match namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
@@ -435,6 +450,8 @@ pub fn owned_apis(client: &Client, namespace: Option<&str>) -> (Api<StatefulSet>
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
         ),
-        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+        None => {
+            (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone()))
+        }
     }
 }

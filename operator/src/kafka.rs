@@ -16,11 +16,8 @@ use crate::controller::ConsumerGroupDeleter;
 
 fn secret_string(secret: &Secret, key: &str) -> Result<String, String> {
     let name = secret.name_any();
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|data| data.get(key))
-        .ok_or_else(|| format!("Secret {name} has no key {key}"))?;
+    let bytes =
+        secret.data.as_ref().and_then(|data| data.get(key)).ok_or_else(|| format!("Secret {name} has no key {key}"))?;
     String::from_utf8(bytes.0.clone()).map_err(|_| format!("Secret {name} key {key} is not UTF-8"))
 }
 
@@ -34,7 +31,8 @@ pub async fn source_client_config(client: &Client, job: &StreamJob) -> Result<Cl
     let mut ca = None;
     if let Some(auth) = &source.auth {
         let reference = &auth.secret_ref;
-        let secret = secrets.get(&reference.name).await.map_err(|e| format!("reading Secret {}: {e}", reference.name))?;
+        let secret =
+            secrets.get(&reference.name).await.map_err(|e| format!("reading Secret {}: {e}", reference.name))?;
         credentials = Some(Credentials {
             username: secret_string(&secret, &reference.username_key)?,
             password: secret_string(&secret, &reference.password_key)?,
@@ -64,7 +62,8 @@ impl KafkaGroupDeleter {
 
 /// Deletes `group` on the cluster `config` reaches.
 pub async fn delete_consumer_group(config: &ClientConfig, group: &str) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> = config.create().map_err(|e| format!("creating admin client: {e}"))?;
+    let admin: AdminClient<DefaultClientContext> =
+        config.create().map_err(|e| format!("creating admin client: {e}"))?;
     let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
     let results = admin.delete_groups(&[group], &options).await.map_err(|e| e.to_string())?;
     for result in results {

@@ -2,6 +2,7 @@
 
 pub mod builders;
 pub mod controller;
+pub mod fake_api;
 pub mod http;
 pub mod kafka;
 pub mod metrics;

@@ -83,7 +83,10 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
 
     let context = Arc::new(Context::new(
         client.clone(),
-        Recorder::new(client.clone(), Reporter { controller: "streamjob-operator".into(), instance: Some(options.identity.clone()) }),
+        Recorder::new(
+            client.clone(),
+            Reporter { controller: "streamjob-operator".into(), instance: Some(options.identity.clone()) },
+        ),
         options.worker_image.clone(),
         metrics.clone(),
         Arc::new(ScaleDecisions::default()),
@@ -91,7 +94,8 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     ));
     let scopes: Vec<Option<String>> =
         if options.namespaces.is_empty() { vec![None] } else { options.namespaces.iter().cloned().map(Some).collect() };
-    let controllers = futures::future::join_all(scopes.into_iter().map(|ns| run_controller(client.clone(), ns, context.clone())));
+    let controllers =
+        futures::future::join_all(scopes.into_iter().map(|ns| run_controller(client.clone(), ns, context.clone())));
 
     let outcome = match leadership.as_mut() {
         Some(receiver) => tokio::select! {

@@ -152,14 +152,25 @@ pub fn compute_status(job: &StreamJob, observation: &Observation<'_>, now: &Time
 
     if let Some(problem) = &observation.config_problem {
         set_condition(&mut conditions, CONFIG_VALID, false, "InvalidSpec", problem.clone(), generation, now);
-        set_condition(&mut conditions, READY, false, "InvalidSpec", "the spec cannot run; see ConfigValid".to_owned(), generation, now);
-        set_condition(&mut conditions, PROGRESSING, false, "InvalidSpec", "waiting for a spec change".to_owned(), generation, now);
-        return StreamJobStatus {
-            observed_generation: generation,
-            phase: Some(Phase::Failed),
-            conditions,
-            ..previous
-        };
+        set_condition(
+            &mut conditions,
+            READY,
+            false,
+            "InvalidSpec",
+            "the spec cannot run; see ConfigValid".to_owned(),
+            generation,
+            now,
+        );
+        set_condition(
+            &mut conditions,
+            PROGRESSING,
+            false,
+            "InvalidSpec",
+            "waiting for a spec change".to_owned(),
+            generation,
+            now,
+        );
+        return StreamJobStatus { observed_generation: generation, phase: Some(Phase::Failed), conditions, ..previous };
     }
     set_condition(&mut conditions, CONFIG_VALID, true, "Valid", "the spec is valid".to_owned(), generation, now);
 
@@ -183,7 +194,15 @@ pub fn compute_status(job: &StreamJob, observation: &Observation<'_>, now: &Time
         ),
     }
     if failures.is_empty() {
-        set_condition(&mut conditions, DEGRADED, false, "WorkersHealthy", "no worker is failing".to_owned(), generation, now);
+        set_condition(
+            &mut conditions,
+            DEGRADED,
+            false,
+            "WorkersHealthy",
+            "no worker is failing".to_owned(),
+            generation,
+            now,
+        );
     } else {
         let reason = if failures.iter().any(|f| f.contains("ImagePull") || f.contains("ErrImagePull")) {
             "ImagePullFailing"
@@ -199,7 +218,11 @@ pub fn compute_status(job: &StreamJob, observation: &Observation<'_>, now: &Time
         SUSPENDED,
         suspended,
         if suspended { "Suspended" } else { "Active" },
-        if suspended { "spec.suspend is true: no workers run".to_owned() } else { "the job is not suspended".to_owned() },
+        if suspended {
+            "spec.suspend is true: no workers run".to_owned()
+        } else {
+            "the job is not suspended".to_owned()
+        },
         generation,
         now,
     );
