@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use kube::core::cel::Validator;
+use kube::core::cel::{compile_schema, CompiledSchema, Validator};
 use kube::CustomResourceExt;
 use regex::Regex;
 use serde_json::Value;
@@ -41,6 +41,12 @@ pub fn openapi_schema() -> &'static Value {
     })
 }
 
+/// The CRD schema with its CEL rules compiled, once per process.
+fn compiled_schema() -> &'static CompiledSchema {
+    static COMPILED: OnceLock<CompiledSchema> = OnceLock::new();
+    COMPILED.get_or_init(|| compile_schema(openapi_schema()))
+}
+
 /// Parses one YAML document into a StreamJob, validating it as the API server would.
 pub fn parse_manifest(yaml: &str) -> Result<StreamJob, ManifestErrors> {
     let value: Value =
@@ -55,7 +61,7 @@ pub fn validate_value(value: &Value) -> Result<StreamJob, ManifestErrors> {
     if !errors.is_empty() {
         return Err(ManifestErrors(errors));
     }
-    if let Err(failures) = Validator::new().validate(openapi_schema(), value, None) {
+    if let Err(failures) = Validator::new().validate_compiled(compiled_schema(), value, None) {
         let messages = failures
             .iter()
             .map(|failure| {

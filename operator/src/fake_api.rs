@@ -214,6 +214,34 @@ impl FakeApiServer {
             .unwrap_or_else(|_| Response::new(Body::empty()))
     }
 
+    /// Serves the fake over HTTP on `listener` (for a client in another process), until the
+    /// process ends.
+    pub async fn serve_http(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let server = self.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = axum::body::to_bytes(body, usize::MAX).await.map(|b| b.to_vec()).unwrap_or_default();
+                let content_type = parts
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                let query = parts.uri.query().unwrap_or_default();
+                let (code, value) = server.respond(&parts.method, parts.uri.path(), query, &content_type, &body);
+                let status =
+                    axum::http::StatusCode::from_u16(code).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+                (
+                    status,
+                    [(http::header::CONTENT_TYPE, "application/json")],
+                    serde_json::to_vec(&value).unwrap_or_default(),
+                )
+            }
+        });
+        axum::serve(listener, app).await
+    }
+
     fn respond(&self, method: &Method, path: &str, query: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
         let mut state = self.lock();
         state.requests.push((method.clone(), format!("{path}?{query}")));
