@@ -105,4 +105,5 @@ async fn main() {
         None => println!("operator peak RSS: unavailable (no /proc/self/status)"),
     }
     let _ = server.kill();
+    let _ = server.wait();
 }
