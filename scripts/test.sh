@@ -15,7 +15,10 @@ echo "== cargo build (binaries the end-to-end tests run)"
 cargo build --workspace --bins --locked
 
 echo "== cargo test"
-cargo test --workspace --locked
+cargo test --workspace --exclude streamjob-e2e --locked
+
+echo "== end-to-end tests (a real API server when KUBEBUILDER_ASSETS or STREAMJOB_E2E_CLUSTER=1 is set)"
+cargo test -p streamjob-e2e --locked -- --nocapture --test-threads 1
 
 echo "== python tests (rendered objects, CRD, chart)"
 python3 -m pytest -q tests/python

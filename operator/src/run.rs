@@ -44,9 +44,13 @@ pub enum RunError {
     Server(#[from] std::io::Error),
 }
 
-/// Runs until SIGTERM/SIGINT, or until leadership is lost.
+/// Runs against the cluster in KUBECONFIG or the in-cluster service account.
 pub async fn run(options: RunOptions) -> Result<(), RunError> {
-    let client = Client::try_default().await?;
+    run_with_client(Client::try_default().await?, options).await
+}
+
+/// Runs until SIGTERM/SIGINT, or until leadership is lost.
+pub async fn run_with_client(client: Client, options: RunOptions) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let health = HealthState { metrics: metrics.clone(), ready: ready.clone() };

@@ -1,0 +1,228 @@
+//! The operator against a real API server (envtest convention; see `streamjob_e2e`): the CRD
+//! installs and enforces its rules, jobs become children, the scale subresource, suspend,
+//! observedGeneration, conditions, deletion, and leader election between two processes.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, CustomResourceExt, ResourceExt};
+use serde_json::json;
+use streamjob_crds::{parse_manifest, Phase, StreamJob};
+use streamjob_e2e::{api_server, eventually, repo_root, workspace_binary, ChildGuard};
+use streamjob_operator::run::{run_with_client, RunOptions};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn install_crd(client: &Client) -> anyhow::Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "streamjobs.streamjob.io",
+        &PatchParams::apply("streamjob-e2e").force(),
+        &Patch::Apply(StreamJob::crd()),
+    )
+    .await?;
+    eventually(WAIT, "the CRD to be Established", || async {
+        let crd = crds.get("streamjobs.streamjob.io").await.ok()?;
+        let established = crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
+        established.then_some(())
+    })
+    .await
+}
+
+async fn fresh_namespace(client: &Client, prefix: &str) -> anyhow::Result<String> {
+    let name = format!("{prefix}-{}", std::process::id());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+    namespaces.create(&PostParams::default(), &namespace).await?;
+    Ok(name)
+}
+
+fn example(file: &str) -> anyhow::Result<StreamJob> {
+    let text = std::fs::read_to_string(repo_root().join("examples").join(file))?;
+    Ok(parse_manifest(&text)?)
+}
+
+fn run_options(identity: &str, leader_election: bool, namespace: &str) -> RunOptions {
+    RunOptions {
+        namespaces: vec![namespace.to_owned()],
+        worker_image: "example.com/streamjob-worker:e2e".to_owned(),
+        metrics_addr: "127.0.0.1:0".parse().expect("address"),
+        leader_election,
+        lease_name: "streamjob-operator-leader".to_owned(),
+        lease_namespace: namespace.to_owned(),
+        lease_duration_seconds: 15,
+        identity: identity.to_owned(),
+    }
+}
+
+async fn stateful_set_replicas(sets: &Api<StatefulSet>, name: &str) -> Option<i32> {
+    sets.get_opt(name).await.ok().flatten()?.spec?.replicas
+}
+
+#[tokio::test]
+async fn operator_reconciles_jobs_on_a_real_api_server() -> anyhow::Result<()> {
+    let Some(env) = api_server().await? else { return Ok(()) };
+    let client = env.client.clone();
+    install_crd(&client).await?;
+    let namespace = fresh_namespace(&client, "sj-e2e").await?;
+    let jobs: Api<StreamJob> = Api::namespaced(client.clone(), &namespace);
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+
+    // The API server enforces the CEL rules: an invalid manifest is rejected with its message.
+    let invalid = std::fs::read_to_string(repo_root().join("examples/invalid/min-above-max.yaml"))?;
+    let invalid: serde_json::Value = serde_yaml::from_str(&invalid)?;
+    let rejected = jobs.create(&PostParams::default(), &serde_json::from_value(invalid)?).await;
+    let message = format!("{:?}", rejected.expect_err("the API server rejects minReplicas > maxReplicas"));
+    assert!(
+        message.contains("autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas"),
+        "{message}"
+    );
+
+    let controller = tokio::spawn(run_with_client(client.clone(), run_options("e2e", false, &namespace)));
+    let created = jobs.create(&PostParams::default(), &example("wordcount.yaml")?).await?;
+    let uid = created.uid().expect("uid");
+
+    // Children within 5 s, owned by the job.
+    let stateful_set = eventually(Duration::from_secs(5), "the StatefulSet", || async {
+        sets.get_opt("wordcount").await.ok().flatten()
+    })
+    .await?;
+    let owner = &stateful_set.metadata.owner_references.as_ref().expect("owner references")[0];
+    assert_eq!((owner.uid.as_str(), owner.kind.as_str(), owner.controller), (uid.as_str(), "StreamJob", Some(true)));
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    assert!(config_maps.get_opt("wordcount-config").await?.is_some());
+    assert_eq!(stateful_set.spec.as_ref().and_then(|s| s.replicas), Some(2));
+
+    // Status: observedGeneration and conditions true to the cluster.
+    let job = eventually(WAIT, "status.observedGeneration = 1", || async {
+        let job = jobs.get("wordcount").await.ok()?;
+        (job.status.as_ref()?.observed_generation == Some(1)).then_some(job)
+    })
+    .await?;
+    let status = job.status.expect("status");
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").expect("Ready condition");
+    let all_ready = status.ready_replicas == status.desired_replicas && status.desired_replicas > 0;
+    assert_eq!(ready.status == "True", all_ready, "Ready says what the StatefulSet shows: {ready:?}");
+    assert_eq!(status.conditions.iter().find(|c| c.type_ == "ConfigValid").map(|c| c.status.as_str()), Some("True"));
+
+    // The scale subresource drives spec.replicas, and the operator follows.
+    jobs.patch_scale("wordcount", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}}))).await?;
+    eventually(WAIT, "StatefulSet replicas 3", || async {
+        (stateful_set_replicas(&sets, "wordcount").await == Some(3)).then_some(())
+    })
+    .await?;
+    let scale = jobs.get_scale("wordcount").await?;
+    assert_eq!(scale.spec.and_then(|s| s.replicas), Some(3));
+    let selector = scale.status.map(|s| s.selector).unwrap_or_default();
+    eventually(WAIT, "status.selector", || async {
+        let scale = jobs.get_scale("wordcount").await.ok()?;
+        scale.status?.selector.filter(|s| s.contains("app.kubernetes.io/instance=wordcount"))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}; last selector {selector:?}"))?;
+
+    // Suspend: 0 workers, phase Suspended, observedGeneration follows.
+    jobs.patch("wordcount", &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": true}}))).await?;
+    eventually(WAIT, "StatefulSet replicas 0", || async {
+        (stateful_set_replicas(&sets, "wordcount").await == Some(0)).then_some(())
+    })
+    .await?;
+    eventually(WAIT, "phase Suspended at the new generation", || async {
+        let job = jobs.get("wordcount").await.ok()?;
+        let status = job.status.as_ref()?;
+        (status.phase == Some(Phase::Suspended) && status.observed_generation == job.metadata.generation).then_some(())
+    })
+    .await?;
+
+    // Deletion: children carry the owner reference; a full cluster's garbage collector removes them.
+    jobs.delete("wordcount", &DeleteParams::default()).await?;
+    if env.full_cluster {
+        eventually(Duration::from_secs(60), "children garbage-collected", || async {
+            sets.get_opt("wordcount").await.ok()?.is_none().then_some(())
+        })
+        .await?;
+    }
+    eventually(WAIT, "the job gone", || async { jobs.get_opt("wordcount").await.ok()?.is_none().then_some(()) })
+        .await?;
+    controller.abort();
+    Ok(())
+}
+
+/// `streamjob_operator_leader` from a process's /metrics.
+fn leader_metric(port: u16) -> Option<bool> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    let line = body.lines().find(|l| l.starts_with("streamjob_operator_leader "))?;
+    Some(line.ends_with(" 1"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn leader_election_hands_over_within_the_lease_duration() -> anyhow::Result<()> {
+    let Some(env) = api_server().await? else { return Ok(()) };
+    let client = env.client.clone();
+    install_crd(&client).await?;
+    let namespace = fresh_namespace(&client, "sj-leader").await?;
+    let binary = workspace_binary("streamjob-operator");
+    anyhow::ensure!(binary.exists(), "{} missing: run `cargo build --workspace --bins` first", binary.display());
+    let start = |identity: &str, port: u16| -> anyhow::Result<ChildGuard> {
+        let child = Command::new(&binary)
+            .args(["run", "--namespace", &namespace, "--lease-namespace", &namespace, "--identity", identity])
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}"), "--lease-duration-seconds", "15"])
+            .env("KUBECONFIG", &env.kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(ChildGuard(child))
+    };
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = Some(start("replica-a", port_a)?);
+    let _b = start("replica-b", port_b)?;
+
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
+    let holder = eventually(WAIT, "a lease holder", || async {
+        leases.get_opt("streamjob-operator-leader").await.ok()??.spec?.holder_identity
+    })
+    .await?;
+    let (leader_port, follower_port) = if holder == "replica-a" { (port_a, port_b) } else { (port_b, port_a) };
+    eventually(WAIT, "the leader metric", || async { (leader_metric(leader_port) == Some(true)).then_some(()) })
+        .await?;
+    assert_eq!(leader_metric(follower_port), Some(false), "only one replica leads");
+
+    let jobs: Api<StreamJob> = Api::namespaced(client.clone(), &namespace);
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+    jobs.create(&PostParams::default(), &example("wordcount.yaml")?).await?;
+    eventually(WAIT, "the leader to reconcile", || async { sets.get_opt("wordcount").await.ok()? }).await?;
+
+    // Kill the leader without letting it release the lease: the follower must take over once
+    // the lease expires (15 s), and then reconcile.
+    if holder == "replica-a" {
+        a.take();
+    } else {
+        drop(_b);
+    }
+    let survivor = if holder == "replica-a" { "replica-b" } else { "replica-a" };
+    eventually(Duration::from_secs(25), "the lease to move to the survivor", || async {
+        let lease = leases.get_opt("streamjob-operator-leader").await.ok()??;
+        (lease.spec?.holder_identity.as_deref() == Some(survivor)).then_some(())
+    })
+    .await?;
+    let mut second = example("wordcount.yaml")?;
+    second.metadata.name = Some("after-handover".into());
+    jobs.create(&PostParams::default(), &second).await?;
+    eventually(WAIT, "the new leader to reconcile", || async { sets.get_opt("after-handover").await.ok()? }).await?;
+    Ok(())
+}
