@@ -1,0 +1,87 @@
+{{/* Chart name, truncated to the 63 characters a label allows. */}}
+{{- define "streamjob-operator.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Release-qualified name. */}}
+{{- define "streamjob-operator.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels that select the operator pods. */}}
+{{- define "streamjob-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "streamjob-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Labels on every object. */}}
+{{- define "streamjob-operator.labels" -}}
+{{ include "streamjob-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* Annotations on every object, when any. */}}
+{{- define "streamjob-operator.annotations" -}}
+{{- with .Values.commonAnnotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{- define "streamjob-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "streamjob-operator.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "streamjob-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "streamjob-operator.workerImage" -}}
+{{- default (printf "ghcr.io/streamjob/streamjob-worker:%s" .Chart.AppVersion) .Values.workerImage -}}
+{{- end -}}
+
+{{/* The rules for StreamJobs and their children, shared by the ClusterRole and the Roles. */}}
+{{- define "streamjob-operator.jobRules" -}}
+- apiGroups: ["streamjob.io"]
+  resources: ["streamjobs"]
+  verbs: ["get", "list", "watch", "patch", "update"]
+- apiGroups: ["streamjob.io"]
+  resources: ["streamjobs/status"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: ["streamjob.io"]
+  resources: ["streamjobs/scale"]
+  verbs: ["get"]
+# Owner references with blockOwnerDeletion need this where OwnerReferencesPermissionEnforcement is on.
+- apiGroups: ["streamjob.io"]
+  resources: ["streamjobs/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["apps"]
+  resources: ["statefulsets"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: [""]
+  resources: ["services", "configmaps"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+# Kafka credentials and CA bundles of jobs, for the lag probe and consumer-group deletion.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}

@@ -1,0 +1,167 @@
+"""The Helm chart, linted and rendered with the real Helm SDK, checked with kubernetes-validate."""
+
+import copy
+
+import helm_python
+import pytest
+import yaml
+
+from k8s import assert_valid, load_all, pod_spec_of, restricted_violations
+
+CHART = "charts/streamjob-operator"
+PROMETHEUS_OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
+
+ALL_ON = {
+    "metrics": {
+        "serviceMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+        "grafanaDashboard": {"enabled": True},
+    },
+    "networkPolicy": {"enabled": True},
+    "podDisruptionBudget": {"enabled": True},
+    "commonAnnotations": {"team": "platform"},
+    "extraEnv": [{"name": "EXTRA", "value": "1"}],
+    "image": {"repository": "registry.example.com/streamjob-operator", "pullSecrets": ["regcred"]},
+    "priorityClassName": "system-cluster-critical",
+}
+
+TOGGLES = {
+    "defaults": {},
+    "all-on": ALL_ON,
+    "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
+    "no-leader-election": {"leaderElection": {"enabled": False}, "replicaCount": 1},
+    "no-rbac": {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "existing"}},
+    "no-pdb-no-service": {"podDisruptionBudget": {"enabled": False}, "metrics": {"service": {"enabled": False}}},
+}
+
+
+@pytest.fixture(scope="module")
+def chart(root):
+    return helm_python.Chart.load(str(root / CHART))
+
+
+def render(chart, values):
+    manifests = chart.render(values, name="streamjob", namespace="streamjob-system", is_install=True)
+    objects = []
+    for path, text in manifests.items():
+        if path.endswith("NOTES.txt"):
+            continue
+        objects.extend(load_all(text))
+    return objects
+
+
+@pytest.mark.parametrize("toggle", ["defaults", "all-on"])
+def test_lint_is_clean_in_strict_mode(root, toggle):
+    report = helm_python.lint(str(root / CHART), TOGGLES[toggle], strict=True)
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["errors"] == [] and problems == [], report
+
+
+@pytest.mark.parametrize("toggle", sorted(TOGGLES))
+def test_every_rendered_object_is_valid(chart, toggle):
+    objects = render(chart, TOGGLES[toggle])
+    assert objects, "the chart renders objects"
+    for obj in objects:
+        if obj["kind"] in PROMETHEUS_OPERATOR_KINDS:
+            assert obj["apiVersion"] == "monitoring.coreos.com/v1" and obj["spec"]
+            continue
+        assert_valid(obj)
+
+
+@pytest.mark.parametrize("toggle", sorted(TOGGLES))
+def test_operator_pod_meets_the_restricted_standard(chart, toggle):
+    (deployment,) = [o for o in render(chart, TOGGLES[toggle]) if o["kind"] == "Deployment"]
+    pod_spec = pod_spec_of(deployment)
+    assert restricted_violations(pod_spec) == []
+    container = pod_spec["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_worker_pods_of_every_example_meet_the_restricted_standard(operator_bin, root):
+    import subprocess
+
+    for example in sorted((root / "examples").glob("*.yaml")):
+        rendered = subprocess.run([str(operator_bin), "render", "-f", str(example)], capture_output=True, text=True, check=True)
+        for obj in load_all(rendered.stdout):
+            spec = pod_spec_of(obj)
+            if spec is not None:
+                assert restricted_violations(spec) == [], example.name
+
+
+def rbac_rules(objects):
+    for obj in objects:
+        if obj["kind"] in ("ClusterRole", "Role"):
+            for rule in obj["rules"]:
+                yield obj, rule
+
+
+@pytest.mark.parametrize("toggle", sorted(TOGGLES))
+def test_rbac_has_no_wildcards(chart, toggle):
+    for obj, rule in rbac_rules(render(chart, TOGGLES[toggle])):
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule.get(field, []), (obj["metadata"]["name"], rule)
+
+
+def test_rbac_is_as_narrow_as_the_operator_needs(chart):
+    (cluster_role,) = [o for o in render(chart, {}) if o["kind"] == "ClusterRole"]
+    granted = {(group, resource): set(rule["verbs"]) for rule in cluster_role["rules"]
+               for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert granted[("", "secrets")] == {"get"}
+    assert granted[("", "pods")] == {"get", "list", "watch"}
+    assert granted[("events.k8s.io", "events")] == {"create", "patch"}
+    assert granted[("streamjob.io", "streamjobs")] == {"get", "list", "watch", "patch", "update"}
+    assert ("streamjob.io", "streamjobs/status") in granted and ("streamjob.io", "streamjobs/scale") in granted
+    for verbs in granted.values():
+        assert "delete" not in verbs and "deletecollection" not in verbs
+
+
+def test_namespaced_mode_renders_roles_not_cluster_roles(chart):
+    objects = render(chart, TOGGLES["namespaced"])
+    kinds = [o["kind"] for o in objects]
+    assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
+    job_roles = {o["metadata"]["namespace"] for o in objects if o["kind"] == "Role" and not o["metadata"]["name"].endswith("leader-election")}
+    assert job_roles == {"team-a", "team-b"}
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"replicaCount": "two"}, "replicaCount"),
+    ({"logFormat": "xml"}, "logFormat"),
+    ({"image": {"repository": "x", "pullPolicy": "Sometimes"}}, "pullPolicy"),
+    ({"watchNamespaces": "team-a"}, "watchNamespaces"),
+    ({"unknownSetting": True}, "unknownSetting"),
+])
+def test_bad_values_are_rejected_by_the_schema(chart, bad, message):
+    with pytest.raises(helm_python.HelmError) as raised:
+        chart.render(bad, name="streamjob", namespace="streamjob-system", is_install=True)
+    assert message in str(raised.value)
+
+
+def test_chart_crd_is_the_generated_crd(root):
+    assert (root / CHART / "crds" / "streamjob.yaml").read_bytes() == (root / "crds" / "streamjob.yaml").read_bytes()
+
+
+def test_alerts_and_dashboard_cover_what_operators_watch(chart):
+    objects = render(chart, ALL_ON)
+    (rule,) = [o for o in objects if o["kind"] == "PrometheusRule"]
+    alerts = {r["alert"] for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert alerts == {"StreamJobLagGrowing", "StreamJobDegraded", "StreamJobWorkerCrashLooping",
+                      "StreamJobAutoscalerDegraded", "StreamJobOperatorDown"}
+    lag = next(r for g in rule["spec"]["groups"] for r in g["rules"] if r["alert"] == "StreamJobLagGrowing")
+    assert lag["for"] == "10m"
+    (dashboard_map,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("dashboard")]
+    dashboard = yaml.safe_load(dashboard_map["data"]["streamjob.json"])
+    titles = " | ".join(p["title"] for p in dashboard["panels"]).lower()
+    for topic in ("lag", "desired vs ready", "records in / out", "latency", "dead-lettered", "reconcile errors"):
+        assert topic in titles, topic
+
+
+def test_defaults_run_two_replicas_with_leader_election(chart):
+    (deployment,) = [o for o in render(chart, {}) if o["kind"] == "Deployment"]
+    assert deployment["spec"]["replicas"] == 2
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--leader-election=true" in args
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":0.1.0")

@@ -1,0 +1,23 @@
+"""The container images' Dockerfiles, parsed with Docker's own parser (the `dockerfile` package)."""
+
+import dockerfile
+import pytest
+
+
+@pytest.mark.parametrize("component", ["operator", "worker"])
+def test_dockerfile_is_multi_stage_release_non_root_and_shell_free(root, component):
+    commands = dockerfile.parse_file(str(root / component / "Dockerfile"))
+    stages = [c for c in commands if c.cmd == "FROM"]
+    assert len(stages) >= 2, "multi-stage: a build stage and a runtime stage"
+    runtime_start = commands.index(stages[-1])
+    runtime = commands[runtime_start:]
+    build = commands[:runtime_start]
+    assert any(c.cmd == "RUN" and "cargo build --release --locked" in c.value[0] for c in build)
+    assert "distroless" in stages[-1].value[0], "minimal runtime image without a shell"
+    users = [c for c in runtime if c.cmd == "USER"]
+    assert users and users[-1].value[0].split(":")[0].isdigit(), "numeric USER"
+    assert users[-1].value[0].split(":")[0] != "0"
+    entrypoint = [c for c in runtime if c.cmd == "ENTRYPOINT"]
+    assert entrypoint and entrypoint[-1].json, "exec-form ENTRYPOINT: no shell needed at run time"
+    assert entrypoint[-1].value[0] == f"/usr/local/bin/streamjob-{component}"
+    assert not any(c.cmd == "RUN" for c in runtime), "nothing runs in the runtime stage"
