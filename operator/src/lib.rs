@@ -1,5 +1,6 @@
 //! The StreamJob operator: builds and reconciles each job's workers, measures lag and scales.
 
+pub mod autoscaler;
 pub mod builders;
 pub mod controller;
 pub mod fake_api;

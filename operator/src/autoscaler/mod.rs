@@ -1,0 +1,8 @@
+//! Lag-driven autoscaling: the pure policy, and the simulator that compares it with KEDA's
+//! Kafka scaler on an HPA.
+
+pub mod policy;
+pub mod simulator;
+
+#[cfg(test)]
+mod policy_tests;

@@ -1,0 +1,415 @@
+//! The scaling policy: a pure function from lag samples and decision history to a replica count
+//! and the reason for it, with the numbers.
+
+use std::collections::VecDeque;
+
+use streamjob_crds::{AutoscalingSpec, StartFrom};
+
+/// One partition at one measurement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PartitionSample {
+    pub topic: String,
+    pub partition: i32,
+    /// Low watermark (oldest retained offset).
+    pub low: i64,
+    /// High watermark (next offset to be written).
+    pub high: i64,
+    /// The group's committed offset; `None` when the group has none for this partition.
+    pub committed: Option<i64>,
+}
+
+impl PartitionSample {
+    /// Records the group has yet to process: high − committed, never negative; without a
+    /// commit, what `startFrom` would make it read (earliest: everything retained; latest: 0).
+    pub fn lag(&self, start_from: StartFrom) -> i64 {
+        match (self.committed, start_from) {
+            (Some(committed), _) => (self.high - committed).max(0),
+            (None, StartFrom::Earliest) => (self.high - self.low).max(0),
+            (None, StartFrom::Latest) => 0,
+        }
+    }
+}
+
+/// One lag measurement of all partitions of a job's source topics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LagSample {
+    /// Seconds on a monotonic clock.
+    pub at: f64,
+    pub partitions: Vec<PartitionSample>,
+}
+
+impl LagSample {
+    pub fn total_lag(&self, start_from: StartFrom) -> i64 {
+        self.partitions.iter().map(|p| p.lag(start_from)).sum()
+    }
+}
+
+/// The autoscaling settings with defaults resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub min_replicas: i32,
+    pub max_replicas: i32,
+    pub lag_threshold: i64,
+    pub activation_lag_threshold: i64,
+    pub target_catch_up_seconds: f64,
+    pub scale_up_stabilization_seconds: f64,
+    pub scale_up_max_step: Option<i32>,
+    pub scale_down_stabilization_seconds: f64,
+    pub scale_down_max_step: Option<i32>,
+    pub allow_idle_consumers: bool,
+    pub start_from: StartFrom,
+}
+
+impl Settings {
+    pub fn from_spec(spec: &AutoscalingSpec, start_from: StartFrom) -> Self {
+        Self {
+            min_replicas: spec.min_replicas,
+            max_replicas: spec.max_replicas,
+            lag_threshold: spec.lag_threshold.max(1),
+            activation_lag_threshold: spec.activation_lag_threshold,
+            target_catch_up_seconds: f64::from(spec.target_catch_up_seconds.max(1)),
+            scale_up_stabilization_seconds: f64::from(spec.scale_up.stabilization_seconds),
+            scale_up_max_step: spec.scale_up.max_step,
+            scale_down_stabilization_seconds: f64::from(spec.scale_down.stabilization_seconds),
+            scale_down_max_step: spec.scale_down.max_step,
+            allow_idle_consumers: spec.allow_idle_consumers,
+            start_from,
+        }
+    }
+}
+
+/// What the policy remembers between decisions.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    /// Recent samples, oldest first.
+    pub samples: VecDeque<LagSample>,
+    /// Recent recommendations (time, replicas), oldest first.
+    pub recommendations: VecDeque<(f64, i32)>,
+    /// Records per second one worker processes, measured while the group had a backlog.
+    pub capacity_per_replica: Option<f64>,
+    /// Since when the total lag has been 0.
+    pub zero_lag_since: Option<f64>,
+    /// Since when the workers have been settled (ready, no rollout, no rebalance); `None` while
+    /// they are not.
+    pub settled_since: Option<f64>,
+}
+
+impl History {
+    /// Whether a whole sampling interval has passed with settled workers: only then do lag and
+    /// rates describe the group rather than the last rebalance.
+    fn settled_interval(&self) -> bool {
+        let Some(since) = self.settled_since else { return false };
+        let n = self.samples.len();
+        n >= 2 && self.samples[n - 2].at >= since
+    }
+}
+
+/// Rates derived from the last two samples.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Rates {
+    /// Records produced per second, all partitions.
+    pub produce: f64,
+    /// Records committed per second, all partitions.
+    pub consume: f64,
+}
+
+/// A decision and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub replicas: i32,
+    pub reason: String,
+    /// A short label for metrics: `hold`, `scale-up`, `scale-down`, `steady`, `wake`, `to-zero`.
+    pub kind: &'static str,
+}
+
+/// The observed state of the workers when deciding.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Workers {
+    pub current: i32,
+    /// All current workers ready and no rollout under way.
+    pub settled: bool,
+}
+
+/// How many samples and recommendations are kept at most.
+const MAX_HISTORY: usize = 720;
+
+/// Partitions whose committed offset did not move over the last `window` samples while they had
+/// lag and others moved: a stuck consumer (poison record, hung processing). More workers do
+/// not help them, so their lag is left out of the scaling arithmetic (and named in the reason).
+pub fn stuck_partitions(samples: &VecDeque<LagSample>, start_from: StartFrom, window: usize) -> Vec<(String, i32)> {
+    if samples.len() < window + 1 {
+        return Vec::new();
+    }
+    let recent: Vec<&LagSample> = samples.iter().rev().take(window + 1).collect();
+    let (latest, oldest) = (recent[0], recent[window]);
+    let mut stuck = Vec::new();
+    let mut any_moved = false;
+    for partition in &latest.partitions {
+        let before =
+            oldest.partitions.iter().find(|p| p.topic == partition.topic && p.partition == partition.partition);
+        let Some(before) = before else { continue };
+        let moved = partition.committed != before.committed;
+        any_moved |= moved;
+        let always_lagging = recent.iter().all(|s| {
+            s.partitions
+                .iter()
+                .find(|p| p.topic == partition.topic && p.partition == partition.partition)
+                .is_some_and(|p| p.lag(start_from) > 0)
+        });
+        if !moved && partition.committed.is_some() && always_lagging {
+            stuck.push((partition.topic.clone(), partition.partition));
+        }
+    }
+    if any_moved {
+        stuck
+    } else {
+        Vec::new()
+    }
+}
+
+/// Produce and consume rates between the last two samples.
+pub fn rates(samples: &VecDeque<LagSample>) -> Option<Rates> {
+    let (previous, latest) = match samples.len() {
+        0 | 1 => return None,
+        n => (&samples[n - 2], &samples[n - 1]),
+    };
+    let seconds = latest.at - previous.at;
+    if seconds <= 0.0 {
+        return None;
+    }
+    let mut produced = 0i64;
+    let mut consumed = 0i64;
+    for partition in &latest.partitions {
+        let Some(before) =
+            previous.partitions.iter().find(|p| p.topic == partition.topic && p.partition == partition.partition)
+        else {
+            continue;
+        };
+        produced += (partition.high - before.high).max(0);
+        if let (Some(now), Some(then)) = (partition.committed, before.committed) {
+            consumed += (now - then).max(0);
+        }
+    }
+    Some(Rates { produce: produced as f64 / seconds, consume: consumed as f64 / seconds })
+}
+
+/// With `partitions` partitions, the replica counts that lower the most partitions any one
+/// worker holds: `ceil(P / L)` for each load `L`. For 12: 1, 2, 3, 4, 6, 12.
+pub fn efficient_counts(partitions: i32) -> Vec<i32> {
+    let mut counts: Vec<i32> = (1..=partitions.max(1)).map(|load| ceil_div(partitions.max(1), load)).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    counts
+}
+
+fn ceil_div(a: i32, b: i32) -> i32 {
+    (a + b - 1) / b
+}
+
+/// The smallest efficient count at least `wanted`, or the largest one within `limit`.
+fn efficient_at_least(wanted: i32, partitions: i32, limit: i32) -> i32 {
+    let counts = efficient_counts(partitions);
+    let up = counts.iter().copied().find(|&c| c >= wanted);
+    match up {
+        Some(count) if count <= limit => count,
+        _ => counts.iter().copied().filter(|&c| c <= limit).max().unwrap_or(limit),
+    }
+}
+
+/// Lag of a sample, leaving out the partitions in `excluded`.
+fn lag_excluding(sample: &LagSample, start_from: StartFrom, excluded: &[(String, i32)]) -> i64 {
+    sample
+        .partitions
+        .iter()
+        .filter(|p| !excluded.iter().any(|(t, n)| *t == p.topic && *n == p.partition))
+        .map(|p| p.lag(start_from))
+        .sum()
+}
+
+/// Records a sample into the history and updates the capacity estimate.
+pub fn observe(history: &mut History, sample: LagSample, workers: Workers, settings: &Settings) {
+    history.settled_since = match (workers.settled, history.settled_since) {
+        (false, _) => None,
+        (true, Some(since)) => Some(since),
+        (true, None) => Some(sample.at),
+    };
+    history.zero_lag_since = match (sample.total_lag(settings.start_from), history.zero_lag_since) {
+        (0, Some(since)) => Some(since),
+        (0, None) => Some(sample.at),
+        _ => None,
+    };
+    history.samples.push_back(sample);
+    while history.samples.len() > MAX_HISTORY {
+        history.samples.pop_front();
+    }
+    // A group whose consuming partitions had a backlog through a whole settled interval worked
+    // at full speed: its consume rate per worker is its capacity. Partitions whose offsets did
+    // not move (idle or stuck) say nothing about speed.
+    let n = history.samples.len();
+    let backlog_throughout = n >= 2 && {
+        let (before, after) = (&history.samples[n - 2], &history.samples[n - 1]);
+        let not_moving: Vec<(String, i32)> = after
+            .partitions
+            .iter()
+            .filter(|p| {
+                let previous = before.partitions.iter().find(|b| b.topic == p.topic && b.partition == p.partition);
+                previous.is_none_or(|b| b.committed == p.committed)
+            })
+            .map(|p| (p.topic.clone(), p.partition))
+            .collect();
+        lag_excluding(before, settings.start_from, &not_moving) > 0
+            && lag_excluding(after, settings.start_from, &not_moving) > 0
+    };
+    if !(backlog_throughout && history.settled_interval() && workers.current > 0) {
+        return;
+    }
+    if let Some(rates) = rates(&history.samples).filter(|r| r.consume > 0.0) {
+        let measured = rates.consume / f64::from(workers.current);
+        history.capacity_per_replica = Some(match history.capacity_per_replica {
+            Some(previous) => 0.5 * previous + 0.5 * measured,
+            None => measured,
+        });
+    }
+}
+
+/// The decision for now. Call [`observe`] with the newest sample first; the recommendation is
+/// recorded in `history` for stabilisation.
+pub fn decide(history: &mut History, workers: Workers, partitions: i32, settings: &Settings, now: f64) -> Decision {
+    let current = workers.current;
+    let Some(latest) = history.samples.back() else {
+        return hold(current, "no lag measurement yet".to_owned());
+    };
+    let start_from = settings.start_from;
+    if current > 0 && !(workers.settled && history.settled_interval()) {
+        return hold(current, "workers are starting or rebalancing; lag is not representative yet".to_owned());
+    }
+    let stuck = stuck_partitions(&history.samples, start_from, 3);
+    let total_lag = lag_excluding(latest, start_from, &stuck);
+    let all_lag = latest.total_lag(start_from);
+
+    if current == 0 {
+        if all_lag > settings.activation_lag_threshold {
+            let wake = settings.min_replicas.max(1);
+            return Decision {
+                replicas: wake,
+                reason: format!(
+                    "lag {all_lag} exceeds activationLagThreshold {}; waking from zero: 0 → {wake}",
+                    settings.activation_lag_threshold
+                ),
+                kind: "wake",
+            };
+        }
+        return Decision {
+            replicas: 0,
+            reason: format!(
+                "lag {all_lag} within activationLagThreshold {}; staying at zero",
+                settings.activation_lag_threshold
+            ),
+            kind: "steady",
+        };
+    }
+
+    let base = ceil_div_i64(total_lag, settings.lag_threshold);
+    let mut explanation =
+        format!("lag {total_lag} over {current} replicas, target {} per replica: base {base}", settings.lag_threshold);
+    let rates = rates(&history.samples);
+    let mut catch_up = 0;
+    if let (Some(rates), Some(capacity)) = (rates, history.capacity_per_replica) {
+        if capacity > 0.0 {
+            let needed_rate = total_lag as f64 / settings.target_catch_up_seconds + rates.produce;
+            catch_up = (needed_rate / capacity).ceil() as i32;
+            explanation.push_str(&format!(
+                "; input {:.0}/s, {:.0}/s per replica: catch-up within {}s needs {catch_up}",
+                rates.produce, capacity, settings.target_catch_up_seconds
+            ));
+        }
+    }
+    if !stuck.is_empty() {
+        let names: Vec<String> = stuck.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+        explanation.push_str(&format!("; left out stuck partitions {} (their offsets do not move)", names.join(", ")));
+    }
+    let mut wanted = base.max(catch_up).max(1);
+
+    let upper = if settings.allow_idle_consumers {
+        settings.max_replicas
+    } else {
+        settings.max_replicas.min(partitions.max(1))
+    };
+    let floor = settings.min_replicas.max(1).min(upper);
+    wanted = wanted.clamp(floor, upper.max(floor));
+    if !settings.allow_idle_consumers {
+        let efficient = efficient_at_least(wanted, partitions.max(1), upper.max(floor));
+        if efficient != wanted {
+            explanation.push_str(&format!("; {wanted} → {efficient} (efficient count for {partitions} partitions)"));
+        }
+        wanted = efficient.max(floor);
+    }
+
+    // Scale to zero only after the lag has been 0 for the whole scale-down window.
+    let zero_for = history.zero_lag_since.map(|since| now - since).unwrap_or(0.0);
+    if settings.min_replicas == 0 && all_lag == 0 && zero_for >= settings.scale_down_stabilization_seconds {
+        history.recommendations.push_back((now, 0));
+        history.settled_since = None;
+        let target = settings.scale_down_max_step.map_or(0, |step| (current - step).max(0));
+        return Decision {
+            replicas: target,
+            reason: format!(
+                "lag has been 0 for {zero_for:.0}s, the whole scale-down window ({}s): {current} → {target}",
+                settings.scale_down_stabilization_seconds
+            ),
+            kind: if target == 0 { "to-zero" } else { "scale-down" },
+        };
+    }
+
+    history.recommendations.push_back((now, wanted));
+    while history.recommendations.len() > MAX_HISTORY {
+        history.recommendations.pop_front();
+    }
+    let window_start = |seconds: f64| now - seconds;
+    let recent_max = |since: f64| history.recommendations.iter().filter(|(t, _)| *t >= since).map(|(_, r)| *r).max();
+    let recent_min = |since: f64| history.recommendations.iter().filter(|(t, _)| *t >= since).map(|(_, r)| *r).min();
+
+    let mut target = current;
+    if wanted > current {
+        let stable = recent_min(window_start(settings.scale_up_stabilization_seconds)).unwrap_or(wanted);
+        target = stable.max(current);
+        if let Some(step) = settings.scale_up_max_step {
+            target = target.min(current + step);
+        }
+    } else if wanted < current {
+        let stable = recent_max(window_start(settings.scale_down_stabilization_seconds)).unwrap_or(current);
+        target = stable.min(current);
+        if let Some(step) = settings.scale_down_max_step {
+            target = target.max(current - step);
+        }
+    }
+
+    if target != current {
+        // The change starts a rebalance: the next interval does not describe the group.
+        history.settled_since = None;
+    }
+    let kind = match target.cmp(&current) {
+        std::cmp::Ordering::Greater => "scale-up",
+        std::cmp::Ordering::Less if target == 0 => "to-zero",
+        std::cmp::Ordering::Less => "scale-down",
+        std::cmp::Ordering::Equal if wanted < current => "stabilizing",
+        std::cmp::Ordering::Equal => "steady",
+    };
+    let reason = match kind {
+        "stabilizing" => format!(
+            "{explanation}; holding {current}: scale-down waits until every recommendation over {}s allows it",
+            settings.scale_down_stabilization_seconds
+        ),
+        _ => format!("{explanation}; {current} → {target}"),
+    };
+    Decision { replicas: target, reason, kind }
+}
+
+fn ceil_div_i64(a: i64, b: i64) -> i32 {
+    let value = (a + b - 1) / b;
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+fn hold(current: i32, why: String) -> Decision {
+    Decision { replicas: current, reason: format!("holding {current}: {why}"), kind: "hold" }
+}

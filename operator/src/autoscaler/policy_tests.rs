@@ -1,0 +1,238 @@
+//! Table tests, one per rule of the policy.
+
+use streamjob_crds::StartFrom;
+
+use super::policy::*;
+
+fn settings() -> Settings {
+    Settings {
+        min_replicas: 1,
+        max_replicas: 12,
+        lag_threshold: 1000,
+        activation_lag_threshold: 0,
+        target_catch_up_seconds: 60.0,
+        scale_up_stabilization_seconds: 0.0,
+        scale_up_max_step: None,
+        scale_down_stabilization_seconds: 300.0,
+        scale_down_max_step: None,
+        allow_idle_consumers: false,
+        start_from: StartFrom::Earliest,
+    }
+}
+
+/// A sample of `partitions` partitions each with `lag_each` lag, committed at `committed`.
+fn sample(at: f64, partitions: i32, lag_each: i64, committed: i64) -> LagSample {
+    LagSample {
+        at,
+        partitions: (0..partitions)
+            .map(|p| PartitionSample {
+                topic: "t".into(),
+                partition: p,
+                low: 0,
+                high: committed + lag_each,
+                committed: Some(committed),
+            })
+            .collect(),
+    }
+}
+
+fn settled(current: i32) -> Workers {
+    Workers { current, settled: true }
+}
+
+/// A decision after two identical samples 10 s apart (one settled interval, no consumption).
+fn decide_once(lag_each: i64, partitions: i32, current: i32, settings: &Settings) -> Decision {
+    let mut history = History::default();
+    observe(&mut history, sample(0.0, partitions, lag_each, 100), settled(current), settings);
+    observe(&mut history, sample(10.0, partitions, lag_each, 100), settled(current), settings);
+    decide(&mut history, settled(current), partitions, settings, 10.0)
+}
+
+#[test]
+fn base_rule_is_lag_over_threshold_clamped_to_bounds_and_partitions() {
+    // (lag per partition, partitions, current, expected)
+    let cases = [
+        (0, 12, 1, 1),     // no lag: minReplicas
+        (250, 12, 1, 3),   // 3000 / 1000 = 3
+        (334, 12, 1, 6),   // 4008 → 5 → efficient 6
+        (5000, 12, 1, 12), // 60000 → 60, clamped to 12 partitions
+        (5000, 4, 1, 4),   // clamped to 4 partitions
+    ];
+    for (lag, partitions, current, expected) in cases {
+        let decision = decide_once(lag, partitions, current, &settings());
+        assert_eq!(decision.replicas, expected, "lag {lag} x {partitions}: {}", decision.reason);
+    }
+    let bounded = Settings { max_replicas: 3, ..settings() };
+    assert_eq!(decide_once(5000, 12, 1, &bounded).replicas, 3);
+    let idle_allowed = Settings { allow_idle_consumers: true, max_replicas: 20, ..settings() };
+    assert_eq!(decide_once(5000, 4, 1, &idle_allowed).replicas, 20, "allowIdleConsumers lifts the partition cap");
+}
+
+#[test]
+fn partitions_without_commits_count_per_start_from() {
+    let uncommitted = LagSample {
+        at: 0.0,
+        partitions: vec![PartitionSample { topic: "t".into(), partition: 0, low: 100, high: 5100, committed: None }],
+    };
+    assert_eq!(uncommitted.total_lag(StartFrom::Earliest), 5000);
+    assert_eq!(uncommitted.total_lag(StartFrom::Latest), 0);
+    let committed_past_high =
+        PartitionSample { topic: "t".into(), partition: 0, low: 0, high: 10, committed: Some(20) };
+    assert_eq!(committed_past_high.lag(StartFrom::Earliest), 0, "never negative");
+
+    let s = Settings { start_from: StartFrom::Latest, ..settings() };
+    let mut history = History::default();
+    let many = LagSample {
+        at: 0.0,
+        partitions: (0..12)
+            .map(|p| PartitionSample { topic: "t".into(), partition: p, low: 0, high: 1_000_000, committed: None })
+            .collect(),
+    };
+    observe(&mut history, many.clone(), settled(1), &s);
+    observe(&mut history, LagSample { at: 10.0, ..many }, settled(1), &s);
+    assert_eq!(decide(&mut history, settled(1), 12, &s, 10.0).replicas, 1, "a new group is no reason to jump to max");
+}
+
+#[test]
+fn only_efficient_counts_are_used() {
+    assert_eq!(efficient_counts(12), vec![1, 2, 3, 4, 6, 12]);
+    assert_eq!(efficient_counts(10), vec![1, 2, 3, 4, 5, 10]);
+    // (wanted via lag, expected): 5 workers for 12 partitions hold 3 at most, like 4; 6 hold 2.
+    // (lag per partition of 12, expected): 6004 wants 7 → 12; 5004 wants 6; 3996 wants 4.
+    for (lag_each, expected) in [(417, 6), (584, 12), (917, 12), (333, 4)] {
+        let decision = decide_once(lag_each, 12, 1, &settings());
+        assert_eq!(decision.replicas, expected, "{}", decision.reason);
+    }
+    let capped = Settings { max_replicas: 5, ..settings() };
+    assert_eq!(decide_once(600, 12, 1, &capped).replicas, 4, "a cap of 5 uses 4: the fifth takes no load off");
+    let one_short = decide_once(917, 12, 6, &settings());
+    assert_eq!(one_short.replicas, 12, "11 is never a target for 12 partitions: {}", one_short.reason);
+}
+
+#[test]
+fn catch_up_uses_measured_capacity_and_input_rate() {
+    // A high lagThreshold, so the base rule asks for 1 and the catch-up rule decides.
+    let s = Settings { lag_threshold: 100_000, ..settings() };
+    let mut history = History::default();
+    // 2 workers with a backlog throughout: committed advances 2000/s in all, lag grows.
+    observe(&mut history, sample(0.0, 12, 100, 0), settled(2), &s);
+    observe(&mut history, sample(10.0, 12, 2000, 20000 / 12), settled(2), &s);
+    let capacity = history.capacity_per_replica.expect("capacity measured while saturated");
+    assert!((capacity - 999.6).abs() < 1.0, "(20000/12)*12 records in 10 s by 2 workers: {capacity}");
+    let decision = decide(&mut history, settled(2), 12, &s, 10.0);
+    let rates = rates(&history.samples).expect("rates");
+    let needed = ((2400.0 / 60.0 + rates.produce) / capacity).ceil() as i32;
+    assert!(needed > 1, "the catch-up rule asks for more than the base rule here");
+    assert_eq!(decision.replicas, efficient_counts(12).into_iter().find(|&c| c >= needed).unwrap());
+    assert!(decision.reason.contains("catch-up within 60s needs"), "{}", decision.reason);
+}
+
+#[test]
+fn scale_up_is_immediate_and_scale_down_waits_for_the_window() {
+    let s = settings();
+    let mut history = History::default();
+    observe(&mut history, sample(0.0, 12, 500, 0), settled(1), &s);
+    assert_eq!(decide(&mut history, settled(1), 12, &s, 0.0).kind, "hold", "one sample is no interval");
+    observe(&mut history, sample(10.0, 12, 500, 0), settled(1), &s);
+    let up = decide(&mut history, settled(1), 12, &s, 10.0);
+    assert_eq!((up.replicas, up.kind), (6, "scale-up"), "{}", up.reason);
+
+    let mut t = 20.0;
+    let mut replicas = up.replicas;
+    while t < 310.0 {
+        observe(&mut history, sample(t, 12, 0, 6000 + t as i64), settled(replicas), &s);
+        let decision = decide(&mut history, settled(replicas), 12, &s, t);
+        assert_eq!(decision.replicas, 6, "at {t}s the window still holds the recommendation of 6");
+        let expected_kind = if t == 20.0 { "hold" } else { "stabilizing" };
+        assert_eq!(decision.kind, expected_kind, "at {t}s (after the scale-up, one interval to settle)");
+        replicas = decision.replicas;
+        t += 10.0;
+    }
+    observe(&mut history, sample(320.0, 12, 0, 7000), settled(replicas), &s);
+    let down = decide(&mut history, settled(replicas), 12, &s, 320.0);
+    assert_eq!((down.replicas, down.kind), (1, "scale-down"), "{}", down.reason);
+}
+
+#[test]
+fn max_step_limits_each_decision() {
+    let s = Settings {
+        scale_up_max_step: Some(2),
+        scale_down_max_step: Some(1),
+        scale_down_stabilization_seconds: 0.0,
+        ..settings()
+    };
+    assert_eq!(decide_once(5000, 12, 1, &s).replicas, 3);
+    assert_eq!(decide_once(0, 12, 6, &s).replicas, 5);
+}
+
+#[test]
+fn no_decision_while_a_rollout_is_in_progress() {
+    let s = settings();
+    let mut history = History::default();
+    observe(&mut history, sample(0.0, 12, 5000, 0), settled(2), &s);
+    let decision = decide(&mut history, Workers { current: 2, settled: false }, 12, &s, 0.0);
+    assert_eq!((decision.replicas, decision.kind), (2, "hold"));
+    let mut empty = History::default();
+    assert_eq!(decide(&mut empty, settled(3), 12, &s, 0.0).kind, "hold", "no sample, no decision");
+}
+
+#[test]
+fn scale_to_zero_only_after_a_full_window_of_zero_lag_and_wake_on_activation() {
+    let s = Settings { min_replicas: 0, activation_lag_threshold: 50, ..settings() };
+    let mut history = History::default();
+    for step in 0..=30 {
+        let t = f64::from(step) * 10.0;
+        observe(&mut history, sample(t, 12, 0, 100), settled(1), &s);
+        let decision = decide(&mut history, settled(1), 12, &s, t);
+        let expected = if t >= 300.0 { 0 } else { 1 };
+        if expected == 0 && decision.replicas == 0 {
+            break;
+        }
+        assert_eq!(decision.replicas, expected, "at {t}s: {}", decision.reason);
+    }
+    let mut asleep = History::default();
+    observe(&mut asleep, sample(0.0, 12, 4, 100), Workers { current: 0, settled: true }, &s);
+    assert_eq!(decide(&mut asleep, settled(0), 12, &s, 0.0).replicas, 0, "48 ≤ activation threshold 50");
+    observe(&mut asleep, sample(10.0, 12, 5, 100), Workers { current: 0, settled: true }, &s);
+    let wake = decide(&mut asleep, settled(0), 12, &s, 10.0);
+    assert_eq!((wake.replicas, wake.kind), (1, "wake"));
+    let s1 = Settings { min_replicas: 1, ..settings() };
+    let mut h = History::default();
+    for step in 0..40 {
+        observe(&mut h, sample(f64::from(step) * 10.0, 12, 0, 100), settled(1), &s1);
+        assert_eq!(
+            decide(&mut h, settled(1), 12, &s1, f64::from(step) * 10.0).replicas,
+            1,
+            "minReplicas 1 never scales to zero"
+        );
+    }
+}
+
+#[test]
+fn stuck_partitions_do_not_drive_scaling() {
+    let s = settings();
+    let mut history = History::default();
+    for step in 0..5 {
+        let t = f64::from(step) * 10.0;
+        let mut partitions: Vec<PartitionSample> = (1..12)
+            .map(|p| PartitionSample {
+                topic: "t".into(),
+                partition: p,
+                low: 0,
+                high: 1000 * i64::from(step),
+                committed: Some(1000 * i64::from(step)),
+            })
+            .collect();
+        partitions.push(PartitionSample {
+            topic: "t".into(),
+            partition: 0,
+            low: 0,
+            high: 50_000 + 1000 * i64::from(step),
+            committed: Some(10),
+        });
+        observe(&mut history, LagSample { at: t, partitions }, settled(2), &s);
+    }
+    let decision = decide(&mut history, settled(2), 12, &s, 40.0);
+    assert!(decision.reason.contains("stuck partitions t/0"), "{}", decision.reason);
+    assert!(decision.replicas <= 2, "more workers would not move a stuck partition: {}", decision.reason);
+}
