@@ -206,13 +206,25 @@ fn ceil_div(a: i32, b: i32) -> i32 {
     (a + b - 1) / b
 }
 
-/// The smallest efficient count at least `wanted`, or the largest one within `limit`.
-fn efficient_at_least(wanted: i32, partitions: i32, limit: i32) -> i32 {
-    let counts = efficient_counts(partitions);
-    let up = counts.iter().copied().find(|&c| c >= wanted);
-    match up {
-        Some(count) if count <= limit => count,
-        _ => counts.iter().copied().filter(|&c| c <= limit).max().unwrap_or(limit),
+/// Share of the wanted throughput an efficient count below `wanted` must still deliver to be
+/// chosen instead of the next one up.
+const ROUND_DOWN_SHARE: f64 = 0.8;
+
+/// The efficient count for `wanted`: the next one up, unless the one below still gives at least
+/// 80% of the wanted throughput (busiest worker load considered); never above `limit`.
+fn efficient_for(wanted: i32, partitions: i32, limit: i32) -> i32 {
+    let counts: Vec<i32> = efficient_counts(partitions).into_iter().filter(|&c| c <= limit).collect();
+    let below = counts.iter().copied().filter(|&c| c <= wanted).max();
+    let above = counts.iter().copied().find(|&c| c >= wanted);
+    // Throughput of r workers in worker-equivalents: P / (partitions on the busiest worker).
+    let throughput = |r: i32| f64::from(partitions) / f64::from(ceil_div(partitions, r));
+    let down_is_enough = |down: i32| throughput(down) >= ROUND_DOWN_SHARE * f64::from(wanted);
+    match (below, above) {
+        (_, Some(up)) if up == wanted => up,
+        (Some(down), Some(_)) if down_is_enough(down) => down,
+        (_, Some(up)) => up,
+        (Some(down), None) => down,
+        (None, None) => limit,
     }
 }
 
@@ -338,7 +350,7 @@ pub fn decide(history: &mut History, workers: Workers, partitions: i32, settings
     let floor = settings.min_replicas.max(1).min(upper);
     wanted = wanted.clamp(floor, upper.max(floor));
     if !settings.allow_idle_consumers {
-        let efficient = efficient_at_least(wanted, partitions.max(1), upper.max(floor));
+        let efficient = efficient_for(wanted, partitions.max(1), upper.max(floor));
         if efficient != wanted {
             explanation.push_str(&format!("; {wanted} → {efficient} (efficient count for {partitions} partitions)"));
         }
