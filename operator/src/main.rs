@@ -18,41 +18,60 @@ enum LogFormat {
     Text,
 }
 
+/// Flags of `run`.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Namespace to watch; repeat for several. Without it, all namespaces.
+    #[arg(long = "namespace", env = "STREAMJOB_WATCH_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Worker image for jobs that name none.
+    #[arg(long, env = "STREAMJOB_WORKER_IMAGE", default_value = streamjob_operator::DEFAULT_WORKER_IMAGE)]
+    worker_image: String,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: std::net::SocketAddr,
+    /// Elect one active replica through a coordination.k8s.io Lease.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, default_value = "streamjob-operator-leader")]
+    lease_name: String,
+    /// Namespace of the Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Seconds a leader's lease lasts without renewal: the longest hand-over time.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text", env = "STREAMJOB_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax), for example `info` or `streamjob_operator=debug`.
+    #[arg(long, default_value = "info", env = "STREAMJOB_LOG_LEVEL")]
+    log_level: String,
+}
+
+impl RunArgs {
+    fn into_options(self) -> streamjob_operator::run::RunOptions {
+        streamjob_operator::run::RunOptions {
+            namespaces: self.namespaces,
+            worker_image: self.worker_image,
+            metrics_addr: self.metrics_addr,
+            leader_election: self.leader_election,
+            lease_name: self.lease_name,
+            lease_namespace: self.lease_namespace,
+            lease_duration_seconds: self.lease_duration_seconds,
+            identity: self.identity.unwrap_or_else(default_identity),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the operator against the cluster in KUBECONFIG or the in-cluster service account.
-    Run {
-        /// Namespace to watch; repeat for several. Without it, all namespaces.
-        #[arg(long = "namespace", env = "STREAMJOB_WATCH_NAMESPACES", value_delimiter = ',')]
-        namespaces: Vec<String>,
-        /// Worker image for jobs that name none.
-        #[arg(long, env = "STREAMJOB_WORKER_IMAGE", default_value = streamjob_operator::DEFAULT_WORKER_IMAGE)]
-        worker_image: String,
-        /// Address of /healthz, /readyz and /metrics.
-        #[arg(long, default_value = "0.0.0.0:8080")]
-        metrics_addr: std::net::SocketAddr,
-        /// Elect one active replica through a coordination.k8s.io Lease.
-        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-        leader_election: bool,
-        /// Name of the Lease.
-        #[arg(long, default_value = "streamjob-operator-leader")]
-        lease_name: String,
-        /// Namespace of the Lease (the operator's own).
-        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-        lease_namespace: String,
-        /// Seconds a leader's lease lasts without renewal: the longest hand-over time.
-        #[arg(long, default_value_t = 15)]
-        lease_duration_seconds: u64,
-        /// This replica's identity in the Lease.
-        #[arg(long, env = "POD_NAME")]
-        identity: Option<String>,
-        /// Log format.
-        #[arg(long, value_enum, default_value = "text", env = "STREAMJOB_LOG_FORMAT")]
-        log_format: LogFormat,
-        /// Log filter (tracing EnvFilter syntax), for example `info` or `streamjob_operator=debug`.
-        #[arg(long, default_value = "info", env = "STREAMJOB_LOG_LEVEL")]
-        log_level: String,
-    },
+    Run(RunArgs),
     /// Print the StreamJob CustomResourceDefinition (YAML).
     Crd,
     /// Print the Kubernetes objects a StreamJob manifest becomes, without a cluster.
@@ -94,29 +113,9 @@ fn default_identity() -> String {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run {
-            namespaces,
-            worker_image,
-            metrics_addr,
-            leader_election,
-            lease_name,
-            lease_namespace,
-            lease_duration_seconds,
-            identity,
-            log_format,
-            log_level,
-        } => {
-            init_tracing(log_format, &log_level);
-            let options = streamjob_operator::run::RunOptions {
-                namespaces,
-                worker_image,
-                metrics_addr,
-                leader_election,
-                lease_name,
-                lease_namespace,
-                lease_duration_seconds,
-                identity: identity.unwrap_or_else(default_identity),
-            };
+        Command::Run(args) => {
+            init_tracing(args.log_format, &args.log_level);
+            let options = args.into_options();
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,
                 Err(error) => {
