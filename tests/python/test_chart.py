@@ -165,3 +165,12 @@ def test_defaults_run_two_replicas_with_leader_election(chart):
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--leader-election=true" in args
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":0.1.0")
+
+
+def test_the_leader_lease_belongs_to_the_release(chart):
+    objects = render(chart, {})
+    (lease,) = [o for o in objects if o["kind"] == "Lease"]
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--lease-name={lease['metadata']['name']}" in args, "helm uninstall removes the Lease the operator uses"
+    assert not [o for o in render(chart, TOGGLES["no-leader-election"]) if o["kind"] == "Lease"]
