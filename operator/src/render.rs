@@ -18,10 +18,10 @@ pub fn render_manifests(manifests: &str, default_worker_image: &str) -> Result<S
             replicas: desired_replicas(&job, None),
         };
         let children = build_children(&job, &context);
-        push_document(&mut output, "v1", "ConfigMap", &children.config_map);
-        push_document(&mut output, "v1", "Service", &children.service);
-        push_document(&mut output, "apps/v1", "StatefulSet", &children.stateful_set);
-        push_document(&mut output, "policy/v1", "PodDisruptionBudget", &children.pod_disruption_budget);
+        push_document(&mut output, &children.config_map);
+        push_document(&mut output, &children.service);
+        push_document(&mut output, &children.stateful_set);
+        push_document(&mut output, &children.pod_disruption_budget);
     }
     Ok(output)
 }
@@ -32,16 +32,12 @@ fn split_documents(stream: &str) -> impl Iterator<Item = &str> {
         .filter(|doc| doc.lines().any(|line| !line.trim().is_empty() && !line.trim_start().starts_with('#')))
 }
 
-/// k8s-openapi types serialize without `apiVersion`/`kind` when built by hand; add them.
-fn push_document<T: Serialize>(output: &mut String, api_version: &str, kind: &str, object: &T) {
-    let mut value = match serde_json::to_value(object) {
-        Ok(value) => value,
-        Err(error) => unreachable!("Kubernetes objects serialize to JSON: {error}"),
-    };
-    if let Some(map) = value.as_object_mut() {
-        map.insert("apiVersion".to_owned(), api_version.into());
-        map.insert("kind".to_owned(), kind.into());
+/// Appends one object as a YAML document (k8s-openapi writes `apiVersion` and `kind` itself).
+fn push_document<T: Serialize>(output: &mut String, object: &T) {
+    match serde_yaml::to_string(object) {
+        Ok(yaml) => {
+            let _ = write!(output, "---\n{yaml}");
+        }
+        Err(error) => unreachable!("Kubernetes objects serialize to YAML: {error}"),
     }
-    let yaml = serde_yaml::to_string(&value).unwrap_or_default();
-    let _ = write!(output, "---\n{yaml}");
 }
