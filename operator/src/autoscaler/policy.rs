@@ -39,6 +39,11 @@ pub struct LagSample {
 }
 
 impl LagSample {
+    /// The same partition as `other` in this sample.
+    pub fn same_partition(&self, other: &PartitionSample) -> Option<&PartitionSample> {
+        self.partitions.iter().find(|p| p.topic == other.topic && p.partition == other.partition)
+    }
+
     pub fn total_lag(&self, start_from: StartFrom) -> i64 {
         self.partitions.iter().map(|p| p.lag(start_from)).sum()
     }
@@ -145,17 +150,10 @@ pub fn stuck_partitions(samples: &VecDeque<LagSample>, start_from: StartFrom, wi
     let mut stuck = Vec::new();
     let mut any_moved = false;
     for partition in &latest.partitions {
-        let before =
-            oldest.partitions.iter().find(|p| p.topic == partition.topic && p.partition == partition.partition);
-        let Some(before) = before else { continue };
+        let Some(before) = oldest.same_partition(partition) else { continue };
         let moved = partition.committed != before.committed;
         any_moved |= moved;
-        let always_lagging = recent.iter().all(|s| {
-            s.partitions
-                .iter()
-                .find(|p| p.topic == partition.topic && p.partition == partition.partition)
-                .is_some_and(|p| p.lag(start_from) > 0)
-        });
+        let always_lagging = recent.iter().all(|s| s.same_partition(partition).is_some_and(|p| p.lag(start_from) > 0));
         if !moved && partition.committed.is_some() && always_lagging {
             stuck.push((partition.topic.clone(), partition.partition));
         }
@@ -180,9 +178,7 @@ pub fn rates(samples: &VecDeque<LagSample>) -> Option<Rates> {
     let mut produced = 0i64;
     let mut consumed = 0i64;
     for partition in &latest.partitions {
-        let Some(before) =
-            previous.partitions.iter().find(|p| p.topic == partition.topic && p.partition == partition.partition)
-        else {
+        let Some(before) = previous.same_partition(partition) else {
             continue;
         };
         produced += (partition.high - before.high).max(0);
@@ -263,10 +259,7 @@ pub fn observe(history: &mut History, sample: LagSample, workers: Workers, setti
         let not_moving: Vec<(String, i32)> = after
             .partitions
             .iter()
-            .filter(|p| {
-                let previous = before.partitions.iter().find(|b| b.topic == p.topic && b.partition == p.partition);
-                previous.is_none_or(|b| b.committed == p.committed)
-            })
+            .filter(|p| before.same_partition(p).is_none_or(|b| b.committed == p.committed))
             .map(|p| (p.topic.clone(), p.partition))
             .collect();
         lag_excluding(before, settings.start_from, &not_moving) > 0
