@@ -63,7 +63,8 @@ pub async fn api_server() -> anyhow::Result<Option<ApiServerEnv>> {
     start_local(&assets).await.map(Some)
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A loopback TCP port nothing listens on right now.
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

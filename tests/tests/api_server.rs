@@ -15,7 +15,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, CustomResourceExt, ResourceExt};
 use serde_json::json;
 use streamjob_crds::{parse_manifest, Phase, StreamJob};
-use streamjob_e2e::{api_server, eventually, repo_root, workspace_binary, ChildGuard};
+use streamjob_e2e::{api_server, eventually, free_port, repo_root, workspace_binary, ChildGuard};
 use streamjob_operator::run::{run_with_client, RunOptions};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -166,10 +166,6 @@ fn leader_metric(port: u16) -> Option<bool> {
     Some(line.ends_with(" 1"))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
-}
-
 #[tokio::test]
 async fn leader_election_hands_over_within_the_lease_duration() -> anyhow::Result<()> {
     let Some(env) = api_server().await? else { return Ok(()) };
@@ -188,7 +184,7 @@ async fn leader_election_hands_over_within_the_lease_duration() -> anyhow::Resul
             .spawn()?;
         Ok(ChildGuard(child))
     };
-    let (port_a, port_b) = (free_port(), free_port());
+    let (port_a, port_b) = (free_port()?, free_port()?);
     let mut a = Some(start("replica-a", port_a)?);
     let _b = start("replica-b", port_b)?;
 
