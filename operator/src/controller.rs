@@ -80,6 +80,31 @@ impl ScaleDecisions {
     }
 }
 
+/// Consecutive failures per key. The counts stay usable even if a holder panicked.
+struct Attempts<K>(Mutex<HashMap<K, u32>>);
+
+impl<K: Eq + std::hash::Hash> Attempts<K> {
+    fn new() -> Self {
+        Self(Mutex::default())
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<K, u32>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts one more failure; returns the failures so far.
+    fn record(&self, key: K) -> u32 {
+        let mut counts = self.counts();
+        let count = counts.entry(key).or_insert(0);
+        *count += 1;
+        *count
+    }
+
+    fn reset(&self, key: &K) {
+        self.counts().remove(key);
+    }
+}
+
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
@@ -89,9 +114,9 @@ pub struct Context {
     pub decisions: Arc<ScaleDecisions>,
     pub group_deleter: Arc<dyn ConsumerGroupDeleter>,
     /// Consecutive failures per job (namespace, name): the backoff exponent.
-    failures: Mutex<HashMap<(String, String), u32>>,
+    failures: Attempts<(String, String)>,
     /// Failed consumer-group deletions per job UID.
-    deletion_attempts: Mutex<HashMap<String, u32>>,
+    deletion_attempts: Attempts<String>,
 }
 
 impl Context {
@@ -110,35 +135,8 @@ impl Context {
             metrics,
             decisions,
             group_deleter,
-            failures: Mutex::default(),
-            deletion_attempts: Mutex::default(),
-        }
-    }
-
-    fn record_failure(&self, key: (String, String)) -> u32 {
-        let Ok(mut failures) = self.failures.lock() else { return 1 };
-        let count = failures.entry(key).or_insert(0);
-        *count += 1;
-        *count
-    }
-
-    /// Counts a failed consumer-group deletion of the job with `uid`; returns the attempts so far.
-    fn record_deletion_failure(&self, uid: &str) -> u32 {
-        let Ok(mut attempts) = self.deletion_attempts.lock() else { return MAX_GROUP_DELETION_ATTEMPTS };
-        let count = attempts.entry(uid.to_owned()).or_insert(0);
-        *count += 1;
-        *count
-    }
-
-    fn forget_deletion(&self, uid: &str) {
-        if let Ok(mut attempts) = self.deletion_attempts.lock() {
-            attempts.remove(uid);
-        }
-    }
-
-    fn record_success(&self, key: &(String, String)) {
-        if let Ok(mut failures) = self.failures.lock() {
-            failures.remove(key);
+            failures: Attempts::new(),
+            deletion_attempts: Attempts::new(),
         }
     }
 }
@@ -155,7 +153,7 @@ pub fn backoff(attempt: u32) -> Duration {
 
 /// kube-runtime's error policy: per-job exponential backoff.
 pub fn error_policy(job: Arc<StreamJob>, error: &Error, context: Arc<Context>) -> Action {
-    let attempt = context.record_failure(job_key(&job));
+    let attempt = context.failures.record(job_key(&job));
     let delay = backoff(attempt);
     tracing::warn!(job = %job.name_any(), namespace = ?job.namespace(), %error, attempt, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
@@ -168,7 +166,7 @@ pub async fn reconcile(job: Arc<StreamJob>, context: Arc<Context>) -> Result<Act
     let error_reason = result.as_ref().err().map(Error::reason);
     context.metrics.observe_reconcile(started.elapsed(), error_reason.as_deref());
     match &result {
-        Ok(_) => context.record_success(&job_key(&job)),
+        Ok(_) => context.failures.reset(&job_key(&job)),
         Err(error) => {
             let note = format!("reconcile failed, will retry with backoff: {error}");
             publish(&context, &job, EventType::Warning, "ReconcileError", "Reconcile", note).await;
@@ -405,7 +403,7 @@ async fn finalize(job: &StreamJob, jobs: &Api<StreamJob>, context: &Context) -> 
             publish(context, job, EventType::Normal, "ConsumerGroupDeleted", "Delete", note).await;
         }
         Err(error) => {
-            let attempts = context.record_deletion_failure(&uid);
+            let attempts = context.deletion_attempts.record(uid.clone());
             if attempts < MAX_GROUP_DELETION_ATTEMPTS {
                 let note = format!(
                     "could not delete consumer group {group} (attempt {attempts} of {MAX_GROUP_DELETION_ATTEMPTS}): {error}"
@@ -419,7 +417,7 @@ async fn finalize(job: &StreamJob, jobs: &Api<StreamJob>, context: &Context) -> 
             publish(context, job, EventType::Warning, "ConsumerGroupNotDeleted", "Delete", note).await;
         }
     }
-    context.forget_deletion(&uid);
+    context.deletion_attempts.reset(&uid);
     remove_finalizer(jobs, job).await?;
     Ok(Action::await_change())
 }
