@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
@@ -432,24 +431,5 @@ pub fn record_phases<'a>(metrics: &Metrics, jobs: impl Iterator<Item = &'a Strea
     for phase in ["Pending", "Running", "Scaling", "Suspended", "Degraded", "Failed", "Unknown"] {
         let count = counts.get(phase).copied().unwrap_or(0);
         metrics.jobs_by_phase.get_or_create(&PhaseLabel { phase: phase.to_owned() }).set(count);
-    }
-}
-
-/// Type-erased children APIs used by `run`, kept here so the controller's owned types are in
-/// one place.
-pub fn owned_apis(
-    client: &Client,
-    namespace: Option<&str>,
-) -> (Api<StatefulSet>, Api<ConfigMap>, Api<Service>, Api<PodDisruptionBudget>) {
-    match namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => {
-            (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone()))
-        }
     }
 }

@@ -6,13 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use streamjob_crds::StreamJob;
 
-use crate::controller::{error_policy, owned_apis, reconcile, record_phases, Context, ScaleDecisions};
+use crate::controller::{error_policy, reconcile, record_phases, Context, ScaleDecisions};
 use crate::http::{serve, HealthState};
 use crate::kafka::KafkaGroupDeleter;
 use crate::metrics::Metrics;
@@ -117,16 +120,12 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> Result<(), 
 }
 
 async fn run_controller(client: Client, namespace: Option<String>, context: Arc<Context>) {
-    let jobs: Api<StreamJob> = match &namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let (stateful_sets, config_maps, services, budgets) = owned_apis(&client, namespace.as_deref());
-    let controller = Controller::new(jobs, watcher::Config::default())
-        .owns(stateful_sets, watcher::Config::default())
-        .owns(config_maps, watcher::Config::default())
-        .owns(services, watcher::Config::default())
-        .owns(budgets, watcher::Config::default())
+    let scope = namespace.as_deref();
+    let controller = Controller::new(scoped_api::<StreamJob>(&client, scope), watcher::Config::default())
+        .owns(scoped_api::<StatefulSet>(&client, scope), watcher::Config::default())
+        .owns(scoped_api::<ConfigMap>(&client, scope), watcher::Config::default())
+        .owns(scoped_api::<Service>(&client, scope), watcher::Config::default())
+        .owns(scoped_api::<PodDisruptionBudget>(&client, scope), watcher::Config::default())
         .shutdown_on_signal();
     let store = controller.store();
     let metrics = context.metrics.clone();
@@ -147,6 +146,17 @@ async fn run_controller(client: Client, namespace: Option<String>, context: Arc<
         })
         .await;
     phase_gauge.abort();
+}
+
+/// The API of `K` in one namespace, or in all.
+fn scoped_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
