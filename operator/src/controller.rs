@@ -23,7 +23,7 @@ use crate::builders::{
     build_children, desired_replicas, selector_string, BuildContext, CONFIG_CHECKSUM_ANNOTATION, FIELD_MANAGER,
 };
 use crate::metrics::{JobLabels, Metrics, PhaseLabel};
-use crate::status::{compute_status, paused_status, Observation, DEGRADED};
+use crate::status::{compute_status, condition_is_true, paused_status, Observation, DEGRADED};
 use crate::PAUSE_ANNOTATION;
 
 /// Finalizer added only while `deletionPolicy: DeleteConsumerGroup` has work to do at deletion.
@@ -269,7 +269,7 @@ fn record_job_metrics(context: &Context, job: &StreamJob, status: &StreamJobStat
     let labels = JobLabels { namespace: job.namespace().unwrap_or_default(), job: job.name_any() };
     context.metrics.desired_replicas.get_or_create(&labels).set(status.desired_replicas.into());
     context.metrics.ready_replicas.get_or_create(&labels).set(status.ready_replicas.into());
-    let degraded = status.conditions.iter().any(|c| c.type_ == DEGRADED && c.status == "True");
+    let degraded = condition_is_true(Some(status), DEGRADED);
     context.metrics.degraded_jobs.get_or_create(&labels).set(i64::from(degraded));
 }
 
