@@ -1,1 +1,110 @@
-fn main() {}
+//! `streamjob-worker --config job.yaml`: runs one worker of a StreamJob, in a pod or as a plain
+//! process.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use streamjob_crds::worker_paths;
+use streamjob_worker::{Control, Overrides, WorkerConfig};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Runs one worker of a StreamJob: consume, process, produce")]
+struct Args {
+    /// The StreamJob manifest (the operator mounts it at /etc/streamjob/job.yaml).
+    #[arg(long, default_value_t = worker_paths::config_file())]
+    config: String,
+    /// Brokers to use instead of the manifest's (source and sink).
+    #[arg(long, env = "STREAMJOB_BOOTSTRAP")]
+    bootstrap: Option<String>,
+    /// Consumer group instead of the manifest's.
+    #[arg(long)]
+    group: Option<String>,
+    /// This worker's identity (default: $POD_NAME): static member id and transactional id.
+    #[arg(long)]
+    instance_id: Option<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    http_address: String,
+    /// How often offsets (or transactions) are committed.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    commit_interval: Duration,
+    /// A source partition quiet this long stops holding back windows.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    log_level: String,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    streamjob_crds::duration::parse_duration(text).map_err(|e| e.to_string())
+}
+
+fn init_tracing(format: LogFormat, level: &str) {
+    let builder = tracing_subscriber::fmt().with_env_filter(level).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(args.log_format, &args.log_level);
+    let overrides =
+        Overrides { bootstrap_servers: args.bootstrap.clone(), consumer_group: args.group.clone(), instance_id: args.instance_id.clone() };
+    let mut config = WorkerConfig::load(args.config.as_ref(), &overrides, |name| std::env::var(name).ok())
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    config.timings.commit_interval = args.commit_interval;
+    config.timings.idle_timeout = args.idle_timeout;
+    let control = Control::default();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(&args.http_address))
+        .with_context(|| format!("cannot listen on {}", args.http_address))?;
+    let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
+    runtime.spawn(streamjob_worker::http::serve(listener, control.clone(), async {
+        let _ = stopped.await;
+    }));
+    let shutdown = control.shutdown.clone();
+    runtime.spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping: draining, flushing and committing");
+        shutdown.store(true, Ordering::SeqCst);
+    });
+    let worker = std::thread::spawn(move || streamjob_worker::run(config, control));
+    let result = worker.join().map_err(|_| anyhow::anyhow!("the worker thread panicked"))?;
+    let _ = stop_http.send(());
+    result.map_err(|error| anyhow::anyhow!("{error}"))
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

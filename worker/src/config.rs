@@ -1,0 +1,226 @@
+//! The worker's configuration: the StreamJob manifest the operator renders into the ConfigMap,
+//! the pod's identity and credentials from the environment, and overrides for local use.
+
+use std::path::Path;
+use std::time::Duration;
+
+use streamjob_crds::kafka::{CaBundle, Credentials};
+use streamjob_crds::{worker_paths, DeliveryGuarantee, StreamJob};
+
+use crate::pipeline::{CompileError, CompiledPipeline};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Invalid { path: String, source: streamjob_crds::ManifestErrors },
+    #[error("{path}: {source}")]
+    Pipeline { path: String, source: CompileError },
+    #[error("spec.source.auth is set but the environment variable {0} is empty")]
+    MissingCredential(&'static str),
+    #[error("spec.delivery: exactlyOnce needs the sink on the source's brokers (spec.sink.bootstrapServers differs)")]
+    ExactlyOnceAcrossClusters,
+}
+
+/// Settings a local run may override; `None` keeps what the manifest and environment say.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub bootstrap_servers: Option<String>,
+    pub consumer_group: Option<String>,
+    pub instance_id: Option<String>,
+}
+
+/// Timing knobs; the defaults suit production.
+#[derive(Debug, Clone)]
+pub struct Timings {
+    /// How often offsets are committed (or transactions committed).
+    pub commit_interval: Duration,
+    /// How often partial aggregates are sent to the repartition topic.
+    pub flush_interval: Duration,
+    /// A source partition quiet this long stops holding windows back.
+    pub idle_timeout: Duration,
+    /// Longest a shutdown may take to drain, flush and commit (the operator's grace is 60 s).
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self {
+            commit_interval: Duration::from_secs(1),
+            flush_interval: Duration::from_millis(200),
+            idle_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(50),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub job: StreamJob,
+    pub source_bootstrap: String,
+    pub sink_bootstrap: String,
+    pub consumer_group: String,
+    /// This worker's identity: the pod name in Kubernetes. It is the static member id and
+    /// the transactional id.
+    pub instance_id: String,
+    pub credentials: Option<Credentials>,
+    pub ca: Option<CaBundle>,
+    pub timings: Timings,
+}
+
+impl WorkerConfig {
+    /// Reads and checks the manifest at `path`; `env` looks up environment variables.
+    pub fn load(
+        path: &Path,
+        overrides: &Overrides,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        let job = streamjob_crds::parse_manifest(&text)
+            .map_err(|source| ConfigError::Invalid { path: shown.clone(), source })?;
+        Self::from_job(job, overrides, env).map_err(|error| match error {
+            ConfigError::Pipeline { source, .. } => ConfigError::Pipeline { path: shown, source },
+            other => other,
+        })
+    }
+
+    pub fn from_job(
+        job: StreamJob,
+        overrides: &Overrides,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        CompiledPipeline::compile(&job.spec.pipeline)
+            .map_err(|source| ConfigError::Pipeline { path: "manifest".into(), source })?;
+        let source_bootstrap =
+            overrides.bootstrap_servers.clone().unwrap_or_else(|| job.spec.source.bootstrap_servers.clone());
+        let sink_bootstrap = match (&overrides.bootstrap_servers, &job.spec.sink.bootstrap_servers) {
+            (None, Some(sink)) => sink.clone(),
+            _ => source_bootstrap.clone(),
+        };
+        if job.spec.delivery == DeliveryGuarantee::ExactlyOnce && sink_bootstrap != source_bootstrap {
+            return Err(ConfigError::ExactlyOnceAcrossClusters);
+        }
+        let credentials = match &job.spec.source.auth {
+            Some(_) => Some(Credentials {
+                username: required_env(&env, worker_paths::USERNAME_ENV)?,
+                password: required_env(&env, worker_paths::PASSWORD_ENV)?,
+            }),
+            None => None,
+        };
+        let ca_file = format!("{}/{}", worker_paths::CA_DIR, worker_paths::CA_FILE_NAME);
+        let ca = job
+            .spec
+            .source
+            .auth
+            .as_ref()
+            .and_then(|auth| auth.tls.as_ref())
+            .and_then(|tls| tls.ca_secret_ref.as_ref())
+            .map(|_| CaBundle::File(ca_file));
+        let instance_id = overrides
+            .instance_id
+            .clone()
+            .or_else(|| env(worker_paths::POD_NAME_ENV).filter(|name| !name.is_empty()))
+            .unwrap_or_else(|| format!("{}-local", job.metadata.name.clone().unwrap_or_default()));
+        let consumer_group = overrides.consumer_group.clone().unwrap_or_else(|| job.consumer_group());
+        Ok(Self {
+            job,
+            source_bootstrap,
+            sink_bootstrap,
+            consumer_group,
+            instance_id,
+            credentials,
+            ca,
+            timings: Timings::default(),
+        })
+    }
+
+    pub fn job_name(&self) -> String {
+        self.job.metadata.name.clone().unwrap_or_default()
+    }
+
+    pub fn repartition_topic(&self) -> String {
+        format!("{}-repartition", self.consumer_group)
+    }
+
+    pub fn exactly_once(&self) -> bool {
+        self.job.spec.delivery == DeliveryGuarantee::ExactlyOnce
+    }
+}
+
+fn required_env(env: &impl Fn(&str) -> Option<String>, name: &'static str) -> Result<String, ConfigError> {
+    env(name).filter(|value| !value.is_empty()).ok_or(ConfigError::MissingCredential(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(extra: &str) -> StreamJob {
+        let yaml = format!(
+            "apiVersion: streamjob.io/v1alpha1\nkind: StreamJob\nmetadata: {{name: wc, namespace: data}}\n\
+             spec:\n  source: {{bootstrapServers: 'k:9092', topics: [lines]}}\n  sink: {{topic: out}}\n{extra}"
+        );
+        match streamjob_crds::parse_manifest(&yaml) {
+            Ok(job) => job,
+            Err(error) => panic!("test manifest is invalid: {error}"),
+        }
+    }
+
+    #[test]
+    fn defaults_come_from_the_manifest_and_the_pod() {
+        let env = |name: &str| (name == "POD_NAME").then(|| "wc-2".to_owned());
+        let config = WorkerConfig::from_job(job(""), &Overrides::default(), env).expect("valid");
+        assert_eq!(config.consumer_group, "streamjob-data-wc");
+        assert_eq!(config.instance_id, "wc-2");
+        assert_eq!(config.repartition_topic(), "streamjob-data-wc-repartition");
+        assert_eq!(config.sink_bootstrap, "k:9092");
+    }
+
+    #[test]
+    fn overrides_win() {
+        let overrides = Overrides {
+            bootstrap_servers: Some("localhost:1".into()),
+            consumer_group: Some("g".into()),
+            instance_id: Some("me".into()),
+        };
+        let config = WorkerConfig::from_job(job(""), &overrides, |_| None).expect("valid");
+        assert_eq!((config.source_bootstrap.as_str(), config.consumer_group.as_str()), ("localhost:1", "g"));
+        assert_eq!(config.instance_id, "me");
+    }
+
+    #[test]
+    fn missing_credentials_name_the_variable() {
+        let auth = "  delivery: atLeastOnce\n";
+        let mut job = job(auth);
+        job.spec.source.auth = Some(streamjob_crds::KafkaAuth {
+            mechanism: streamjob_crds::SaslMechanism::Plain,
+            secret_ref: streamjob_crds::CredentialsSecretRef {
+                name: "s".into(),
+                username_key: "u".into(),
+                password_key: "p".into(),
+            },
+            tls: None,
+        });
+        let error = WorkerConfig::from_job(job, &Overrides::default(), |_| None).expect_err("no credentials");
+        assert!(error.to_string().contains("STREAMJOB_KAFKA_USERNAME"), "{error}");
+    }
+
+    #[test]
+    fn a_bad_manifest_names_the_field() {
+        let dir = std::env::temp_dir().join(format!("streamjob-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("job.yaml");
+        std::fs::write(
+            &path,
+            "apiVersion: streamjob.io/v1alpha1\nkind: StreamJob\nmetadata: {name: x}\n\
+             spec:\n  source: {bootstrapServers: 'k:9092', topics: [a]}\n  sink: {topic: b}\n  \
+             pipeline: [{window: {size: 1s, aggregate: {function: count}}}]\n",
+        )
+        .expect("write");
+        let error = WorkerConfig::load(&path, &Overrides::default(), |_| None).expect_err("invalid");
+        assert!(error.to_string().contains("keyBy"), "{error}");
+    }
+}

@@ -1,0 +1,871 @@
+//! The worker's processing core, without Kafka: records in, outputs and committable offsets out.
+//!
+//! The Kafka loop feeds it records, acknowledgements and clock ticks, sends the outputs it
+//! queues, and commits the offsets it reports. Everything that decides what is safe to commit
+//! lives here, so it is tested without a broker.
+//!
+//! Two shapes of job:
+//! - without a window, each record runs through the stages and goes to the sink;
+//! - with a window, the source stage sends partial aggregates through the repartition topic
+//!   (see [`crate::repartition`]) and the aggregating stage, reading that topic, emits each
+//!   window once its watermark passes the window's end.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use streamjob_crds::{SinkFormat, SourceFormat};
+
+use crate::metrics::{PartitionLabels, WorkerMetrics};
+use crate::offsets::PartitionProgress;
+use crate::pipeline::{self, Accumulator, CompiledPipeline, StageError, WindowOperator};
+use crate::record::Record;
+use crate::repartition::{partition_for, source_id, RepartitionMessage};
+
+/// How the engine is set up for one job.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub source_format: SourceFormat,
+    pub sink_format: SinkFormat,
+    pub dead_letter: bool,
+    /// The repartition topic and its partition count, for windowed jobs.
+    pub repartition: Option<(String, i32)>,
+    /// How often partial aggregates are sent on.
+    pub flush_interval_ms: i64,
+    /// A source partition without records for this long stops holding back windows.
+    pub idle_timeout_ms: i64,
+    /// Partial aggregates kept per source partition before they are sent early.
+    pub max_partials: usize,
+}
+
+/// A record read from Kafka.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    pub timestamp_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    Sink,
+    Repartition { partition: i32 },
+    DeadLetter,
+}
+
+/// What the acknowledgement of an output releases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    slot: usize,
+    epoch: u64,
+    offset: i64,
+    input_timestamp_ms: Option<i64>,
+    destination: Destination,
+}
+
+/// A record to produce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub destination: Destination,
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(&'static str, String)>,
+    pub ticket: Option<Ticket>,
+}
+
+/// An offset to commit, with the aggregating stage's progress as commit metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Commit {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub metadata: Option<String>,
+}
+
+/// Totals since start, for summaries.
+#[derive(Debug, Default)]
+pub struct Totals {
+    pub records_in: AtomicU64,
+    pub records_out: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub skipped: AtomicU64,
+    pub late: AtomicU64,
+}
+
+pub struct Engine {
+    settings: EngineSettings,
+    pipeline: CompiledPipeline,
+    metrics: Arc<WorkerMetrics>,
+    totals: Arc<Totals>,
+    slots: Vec<Slot>,
+    slot_index: HashMap<String, HashMap<i32, usize>>,
+    outbox: Vec<Output>,
+    failure: Option<String>,
+    last_flush_ms: i64,
+}
+
+struct Slot {
+    topic: String,
+    partition: i32,
+    labels: PartitionLabels,
+    epoch: u64,
+    assigned: bool,
+    progress: PartitionProgress,
+    /// The offset last committed (or the first read, before any commit): where a rewind goes.
+    rewind_to: Option<i64>,
+    /// The commit metadata that went with `rewind_to`.
+    rewind_metadata: Option<String>,
+    role: Role,
+}
+
+enum Role {
+    Direct,
+    Source(SourceStage),
+    Aggregate(AggregateStage),
+}
+
+#[derive(Default)]
+struct SourceStage {
+    id: String,
+    partials: HashMap<(i64, String), Accumulator>,
+    range_start: Option<i64>,
+    range_end: i64,
+    max_event_ms: Option<i64>,
+    reset_sent: bool,
+    last_record_ms: i64,
+    idle: bool,
+    progress_unsent: bool,
+}
+
+/// The aggregating stage's state for one repartition partition.
+#[derive(Default)]
+struct AggregateStage {
+    windows: BTreeMap<i64, OpenWindow>,
+    sources: HashMap<String, SourceProgress>,
+    watermark: Option<i64>,
+    /// After a restart, windows are not emitted before the replay reaches this offset, where
+    /// the state is again what it was when the offset was committed.
+    replay_until_offset: i64,
+    /// Emitted windows as (end, offset holding their results), until the results are
+    /// acknowledged: a checkpoint keeps them open, so a restart emits them again.
+    emitted: Vec<(i64, i64)>,
+}
+
+#[derive(Default)]
+struct OpenWindow {
+    /// (source, first source offset of the partial's range) → the partial aggregates per key.
+    segments: HashMap<(String, i64), Segment>,
+}
+
+struct Segment {
+    first_input_offset: i64,
+    keys: HashMap<String, Accumulator>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+struct SourceProgress {
+    #[serde(rename = "w")]
+    watermark: i64,
+    #[serde(rename = "i")]
+    idle: bool,
+    /// The highest source offset applied from this source.
+    #[serde(rename = "a")]
+    applied_through: i64,
+    /// Partials up to this source offset are replays of what was applied before a reset.
+    #[serde(rename = "r")]
+    replayed_through: i64,
+}
+
+/// Commit metadata of a repartition partition.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+struct AggregateCheckpoint {
+    #[serde(rename = "wm")]
+    watermark: Option<i64>,
+    #[serde(rename = "to")]
+    read_to: i64,
+    #[serde(rename = "src")]
+    sources: HashMap<String, SourceProgress>,
+}
+
+impl Engine {
+    pub fn new(
+        settings: EngineSettings,
+        pipeline: CompiledPipeline,
+        metrics: Arc<WorkerMetrics>,
+        totals: Arc<Totals>,
+    ) -> Self {
+        Self {
+            settings,
+            pipeline,
+            metrics,
+            totals,
+            slots: Vec::new(),
+            slot_index: HashMap::new(),
+            outbox: Vec::new(),
+            failure: None,
+            last_flush_ms: 0,
+        }
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    fn is_repartition_topic(&self, topic: &str) -> bool {
+        self.settings.repartition.as_ref().is_some_and(|(name, _)| name == topic)
+    }
+
+    fn slot_of(&self, topic: &str, partition: i32) -> Option<usize> {
+        self.slot_index.get(topic)?.get(&partition).copied()
+    }
+
+    /// A partition was assigned. `metadata` is its committed metadata, if any.
+    pub fn assign(&mut self, topic: &str, partition: i32, metadata: Option<&str>) {
+        let role = if self.is_repartition_topic(topic) {
+            Role::Aggregate(AggregateStage::restore(metadata))
+        } else if self.pipeline.window.is_some() {
+            Role::Source(SourceStage { id: source_id(topic, partition), ..SourceStage::default() })
+        } else {
+            Role::Direct
+        };
+        match self.slot_of(topic, partition) {
+            Some(index) => {
+                let slot = &mut self.slots[index];
+                slot.epoch += 1;
+                slot.assigned = true;
+                slot.progress = PartitionProgress::default();
+                slot.rewind_to = None;
+                slot.rewind_metadata = metadata.map(str::to_owned);
+                slot.role = role;
+            }
+            None => {
+                self.slots.push(Slot {
+                    topic: topic.to_owned(),
+                    partition,
+                    labels: PartitionLabels::new(topic, partition),
+                    epoch: 0,
+                    assigned: true,
+                    progress: PartitionProgress::default(),
+                    rewind_to: None,
+                    rewind_metadata: metadata.map(str::to_owned),
+                    role,
+                });
+                let index = self.slots.len() - 1;
+                self.slot_index.entry(topic.to_owned()).or_default().insert(partition, index);
+            }
+        }
+        self.update_gauges();
+    }
+
+    /// Before a partition is revoked: send what its source stage still holds.
+    pub fn prepare_revoke(&mut self, topic: &str, partition: i32) {
+        if let Some(index) = self.slot_of(topic, partition) {
+            self.flush_source(index);
+        }
+    }
+
+    /// The partition is gone: its state is dropped and late acknowledgements are ignored.
+    pub fn revoke(&mut self, topic: &str, partition: i32) {
+        if let Some(index) = self.slot_of(topic, partition) {
+            let slot = &mut self.slots[index];
+            slot.assigned = false;
+            slot.epoch += 1;
+            slot.progress = PartitionProgress::default();
+            slot.role = Role::Direct;
+        }
+        self.update_gauges();
+    }
+
+    pub fn assigned(&self) -> Vec<(String, i32)> {
+        self.slots.iter().filter(|s| s.assigned).map(|s| (s.topic.clone(), s.partition)).collect()
+    }
+
+    pub fn take_outputs(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    pub fn has_outputs(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
+    /// An error that needs a rewind to the committed offsets (a failed delivery).
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.slots.iter().map(|s| s.progress.in_flight()).sum()
+    }
+
+    /// Processes one record.
+    pub fn on_input(&mut self, input: &Input<'_>, now_ms: i64) {
+        let Some(index) = self.slot_of(input.topic, input.partition).filter(|i| self.slots[*i].assigned) else {
+            tracing::debug!(topic = input.topic, partition = input.partition, "record of an unassigned partition");
+            return;
+        };
+        self.slots[index].progress.read(input.offset);
+        if self.slots[index].rewind_to.is_none() {
+            self.slots[index].rewind_to = Some(input.offset);
+        }
+        self.metrics.records_in.get_or_create(&self.slots[index].labels).inc();
+        if !matches!(self.slots[index].role, Role::Aggregate(_)) {
+            self.totals.records_in.fetch_add(1, Ordering::Relaxed);
+        }
+        match self.slots[index].role {
+            Role::Direct => self.process_direct(index, input),
+            Role::Source(_) => self.process_source(index, input, now_ms),
+            Role::Aggregate(_) => self.process_partial(index, input),
+        }
+    }
+
+    fn decode(&self, input: &Input<'_>) -> Result<Record, StageError> {
+        let fields = pipeline::decode(self.settings.source_format, input.payload)?;
+        let key = input.key.map(|k| String::from_utf8_lossy(k).into_owned());
+        Ok(Record { fields, key, timestamp_ms: input.timestamp_ms.unwrap_or_default() })
+    }
+
+    fn process_direct(&mut self, index: usize, input: &Input<'_>) {
+        let results = self.decode(input).and_then(|r| pipeline::run_stateless(&self.pipeline.before_window, r));
+        match results {
+            Ok(records) => {
+                let ticket = self.ticket(index, input.offset, input.timestamp_ms, Destination::Sink);
+                self.slots[index].progress.hold(input.offset, records.len() as u32);
+                for record in records {
+                    self.send_result(&record, ticket);
+                }
+            }
+            Err(error) => self.reject(index, input, &error, false),
+        }
+    }
+
+    fn send_result(&mut self, record: &Record, ticket: Ticket) {
+        self.outbox.push(Output {
+            destination: Destination::Sink,
+            key: record.key.clone(),
+            payload: pipeline::encode(self.settings.sink_format, record),
+            headers: Vec::new(),
+            ticket: Some(ticket),
+        });
+    }
+
+    fn ticket(&self, index: usize, offset: i64, input_timestamp_ms: Option<i64>, destination: Destination) -> Ticket {
+        Ticket { slot: index, epoch: self.slots[index].epoch, offset, input_timestamp_ms, destination }
+    }
+
+    /// A record that failed (or came late) goes to the dead-letter topic, or is counted and
+    /// skipped when there is none. It never stops its partition.
+    fn reject(&mut self, index: usize, input: &Input<'_>, error: &StageError, late: bool) {
+        let labels = self.slots[index].labels.clone();
+        if late {
+            self.metrics.records_late.get_or_create(&labels).inc();
+            self.totals.late.fetch_add(1, Ordering::Relaxed);
+        }
+        if !self.settings.dead_letter {
+            self.metrics.records_skipped.get_or_create(&labels).inc();
+            self.totals.skipped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(topic = input.topic, partition = input.partition, offset = input.offset, stage = %error.stage,
+                error = %error.message, "record skipped: no dead-letter topic is set");
+            return;
+        }
+        let ticket = self.ticket(index, input.offset, input.timestamp_ms, Destination::DeadLetter);
+        self.slots[index].progress.hold(input.offset, 1);
+        self.outbox.push(Output {
+            destination: Destination::DeadLetter,
+            key: input.key.map(|k| String::from_utf8_lossy(k).into_owned()),
+            payload: input.payload.unwrap_or_default().to_vec(),
+            headers: vec![
+                ("streamjob.error", error.message.clone()),
+                ("streamjob.stage", error.stage.clone()),
+                ("streamjob.source.topic", input.topic.to_owned()),
+                ("streamjob.source.partition", input.partition.to_string()),
+                ("streamjob.source.offset", input.offset.to_string()),
+            ],
+            ticket: Some(ticket),
+        });
+    }
+
+    fn process_source(&mut self, index: usize, input: &Input<'_>, now_ms: i64) {
+        let Some(window) = self.pipeline.window.clone() else {
+            return;
+        };
+        self.send_reset_once(index, input.offset);
+        let keyed = match self.decode(input).and_then(|r| pipeline::run_stateless(&self.pipeline.before_window, r)) {
+            Ok(records) => records,
+            Err(error) => return self.reject(index, input, &error, false),
+        };
+        let mut contributions = Vec::with_capacity(keyed.len());
+        for record in &keyed {
+            match contribution(&window, record) {
+                Ok(c) => contributions.push(c),
+                Err(error) => return self.reject(index, input, &error, false),
+            }
+        }
+        let Role::Source(source) = &mut self.slots[index].role else {
+            return;
+        };
+        source.last_record_ms = now_ms;
+        if source.idle {
+            source.idle = false;
+            source.progress_unsent = true;
+        }
+        let watermark = source.max_event_ms.map(|m| m - window.allowed_lateness_ms);
+        let mut late = None;
+        for (record, (event_ms, accumulator)) in keyed.iter().zip(&contributions) {
+            let key = record.key.clone().unwrap_or_default();
+            let mut open = window.window_starts(*event_ms).filter(|start| watermark.is_none_or(|w| start + window.size_ms > w)).peekable();
+            if open.peek().is_none() {
+                late = Some(*event_ms);
+                continue;
+            }
+            for start in open {
+                source.partials.entry((start, key.clone())).and_modify(|a| a.merge(accumulator)).or_insert(*accumulator);
+            }
+            source.max_event_ms = Some(source.max_event_ms.map_or(*event_ms, |m| m.max(*event_ms)));
+            source.progress_unsent = true;
+        }
+        source.range_start.get_or_insert(input.offset);
+        source.range_end = input.offset;
+        let full = source.partials.len() >= self.settings.max_partials;
+        if let Some(event_ms) = late {
+            let error = StageError {
+                stage: window.stage.clone(),
+                message: format!(
+                    "late: event time {} is behind the partition's watermark {} by more than the allowed lateness",
+                    pipeline::rfc3339(event_ms),
+                    pipeline::rfc3339(watermark.unwrap_or_default())
+                ),
+            };
+            self.reject(index, input, &error, true);
+        }
+        if full {
+            self.flush_source(index);
+        }
+    }
+
+    /// The first record of a source partition after its assignment: its offset is where the
+    /// replay starts, so every aggregating partition forgets what this source sent from there.
+    fn send_reset_once(&mut self, index: usize, offset: i64) {
+        let Some((_, partitions)) = self.settings.repartition.clone() else {
+            return;
+        };
+        let Role::Source(source) = &mut self.slots[index].role else {
+            return;
+        };
+        if source.reset_sent {
+            return;
+        }
+        source.reset_sent = true;
+        let message = RepartitionMessage::Reset { src: source.id.clone(), from: offset };
+        let ticket = self.ticket(index, offset, None, Destination::Repartition { partition: 0 });
+        self.slots[index].progress.hold(offset, partitions as u32);
+        self.broadcast(&message, Some(ticket), partitions);
+    }
+
+    fn broadcast(&mut self, message: &RepartitionMessage, ticket: Option<Ticket>, partitions: i32) {
+        let payload = match serde_json::to_vec(message) {
+            Ok(payload) => payload,
+            Err(error) => unreachable!("repartition messages always serialize: {error}"),
+        };
+        for partition in 0..partitions {
+            self.outbox.push(Output {
+                destination: Destination::Repartition { partition },
+                key: None,
+                payload: payload.clone(),
+                headers: Vec::new(),
+                ticket,
+            });
+        }
+    }
+
+    /// Sends a source partition's partial aggregates on, as one range of its offsets.
+    fn flush_source(&mut self, index: usize) {
+        let Some((_, partitions)) = self.settings.repartition.clone() else {
+            return;
+        };
+        let epoch = self.slots[index].epoch;
+        let Role::Source(source) = &mut self.slots[index].role else {
+            return;
+        };
+        let Some(from) = source.range_start.take() else {
+            return;
+        };
+        let to = source.range_end;
+        let partials = std::mem::take(&mut source.partials);
+        let src = source.id.clone();
+        let ticket = Ticket {
+            slot: index,
+            epoch,
+            offset: from,
+            input_timestamp_ms: None,
+            destination: Destination::Repartition { partition: 0 },
+        };
+        self.slots[index].progress.hold(from, partials.len() as u32);
+        for ((window, key), accumulator) in partials {
+            let message = RepartitionMessage::Partial { src: src.clone(), from, to, window, accumulator };
+            let payload = match serde_json::to_vec(&message) {
+                Ok(payload) => payload,
+                Err(error) => unreachable!("repartition messages always serialize: {error}"),
+            };
+            self.outbox.push(Output {
+                destination: Destination::Repartition { partition: partition_for(&key, partitions) },
+                key: Some(key),
+                payload,
+                headers: Vec::new(),
+                ticket: Some(ticket),
+            });
+        }
+    }
+
+    fn process_partial(&mut self, index: usize, input: &Input<'_>) {
+        let Some(window) = self.pipeline.window.clone() else {
+            return;
+        };
+        let message: RepartitionMessage = match serde_json::from_slice(input.payload.unwrap_or_default()) {
+            Ok(message) => message,
+            Err(error) => {
+                let error = StageError { stage: "repartition".into(), message: format!("not a repartition message: {error}") };
+                return self.reject(index, input, &error, false);
+            }
+        };
+        let labels = self.slots[index].labels.clone();
+        let Role::Aggregate(stage) = &mut self.slots[index].role else {
+            return;
+        };
+        match message {
+            RepartitionMessage::Reset { src, from } => stage.reset(&src, from),
+            RepartitionMessage::Progress { src, watermark, idle } => {
+                let progress = stage.sources.entry(src).or_default();
+                progress.watermark = progress.watermark.max(watermark);
+                progress.idle = idle;
+            }
+            RepartitionMessage::Partial { src, from, to, window: start, accumulator } => {
+                let key = input.key.map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+                let closed = stage.watermark.is_some_and(|w| start + window.size_ms <= w);
+                let progress = stage.sources.entry(src.clone()).or_default();
+                if closed {
+                    if to <= progress.replayed_through {
+                        self.metrics.replayed_partials_discarded.get_or_create(&labels).inc();
+                        return;
+                    }
+                    self.metrics.records_late.get_or_create(&labels).inc_by(accumulator.count);
+                    self.totals.late.fetch_add(accumulator.count, Ordering::Relaxed);
+                    let error = StageError {
+                        stage: window.stage.clone(),
+                        message: format!(
+                            "late: {} records of key {key} for the window starting {} arrived after it was emitted",
+                            accumulator.count,
+                            pipeline::rfc3339(start)
+                        ),
+                    };
+                    return self.reject(index, input, &error, false);
+                }
+                progress.applied_through = progress.applied_through.max(to);
+                let segment = stage
+                    .windows
+                    .entry(start)
+                    .or_default()
+                    .segments
+                    .entry((src, from))
+                    .or_insert_with(|| Segment { first_input_offset: input.offset, keys: HashMap::new() });
+                segment
+                    .keys
+                    .entry(key)
+                    .and_modify(|a| a.merge(&accumulator))
+                    .or_insert(accumulator);
+            }
+        }
+    }
+
+    /// Time passes: partial aggregates are sent on, idle sources marked, windows emitted.
+    pub fn on_tick(&mut self, now_ms: i64) {
+        if now_ms - self.last_flush_ms >= self.settings.flush_interval_ms {
+            self.last_flush_ms = now_ms;
+            for index in 0..self.slots.len() {
+                if self.slots[index].assigned && matches!(self.slots[index].role, Role::Source(_)) {
+                    self.flush_source(index);
+                    self.send_progress(index, now_ms);
+                }
+            }
+        }
+        for index in 0..self.slots.len() {
+            if self.slots[index].assigned && matches!(self.slots[index].role, Role::Aggregate(_)) {
+                self.emit_closed_windows(index, now_ms);
+            }
+        }
+        self.update_gauges();
+    }
+
+    /// Sends everything held, as before a revocation or a shutdown.
+    pub fn flush_all(&mut self) {
+        for index in 0..self.slots.len() {
+            if self.slots[index].assigned {
+                self.flush_source(index);
+            }
+        }
+    }
+
+    fn send_progress(&mut self, index: usize, now_ms: i64) {
+        let (Some(window), Some((_, partitions))) = (&self.pipeline.window, self.settings.repartition.clone()) else {
+            return;
+        };
+        let lateness = window.allowed_lateness_ms;
+        let idle_timeout = self.settings.idle_timeout_ms;
+        let Role::Source(source) = &mut self.slots[index].role else {
+            return;
+        };
+        let Some(max_event_ms) = source.max_event_ms else {
+            return;
+        };
+        if !source.idle && now_ms - source.last_record_ms >= idle_timeout {
+            source.idle = true;
+            source.progress_unsent = true;
+        }
+        if !source.progress_unsent {
+            return;
+        }
+        source.progress_unsent = false;
+        let message =
+            RepartitionMessage::Progress { src: source.id.clone(), watermark: max_event_ms - lateness, idle: source.idle };
+        self.broadcast(&message, None, partitions);
+    }
+
+    fn emit_closed_windows(&mut self, index: usize, now_ms: i64) {
+        let Some(window) = self.pipeline.window.clone() else {
+            return;
+        };
+        let next_offset = self.slots[index].progress.next_offset().unwrap_or(i64::MIN);
+        let slot = &mut self.slots[index];
+        let Role::Aggregate(stage) = &mut slot.role else {
+            return;
+        };
+        stage.emitted.retain(|(_, hold)| slot.progress.is_held(*hold));
+        stage.advance_watermark(now_ms - window.allowed_lateness_ms);
+        if next_offset < stage.replay_until_offset {
+            return;
+        }
+        let Some(watermark) = stage.watermark else {
+            return;
+        };
+        let closed: Vec<i64> = stage.windows.range(..=watermark - window.size_ms).map(|(start, _)| *start).collect();
+        let mut emitted = Vec::new();
+        for start in closed {
+            if let Some(open) = stage.windows.remove(&start) {
+                emitted.push((start, open));
+            }
+        }
+        for (start, open) in emitted {
+            self.emit_window(index, &window, start, open);
+        }
+    }
+
+    fn emit_window(&mut self, index: usize, window: &WindowOperator, start: i64, open: OpenWindow) {
+        let Some(hold) = open.segments.values().map(|s| s.first_input_offset).min() else {
+            return;
+        };
+        let mut per_key: HashMap<String, Accumulator> = HashMap::new();
+        for segment in open.segments.into_values() {
+            for (key, accumulator) in segment.keys {
+                per_key.entry(key).and_modify(|a| a.merge(&accumulator)).or_insert(accumulator);
+            }
+        }
+        let mut results = Vec::new();
+        for (key, accumulator) in per_key {
+            match pipeline::run_stateless(&self.pipeline.after_window, pipeline::window_result(window, &key, start, &accumulator)) {
+                Ok(records) => results.extend(records),
+                Err(error) => tracing::warn!(stage = %error.stage, error = %error.message, key, "window result dropped by a later stage's error"),
+            }
+        }
+        let ticket = self.ticket(index, hold, Some(start + window.size_ms), Destination::Sink);
+        self.slots[index].progress.hold(hold, results.len() as u32);
+        if let Role::Aggregate(stage) = &mut self.slots[index].role {
+            stage.emitted.push((start + window.size_ms, hold));
+        }
+        for record in results {
+            self.send_result(&record, ticket);
+        }
+    }
+
+    /// An output was acknowledged (`Ok`) or failed for good (`Err`).
+    pub fn on_delivery(&mut self, ticket: Ticket, result: Result<(), String>, now_ms: i64) {
+        let Some(slot) = self.slots.get_mut(ticket.slot) else {
+            return;
+        };
+        if slot.epoch != ticket.epoch {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                slot.progress.release(ticket.offset);
+                match ticket.destination {
+                    Destination::Sink => {
+                        self.metrics.records_out.get_or_create(&slot.labels).inc();
+                        self.totals.records_out.fetch_add(1, Ordering::Relaxed);
+                        if let Some(input_ms) = ticket.input_timestamp_ms {
+                            self.metrics.processing_latency.observe(((now_ms - input_ms).max(0) as f64) / 1000.0);
+                        }
+                    }
+                    Destination::DeadLetter => {
+                        self.metrics.records_dead_lettered.get_or_create(&slot.labels).inc();
+                        self.totals.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Destination::Repartition { .. } => {}
+                }
+            }
+            Err(error) => {
+                self.metrics.delivery_errors.inc();
+                if self.failure.is_none() {
+                    self.failure = Some(error);
+                }
+            }
+        }
+    }
+
+    /// The offsets safe to commit now. In a transaction (`include_unacknowledged = false`)
+    /// every queued output is part of the commit, so only open windows hold offsets back.
+    pub fn commits(&self, include_unacknowledged: bool) -> Vec<Commit> {
+        self.slots
+            .iter()
+            .filter(|slot| slot.assigned)
+            .filter_map(|slot| {
+                let (window_hold, metadata) = match &slot.role {
+                    Role::Aggregate(stage) => (
+                        stage.oldest_held_offset(),
+                        Some(stage.checkpoint(&slot.progress, include_unacknowledged)),
+                    ),
+                    Role::Source(source) => (source.range_start, None),
+                    Role::Direct => (None, None),
+                };
+                let offset = slot.progress.committable(window_hold, include_unacknowledged)?;
+                Some(Commit { topic: slot.topic.clone(), partition: slot.partition, offset, metadata })
+            })
+            .collect()
+    }
+
+    pub fn committed(&mut self, commits: &[Commit]) {
+        for commit in commits {
+            if let Some(index) = self.slot_of(&commit.topic, commit.partition) {
+                self.slots[index].rewind_to = Some(commit.offset);
+                self.slots[index].rewind_metadata = commit.metadata.clone();
+            }
+        }
+    }
+
+    /// Drops all state and returns where each assigned partition must be read again from: its
+    /// last committed offset. Used after a failed delivery or an aborted transaction.
+    pub fn rewind(&mut self) -> Vec<(String, i32, i64)> {
+        self.metrics.rewinds.inc();
+        self.failure = None;
+        self.outbox.clear();
+        let mut targets = Vec::new();
+        let assigned: Vec<(String, i32, Option<i64>, Option<String>)> = self
+            .slots
+            .iter()
+            .filter(|s| s.assigned)
+            .map(|s| (s.topic.clone(), s.partition, s.rewind_to, s.rewind_metadata.clone()))
+            .collect();
+        for (topic, partition, rewind_to, metadata) in assigned {
+            self.assign(&topic, partition, metadata.as_deref());
+            if let Some(offset) = rewind_to {
+                if let Some(index) = self.slot_of(&topic, partition) {
+                    self.slots[index].rewind_to = Some(offset);
+                }
+                targets.push((topic, partition, offset));
+            }
+        }
+        targets
+    }
+
+    fn update_gauges(&self) {
+        let mut windows = 0;
+        let mut keys = 0;
+        for slot in self.slots.iter().filter(|s| s.assigned) {
+            if let Role::Aggregate(stage) = &slot.role {
+                windows += stage.windows.len();
+                keys += stage.windows.values().flat_map(|w| w.segments.values()).map(|s| s.keys.len()).sum::<usize>();
+            }
+        }
+        self.metrics.open_windows.set(windows as i64);
+        self.metrics.open_keys.set(keys as i64);
+        self.metrics.assigned_partitions.set(self.slots.iter().filter(|s| s.assigned).count() as i64);
+    }
+}
+
+/// A keyed record's event time and its contribution to the aggregate.
+fn contribution(window: &WindowOperator, record: &Record) -> Result<(i64, Accumulator), StageError> {
+    Ok((window.event_time(record)?, window.accumulate(record)?))
+}
+
+impl AggregateStage {
+    fn restore(metadata: Option<&str>) -> Self {
+        let checkpoint: AggregateCheckpoint =
+            metadata.filter(|m| !m.is_empty()).and_then(|m| serde_json::from_str(m).ok()).unwrap_or_default();
+        let sources = checkpoint
+            .sources
+            .into_iter()
+            .map(|(src, mut progress)| {
+                progress.replayed_through = progress.replayed_through.max(progress.applied_through);
+                (src, progress)
+            })
+            .collect();
+        Self {
+            windows: BTreeMap::new(),
+            sources,
+            watermark: checkpoint.watermark,
+            replay_until_offset: checkpoint.read_to,
+            emitted: Vec::new(),
+        }
+    }
+
+    /// The commit metadata. With `unacknowledged` holds (at-least-once), the watermark saved
+    /// stays below the end of every window whose results are not all acknowledged.
+    fn checkpoint(&self, progress: &PartitionProgress, unacknowledged: bool) -> String {
+        let pending_end = self
+            .emitted
+            .iter()
+            .filter(|(_, hold)| unacknowledged && progress.is_held(*hold))
+            .map(|(end, _)| end - 1)
+            .min();
+        let watermark = match (self.watermark, pending_end) {
+            (Some(w), Some(cap)) => Some(w.min(cap)),
+            (w, _) => w,
+        };
+        let next_offset = progress.next_offset();
+        let checkpoint = AggregateCheckpoint {
+            watermark,
+            read_to: next_offset.unwrap_or(self.replay_until_offset).max(self.replay_until_offset),
+            sources: self.sources.clone(),
+        };
+        serde_json::to_string(&checkpoint).unwrap_or_default()
+    }
+
+    fn oldest_held_offset(&self) -> Option<i64> {
+        self.windows.values().flat_map(|w| w.segments.values()).map(|s| s.first_input_offset).min()
+    }
+
+    /// A source partition restarts at `from`: what it sent from there will come again.
+    fn reset(&mut self, src: &str, from: i64) {
+        for window in self.windows.values_mut() {
+            window.segments.retain(|(source, range_start), _| source != src || *range_start < from);
+        }
+        self.windows.retain(|_, w| !w.segments.is_empty());
+        let progress = self.sources.entry(src.to_owned()).or_default();
+        progress.replayed_through = progress.replayed_through.max(progress.applied_through);
+    }
+
+    /// The watermark: the lowest of the sources' watermarks, where an idle source counts as
+    /// no earlier than the wall clock minus the allowed lateness. It never goes back.
+    fn advance_watermark(&mut self, idle_floor_ms: i64) {
+        let lowest = self
+            .sources
+            .values()
+            .map(|s| if s.idle { s.watermark.max(idle_floor_ms) } else { s.watermark })
+            .min();
+        if let Some(lowest) = lowest {
+            self.watermark = Some(self.watermark.map_or(lowest, |w| w.max(lowest)));
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! The streamjob worker: one consumer-group member that runs a StreamJob's pipeline.
+//!
+//! [`engine`] is the processing core without Kafka, [`runner`] connects it to the brokers,
+//! [`http`] serves health and metrics, [`mock_broker`] hosts librdkafka's mock cluster for
+//! tests and `streamjob-operator dev`.
+
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod metrics;
+pub mod mock_broker;
+pub mod offsets;
+pub mod pipeline;
+pub mod record;
+pub mod repartition;
+pub mod runner;
+
+pub use config::{Overrides, Timings, WorkerConfig};
+pub use runner::{run, Control, WorkerError};

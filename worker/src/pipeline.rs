@@ -1,0 +1,495 @@
+//! The declared pipeline, compiled once into typed operators.
+//!
+//! A pipeline is the stateless stages before its window, the window (if any), and the stateless
+//! stages after it, which see the window's results. Nothing here touches Kafka.
+
+use base64::Engine as _;
+use regex::Regex;
+use serde_json::{Map, Value};
+use streamjob_crds::duration::parse_duration;
+use streamjob_crds::{
+    AggregateFunction, FilterOperator, FilterStage, MapStage, PipelineStage, SinkFormat, SourceFormat, SplitStage,
+    StageOperation, WindowKind, WindowStage,
+};
+
+use crate::record::{key_text, FieldPath, Record};
+
+/// A record that could not be decoded or processed: it goes to the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{stage}: {message}")]
+pub struct StageError {
+    /// Which stage failed, for example `pipeline[1] (map)` or `decode`.
+    pub stage: String,
+    pub message: String,
+}
+
+impl StageError {
+    fn new(stage: &str, message: impl Into<String>) -> Self {
+        Self { stage: stage.to_owned(), message: message.into() }
+    }
+}
+
+/// A pipeline definition the worker cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("spec.pipeline[{index}]: {message}")]
+    Stage { index: usize, message: String },
+}
+
+#[derive(Debug)]
+pub struct CompiledPipeline {
+    pub before_window: Vec<Operator>,
+    pub window: Option<WindowOperator>,
+    pub after_window: Vec<Operator>,
+}
+
+impl CompiledPipeline {
+    pub fn compile(stages: &[PipelineStage]) -> Result<Self, CompileError> {
+        let mut pipeline = Self { before_window: Vec::new(), window: None, after_window: Vec::new() };
+        for (index, stage) in stages.iter().enumerate() {
+            let error = |message: String| CompileError::Stage { index, message };
+            let operation = stage
+                .operation()
+                .ok_or_else(|| error("set exactly one of filter, map, split, keyBy, window".into()))?;
+            let name = format!("pipeline[{index}] ({})", operation_name(&operation));
+            let operator = match operation {
+                StageOperation::Filter(filter) => Operator::Filter(Filter::compile(filter, name).map_err(error)?),
+                StageOperation::Map(map) => Operator::Map(MapOperator::compile(map, name)),
+                StageOperation::Split(split) => Operator::Split(Split::compile(split, name)),
+                StageOperation::KeyBy(key_by) => {
+                    Operator::KeyBy { field: FieldPath::parse(&key_by.field), stage: name }
+                }
+                StageOperation::Window(window) => {
+                    if pipeline.window.is_some() {
+                        return Err(error("a pipeline may contain at most one window stage".into()));
+                    }
+                    if !pipeline.before_window.iter().any(|op| matches!(op, Operator::KeyBy { .. })) {
+                        return Err(error("a window stage needs a keyBy stage before it".into()));
+                    }
+                    pipeline.window = Some(WindowOperator::compile(window, name).map_err(error)?);
+                    continue;
+                }
+            };
+            match pipeline.window {
+                Some(_) => pipeline.after_window.push(operator),
+                None => pipeline.before_window.push(operator),
+            }
+        }
+        Ok(pipeline)
+    }
+}
+
+fn operation_name(operation: &StageOperation<'_>) -> &'static str {
+    match operation {
+        StageOperation::Filter(_) => "filter",
+        StageOperation::Map(_) => "map",
+        StageOperation::Split(_) => "split",
+        StageOperation::KeyBy(_) => "keyBy",
+        StageOperation::Window(_) => "window",
+    }
+}
+
+#[derive(Debug)]
+pub enum Operator {
+    Filter(Filter),
+    Map(MapOperator),
+    Split(Split),
+    KeyBy { field: FieldPath, stage: String },
+}
+
+impl Operator {
+    fn apply(&self, mut record: Record, out: &mut Vec<Record>) -> Result<(), StageError> {
+        match self {
+            Self::Filter(filter) => {
+                if filter.matches(&record.fields)? {
+                    out.push(record);
+                }
+            }
+            Self::Map(map) => {
+                map.apply(&mut record.fields);
+                out.push(record);
+            }
+            Self::Split(split) => split.apply(record, out)?,
+            Self::KeyBy { field, stage } => {
+                let value = field
+                    .get(&record.fields)
+                    .filter(|v| !v.is_null())
+                    .ok_or_else(|| StageError::new(stage, format!("keyBy field {} is missing", field.as_str())))?;
+                record.key = Some(key_text(value));
+                out.push(record);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `operators` over one record; a record may become none, one or many.
+pub fn run_stateless(operators: &[Operator], record: Record) -> Result<Vec<Record>, StageError> {
+    let mut records = vec![record];
+    for operator in operators {
+        let mut next = Vec::with_capacity(records.len());
+        for record in records {
+            operator.apply(record, &mut next)?;
+        }
+        if next.is_empty() {
+            return Ok(next);
+        }
+        records = next;
+    }
+    Ok(records)
+}
+
+#[derive(Debug)]
+pub struct Filter {
+    field: FieldPath,
+    op: FilterOperator,
+    value: Value,
+    regex: Option<Regex>,
+    stage: String,
+}
+
+impl Filter {
+    fn compile(spec: &FilterStage, stage: String) -> Result<Self, String> {
+        let value = spec.value.clone().unwrap_or(Value::Null);
+        let regex = match (spec.op, &value) {
+            (FilterOperator::Matches, Value::String(pattern)) => {
+                Some(Regex::new(pattern).map_err(|e| format!("filter.value is not a valid regular expression: {e}"))?)
+            }
+            (FilterOperator::Matches, _) => return Err("filter.value must be a regular expression string".into()),
+            _ => None,
+        };
+        Ok(Self { field: FieldPath::parse(&spec.field), op: spec.op, value, regex, stage })
+    }
+
+    fn matches(&self, fields: &Value) -> Result<bool, StageError> {
+        let actual = self.field.get(fields).filter(|v| !v.is_null());
+        let Some(actual) = actual else {
+            return Ok(self.op == FilterOperator::Ne);
+        };
+        Ok(match self.op {
+            FilterOperator::Exists => true,
+            FilterOperator::Eq => json_equal(actual, &self.value),
+            FilterOperator::Ne => !json_equal(actual, &self.value),
+            FilterOperator::Lt => compare(actual, &self.value).is_lt(),
+            FilterOperator::Le => compare(actual, &self.value).is_le(),
+            FilterOperator::Gt => compare(actual, &self.value).is_gt(),
+            FilterOperator::Ge => compare(actual, &self.value).is_ge(),
+            FilterOperator::Contains => match actual {
+                Value::String(text) => text.contains(&key_text(&self.value)),
+                Value::Array(items) => items.iter().any(|item| json_equal(item, &self.value)),
+                other => {
+                    return Err(StageError::new(
+                        &self.stage,
+                        format!("contains needs a string or list in {}, found {other}", self.field.as_str()),
+                    ))
+                }
+            },
+            FilterOperator::Matches => match (actual, &self.regex) {
+                (Value::String(text), Some(regex)) => regex.is_match(text),
+                (other, _) => regex_input(other, &self.regex),
+            },
+        })
+    }
+}
+
+fn regex_input(value: &Value, regex: &Option<Regex>) -> bool {
+    regex.as_ref().is_some_and(|r| r.is_match(&value.to_string()))
+}
+
+fn json_equal(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// Numbers compare as numbers; otherwise both sides compare as text.
+fn compare(a: &Value, b: &Value) -> std::cmp::Ordering {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x.total_cmp(&y),
+        _ => key_text(a).cmp(&key_text(b)),
+    }
+}
+
+#[derive(Debug)]
+pub struct MapOperator {
+    select: Option<Vec<FieldPath>>,
+    rename: Vec<(FieldPath, FieldPath)>,
+    set: Vec<(FieldPath, Value)>,
+}
+
+impl MapOperator {
+    fn compile(spec: &MapStage, _stage: String) -> Self {
+        Self {
+            select: spec.select.as_ref().map(|paths| paths.iter().map(|p| FieldPath::parse(p)).collect()),
+            rename: spec
+                .rename
+                .iter()
+                .flatten()
+                .map(|(from, to)| (FieldPath::parse(from), FieldPath::parse(to)))
+                .collect(),
+            set: spec.set.iter().flatten().map(|(path, value)| (FieldPath::parse(path), value.clone())).collect(),
+        }
+    }
+
+    fn apply(&self, fields: &mut Value) {
+        if let Some(select) = &self.select {
+            let mut selected = Value::Object(Map::new());
+            for path in select {
+                if let Some(value) = path.get(fields) {
+                    path.set(&mut selected, value.clone());
+                }
+            }
+            *fields = selected;
+        }
+        for (from, to) in &self.rename {
+            if let Some(value) = from.remove(fields) {
+                to.set(fields, value);
+            }
+        }
+        for (path, value) in &self.set {
+            path.set(fields, value.clone());
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Split {
+    field: FieldPath,
+    separator: Option<String>,
+    lowercase: bool,
+    stage: String,
+}
+
+impl Split {
+    fn compile(spec: &SplitStage, stage: String) -> Self {
+        Self { field: FieldPath::parse(&spec.field), separator: spec.separator.clone(), lowercase: spec.lowercase, stage }
+    }
+
+    fn apply(&self, record: Record, out: &mut Vec<Record>) -> Result<(), StageError> {
+        let text = match self.field.get(&record.fields) {
+            Some(Value::String(text)) => text.clone(),
+            Some(other) => {
+                return Err(StageError::new(
+                    &self.stage,
+                    format!("split needs text in {}, found {other}", self.field.as_str()),
+                ))
+            }
+            None => return Err(StageError::new(&self.stage, format!("split field {} is missing", self.field.as_str()))),
+        };
+        let pieces: Box<dyn Iterator<Item = &str>> = match &self.separator {
+            Some(separator) => Box::new(text.split(separator.as_str())),
+            None => Box::new(text.split_whitespace()),
+        };
+        for piece in pieces.filter(|p| !p.is_empty()) {
+            let piece = if self.lowercase { piece.to_lowercase() } else { piece.to_owned() };
+            let mut copy = record.clone();
+            self.field.set(&mut copy.fields, Value::String(piece));
+            out.push(copy);
+        }
+        Ok(())
+    }
+}
+
+/// A window stage: which windows a record falls in, and the aggregate it feeds.
+#[derive(Debug, Clone)]
+pub struct WindowOperator {
+    pub size_ms: i64,
+    pub slide_ms: i64,
+    pub allowed_lateness_ms: i64,
+    pub time_field: Option<FieldPath>,
+    pub function: AggregateFunction,
+    pub field: Option<FieldPath>,
+    pub stage: String,
+}
+
+impl WindowOperator {
+    fn compile(spec: &WindowStage, stage: String) -> Result<Self, String> {
+        let millis = |text: &str, name: &str| -> Result<i64, String> {
+            let duration = parse_duration(text).map_err(|e| format!("window.{name}: {e}"))?;
+            i64::try_from(duration.as_millis()).map_err(|_| format!("window.{name} is too long"))
+        };
+        let size_ms = millis(&spec.size, "size")?;
+        if size_ms <= 0 {
+            return Err("window.size must be greater than 0".into());
+        }
+        let slide_ms = match (spec.kind, &spec.slide) {
+            (WindowKind::Sliding, Some(slide)) => millis(slide, "slide")?,
+            (WindowKind::Sliding, None) => return Err("window.slide is required for a sliding window".into()),
+            (WindowKind::Tumbling, _) => size_ms,
+        };
+        if slide_ms <= 0 || slide_ms > size_ms {
+            return Err("window.slide must be greater than 0 and at most window.size".into());
+        }
+        if spec.aggregate.function != AggregateFunction::Count && spec.aggregate.field.is_none() {
+            return Err("aggregate.field is required for sum, min, max and avg".into());
+        }
+        Ok(Self {
+            size_ms,
+            slide_ms,
+            allowed_lateness_ms: millis(&spec.allowed_lateness, "allowedLateness")?,
+            time_field: spec.time_field.as_deref().map(FieldPath::parse),
+            function: spec.aggregate.function,
+            field: spec.aggregate.field.as_deref().map(FieldPath::parse),
+            stage,
+        })
+    }
+
+    /// The record's event time: `timeField` (RFC 3339 or epoch milliseconds), else its timestamp.
+    pub fn event_time(&self, record: &Record) -> Result<i64, StageError> {
+        let Some(path) = &self.time_field else {
+            return Ok(record.timestamp_ms);
+        };
+        match path.get(&record.fields) {
+            Some(Value::Number(n)) => {
+                n.as_i64().ok_or_else(|| StageError::new(&self.stage, format!("{} is not whole milliseconds", path.as_str())))
+            }
+            Some(Value::String(text)) => chrono::DateTime::parse_from_rfc3339(text)
+                .map(|t| t.timestamp_millis())
+                .map_err(|e| StageError::new(&self.stage, format!("{} is not an RFC 3339 time: {e}", path.as_str()))),
+            Some(other) => Err(StageError::new(&self.stage, format!("{} is not a time: {other}", path.as_str()))),
+            None => Err(StageError::new(&self.stage, format!("time field {} is missing", path.as_str()))),
+        }
+    }
+
+    /// The starts of the windows containing `event_time`, oldest first.
+    pub fn window_starts(&self, event_time: i64) -> impl Iterator<Item = i64> + '_ {
+        let last_start = event_time - event_time.rem_euclid(self.slide_ms);
+        let first_start = last_start - (self.size_ms - self.slide_ms) / self.slide_ms * self.slide_ms;
+        (0..)
+            .map(move |i| first_start + i * self.slide_ms)
+            .take_while(move |start| *start <= last_start)
+            .filter(move |start| start + self.size_ms > event_time)
+    }
+
+    /// The aggregate's contribution of one record.
+    pub fn accumulate(&self, record: &Record) -> Result<Accumulator, StageError> {
+        let Some(field) = &self.field else {
+            return Ok(Accumulator::one(0.0));
+        };
+        match field.get(&record.fields).and_then(number_of) {
+            Some(number) => Ok(Accumulator::one(number)),
+            None => Err(StageError::new(&self.stage, format!("aggregate field {} is not a number", field.as_str()))),
+        }
+    }
+}
+
+fn number_of(value: &Value) -> Option<f64> {
+    match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(text) => text.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Count, sum, min and max of a group of records: enough for every aggregate function, and
+/// mergeable, so partial aggregates from several workers combine exactly.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Accumulator {
+    #[serde(rename = "c")]
+    pub count: u64,
+    #[serde(rename = "s")]
+    pub sum: f64,
+    #[serde(rename = "n")]
+    pub min: f64,
+    #[serde(rename = "x")]
+    pub max: f64,
+}
+
+impl Accumulator {
+    pub fn one(value: f64) -> Self {
+        Self { count: 1, sum: value, min: value, max: value }
+    }
+
+    pub fn merge(&mut self, other: &Accumulator) {
+        self.count += other.count;
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+    }
+
+    pub fn result(&self, function: AggregateFunction) -> Value {
+        let number = match function {
+            AggregateFunction::Count => return Value::from(self.count),
+            AggregateFunction::Sum => self.sum,
+            AggregateFunction::Min => self.min,
+            AggregateFunction::Max => self.max,
+            AggregateFunction::Avg => self.sum / self.count.max(1) as f64,
+        };
+        if number.fract() == 0.0 && number.abs() < 9.0e15 {
+            Value::from(number as i64)
+        } else {
+            Value::from(number)
+        }
+    }
+}
+
+pub fn function_name(function: AggregateFunction) -> &'static str {
+    match function {
+        AggregateFunction::Count => "count",
+        AggregateFunction::Sum => "sum",
+        AggregateFunction::Min => "min",
+        AggregateFunction::Max => "max",
+        AggregateFunction::Avg => "avg",
+    }
+}
+
+/// A window's result for one key, as the record the later stages and the sink see.
+pub fn window_result(
+    window: &WindowOperator,
+    key: &str,
+    start_ms: i64,
+    accumulator: &Accumulator,
+) -> Record {
+    let mut fields = Map::new();
+    fields.insert("key".into(), Value::String(key.to_owned()));
+    fields.insert("windowStart".into(), Value::String(rfc3339(start_ms)));
+    fields.insert("windowEnd".into(), Value::String(rfc3339(start_ms + window.size_ms)));
+    fields.insert(function_name(window.function).into(), accumulator.result(window.function));
+    Record { fields: Value::Object(fields), key: Some(key.to_owned()), timestamp_ms: start_ms + window.size_ms - 1 }
+}
+
+pub fn rfc3339(epoch_ms: i64) -> String {
+    match chrono::DateTime::from_timestamp_millis(epoch_ms) {
+        Some(time) => time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        None => epoch_ms.to_string(),
+    }
+}
+
+/// Decodes a source record's value per `spec.source.format`.
+pub fn decode(format: SourceFormat, payload: Option<&[u8]>) -> Result<Value, StageError> {
+    let payload = payload.unwrap_or_default();
+    match format {
+        SourceFormat::Json => {
+            serde_json::from_slice(payload).map_err(|e| StageError::new("decode", format!("invalid JSON: {e}")))
+        }
+        SourceFormat::Text => match std::str::from_utf8(payload) {
+            Ok(text) => Ok(single_value(Value::String(text.to_owned()))),
+            Err(e) => Err(StageError::new("decode", format!("invalid UTF-8 text: {e}"))),
+        },
+        SourceFormat::Bytes => {
+            Ok(single_value(Value::String(base64::engine::general_purpose::STANDARD.encode(payload))))
+        }
+    }
+}
+
+fn single_value(value: Value) -> Value {
+    let mut fields = Map::new();
+    fields.insert("value".into(), value);
+    Value::Object(fields)
+}
+
+/// Encodes a result per `spec.sink.format`. Text is the `value` field when there is one, else
+/// the fields' values separated by spaces.
+pub fn encode(format: SinkFormat, record: &Record) -> Vec<u8> {
+    match format {
+        SinkFormat::Json => serde_json::to_vec(&record.fields).unwrap_or_default(),
+        SinkFormat::Text => match &record.fields {
+            Value::Object(map) => match map.get("value") {
+                Some(value) => key_text(value).into_bytes(),
+                None => map.values().map(key_text).collect::<Vec<_>>().join(" ").into_bytes(),
+            },
+            other => key_text(other).into_bytes(),
+        },
+    }
+}

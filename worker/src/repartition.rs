@@ -1,0 +1,75 @@
+//! Messages on the internal `<consumerGroup>-repartition` topic.
+//!
+//! The source stage aggregates each source partition's records for a short interval and sends the
+//! partial aggregates, keyed by the `keyBy` value, so all of a key's records meet in one worker.
+//! Each partial names the range of source offsets it covers. When a source partition is replayed
+//! (after a crash or a rebalance), its new owner first sends `Reset` to every repartition
+//! partition, so the aggregating stage drops what the replay will send again: replays never
+//! count twice. `Progress` carries each source partition's watermark.
+
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::Accumulator;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t")]
+pub enum RepartitionMessage {
+    /// A partial aggregate of one key in one window, from source offsets `from..=to`.
+    #[serde(rename = "p")]
+    Partial {
+        src: String,
+        from: i64,
+        to: i64,
+        window: i64,
+        #[serde(flatten)]
+        accumulator: Accumulator,
+    },
+    /// The source partition restarts at `from`: forget what it sent from there on.
+    #[serde(rename = "r")]
+    Reset { src: String, from: i64 },
+    /// The source partition's watermark, and whether it has gone idle.
+    #[serde(rename = "w")]
+    Progress { src: String, watermark: i64, idle: bool },
+}
+
+/// A stable partition for a key (FNV-1a), the same in every worker and every run.
+pub fn partition_for(key: &str, partitions: i32) -> i32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % partitions.max(1) as u64) as i32
+}
+
+/// The name of a source partition in repartition messages.
+pub fn source_id(topic: &str, partition: i32) -> String {
+    format!("{topic}/{partition}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_compactly() {
+        let message = RepartitionMessage::Partial {
+            src: "lines/0".into(),
+            from: 10,
+            to: 20,
+            window: 1_000,
+            accumulator: Accumulator::one(2.5),
+        };
+        let bytes = serde_json::to_vec(&message).expect("serializes");
+        assert_eq!(serde_json::from_slice::<RepartitionMessage>(&bytes).expect("parses"), message);
+        assert!(bytes.len() < 90, "{}", String::from_utf8_lossy(&bytes));
+    }
+
+    #[test]
+    fn partitions_are_stable_and_in_range() {
+        assert_eq!(partition_for("the", 6), partition_for("the", 6));
+        assert!((0..6).contains(&partition_for("anything", 6)));
+        let spread: std::collections::HashSet<i32> = (0..100).map(|i| partition_for(&i.to_string(), 6)).collect();
+        assert_eq!(spread.len(), 6);
+    }
+}

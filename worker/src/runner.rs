@@ -1,0 +1,632 @@
+//! The Kafka side of the worker: one consumer-group member, one producer, and the loop that
+//! feeds the [`Engine`] and commits what it reports safe.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::ClientContext;
+use streamjob_crds::kafka::connection_properties;
+use streamjob_crds::StartFrom;
+
+use crate::config::WorkerConfig;
+use crate::engine::{Commit, Destination, Engine, EngineSettings, Input, Output, Ticket, Totals};
+use crate::metrics::{KindLabel, PartitionLabels, ResultLabel, WorkerMetrics};
+use crate::pipeline::CompiledPipeline;
+
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+const TICK_INTERVAL: Duration = Duration::from_millis(50);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("invalid pipeline: {0}")]
+    Pipeline(#[from] crate::pipeline::CompileError),
+    #[error("cannot create the Kafka {client}: {source}")]
+    Client { client: &'static str, source: KafkaError },
+    #[error("{what}: {source}")]
+    Kafka { what: &'static str, source: KafkaError },
+    #[error("stopped before the brokers at {0} could be reached")]
+    Unreachable(String),
+}
+
+/// Shared with whoever runs the worker: flags in, metrics out.
+#[derive(Clone, Default)]
+pub struct Control {
+    /// Set to stop: drain, flush, commit, leave the group.
+    pub shutdown: Arc<AtomicBool>,
+    /// Set to stop at once without committing or leaving cleanly, as `kill -9` would (tests).
+    pub abandon: Arc<AtomicBool>,
+    /// True while the worker is in its group and consuming (or idle without partitions).
+    pub ready: Arc<AtomicBool>,
+    pub metrics: Arc<WorkerMetrics>,
+    pub totals: Arc<Totals>,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Collects delivery reports; the loop hands them to the engine.
+#[derive(Default)]
+pub struct DeliveryContext {
+    reports: Mutex<Vec<(Ticket, Result<(), String>)>>,
+}
+
+impl ClientContext for DeliveryContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        log_librdkafka("producer", level, facility, message);
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<Option<Ticket>>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ticket: Self::DeliveryOpaque) {
+        let Some(ticket) = *ticket else {
+            if let Err((error, _)) = result {
+                tracing::warn!(%error, "a progress marker was not delivered; the next one replaces it");
+            }
+            return;
+        };
+        let outcome = result.as_ref().map(|_| ()).map_err(|(error, _)| error.to_string());
+        lock(&self.reports).push((ticket, outcome));
+    }
+}
+
+fn log_librdkafka(client: &str, level: RDKafkaLogLevel, facility: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+            tracing::error!(client, facility, "{message}")
+        }
+        RDKafkaLogLevel::Warning => tracing::warn!(client, facility, "{message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(client, facility, "{message}"),
+        RDKafkaLogLevel::Debug => tracing::debug!(client, facility, "{message}"),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+type WorkerProducer = BaseProducer<DeliveryContext>;
+
+/// What the loop and the rebalance callbacks share.
+struct Shared {
+    engine: Mutex<Engine>,
+    producer: WorkerProducer,
+    /// A second producer when the sink is on other brokers (at-least-once only).
+    sink_producer: Option<WorkerProducer>,
+    sink_topic: String,
+    dead_letter_topic: Option<String>,
+    repartition_topic: Option<String>,
+    exactly_once: bool,
+    start_from: StartFrom,
+    abandoned: AtomicBool,
+    metrics: Arc<WorkerMetrics>,
+}
+
+pub struct GroupContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        log_librdkafka("consumer", level, facility, message);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        for (topic, stats) in &statistics.topics {
+            for (partition, partition_stats) in &stats.partitions {
+                if *partition >= 0 && partition_stats.consumer_lag >= 0 {
+                    let labels = PartitionLabels::new(topic, *partition);
+                    self.shared.metrics.consumer_lag.get_or_create(&labels).set(partition_stats.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, error: RDKafkaRespErr, partitions: &mut TopicPartitionList) {
+        if self.shared.abandoned.load(Ordering::SeqCst) {
+            return;
+        }
+        match error {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.shared.assign(consumer, partitions),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.shared.revoke(consumer, partitions),
+            other => tracing::error!(error = ?other, "rebalance failed"),
+        }
+    }
+}
+
+type WorkerConsumer = BaseConsumer<GroupContext>;
+
+impl Shared {
+    /// Starts each newly assigned partition at its committed offset, restoring the aggregating
+    /// stage's checkpoint from the commit metadata. The repartition topic starts at its
+    /// beginning when it has no commit, whatever `startFrom` says: partials are never skipped.
+    fn assign(&self, consumer: &WorkerConsumer, partitions: &mut TopicPartitionList) {
+        let committed = match consumer.committed_offsets(partitions.clone(), REQUEST_TIMEOUT) {
+            Ok(committed) => committed,
+            Err(error) => {
+                tracing::warn!(%error, "could not read committed offsets; starting from the broker's positions");
+                partitions.clone()
+            }
+        };
+        let mut engine = lock(&self.engine);
+        let mut assignment = TopicPartitionList::new();
+        for element in committed.elements() {
+            let (topic, partition) = (element.topic(), element.partition());
+            let metadata = Some(element.metadata()).filter(|m| !m.is_empty());
+            let offset = match element.offset() {
+                Offset::Offset(offset) => Offset::Offset(offset),
+                _ if Some(topic) == self.repartition_topic.as_deref() => Offset::Beginning,
+                _ => match self.start_from {
+                    StartFrom::Earliest => Offset::Beginning,
+                    StartFrom::Latest => Offset::End,
+                },
+            };
+            if let Err(error) = assignment.add_partition_offset(topic, partition, offset) {
+                tracing::error!(%error, topic, partition, "cannot set the start offset");
+            }
+            engine.assign(topic, partition, metadata);
+            self.metrics.rebalances.get_or_create(&KindLabel { kind: "assigned".into() }).inc();
+        }
+        if let Err(error) = consumer.incremental_assign(&assignment) {
+            tracing::error!(%error, "incremental assign failed");
+        }
+        tracing::info!(partitions = ?engine.assigned(), "partitions assigned");
+    }
+
+    /// Finishes the revoked partitions' work, commits, and forgets their state.
+    fn revoke(&self, consumer: &WorkerConsumer, partitions: &TopicPartitionList) {
+        let mut engine = lock(&self.engine);
+        for element in partitions.elements() {
+            engine.prepare_revoke(element.topic(), element.partition());
+        }
+        if let Err(error) = self.commit_now(consumer, &mut engine) {
+            tracing::error!(%error, "commit before revocation failed; the new owner replays from the last commit");
+        }
+        for element in partitions.elements() {
+            engine.revoke(element.topic(), element.partition());
+            self.metrics.rebalances.get_or_create(&KindLabel { kind: "revoked".into() }).inc();
+        }
+        if let Err(error) = consumer.incremental_unassign(partitions) {
+            tracing::error!(%error, "incremental unassign failed");
+        }
+        tracing::info!(partitions = ?engine.assigned(), "partitions revoked; still assigned");
+    }
+
+    fn producer_for(&self, destination: Destination) -> &WorkerProducer {
+        match (destination, &self.sink_producer) {
+            (Destination::Sink, Some(sink)) => sink,
+            _ => &self.producer,
+        }
+    }
+
+    fn producers(&self) -> impl Iterator<Item = &WorkerProducer> {
+        std::iter::once(&self.producer).chain(self.sink_producer.iter())
+    }
+
+    /// Queues the engine's outputs in the producer, waiting while its queue is full.
+    fn send_outputs(&self, engine: &mut Engine) {
+        for output in engine.take_outputs() {
+            self.send(engine, output);
+        }
+    }
+
+    fn send(&self, engine: &mut Engine, output: Output) {
+        let topic = match output.destination {
+            Destination::Sink => self.sink_topic.as_str(),
+            Destination::DeadLetter => self.dead_letter_topic.as_deref().unwrap_or(self.sink_topic.as_str()),
+            Destination::Repartition { .. } => self.repartition_topic.as_deref().unwrap_or(self.sink_topic.as_str()),
+        };
+        let mut headers = OwnedHeaders::new_with_capacity(output.headers.len());
+        for (name, value) in &output.headers {
+            headers = headers.insert(Header { key: name, value: Some(value.as_bytes()) });
+        }
+        let producer = self.producer_for(output.destination);
+        let mut record = BaseRecord::with_opaque_to(topic, Box::new(output.ticket)).payload(&output.payload);
+        if let Some(key) = &output.key {
+            record = record.key(key.as_bytes());
+        }
+        if !output.headers.is_empty() {
+            record = record.headers(headers);
+        }
+        if let Destination::Repartition { partition } = output.destination {
+            record = record.partition(partition);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    producer.poll(Duration::from_millis(10));
+                    self.deliver_reports(engine);
+                }
+                Err((error, returned)) => {
+                    let ticket = *returned.delivery_opaque;
+                    tracing::error!(%error, topic, "could not queue a record");
+                    if let Some(ticket) = ticket {
+                        engine.on_delivery(ticket, Err(error.to_string()), now_ms());
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn deliver_reports(&self, engine: &mut Engine) {
+        let reports = std::mem::take(&mut *lock(&self.producer.context().reports));
+        let sink_reports = self.sink_producer.as_ref().map(|p| std::mem::take(&mut *lock(&p.context().reports)));
+        let now = now_ms();
+        for (ticket, result) in reports.into_iter().chain(sink_reports.into_iter().flatten()) {
+            engine.on_delivery(ticket, result, now);
+        }
+    }
+
+    fn poll_producers(&self, engine: &mut Engine) {
+        for producer in self.producers() {
+            producer.poll(Duration::ZERO);
+        }
+        self.deliver_reports(engine);
+    }
+
+    /// Commits what is safe now: with at-least-once, after every output is acknowledged (the
+    /// producers are flushed); with exactly-once, by committing the open transaction.
+    fn commit_now(&self, consumer: &WorkerConsumer, engine: &mut Engine) -> Result<(), KafkaError> {
+        engine.flush_all();
+        self.send_outputs(engine);
+        if self.exactly_once {
+            return self.commit_transaction(consumer, engine);
+        }
+        for producer in self.producers() {
+            if let Err(error) = producer.flush(REQUEST_TIMEOUT) {
+                tracing::warn!(%error, "flush did not finish; unacknowledged records stay uncommitted");
+            }
+        }
+        self.deliver_reports(engine);
+        self.commit_offsets(consumer, engine, CommitMode::Sync)
+    }
+
+    fn commit_offsets(&self, consumer: &WorkerConsumer, engine: &mut Engine, mode: CommitMode) -> Result<(), KafkaError> {
+        let commits = engine.commits(true);
+        if commits.is_empty() {
+            return Ok(());
+        }
+        let list = commit_list(&commits)?;
+        let result = consumer.commit(&list, mode);
+        self.count_commit(&result);
+        if result.is_ok() {
+            engine.committed(&commits);
+        }
+        result
+    }
+
+    fn count_commit(&self, result: &Result<(), KafkaError>) {
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.commits.get_or_create(&ResultLabel { result: label.into() }).inc();
+    }
+
+    fn commit_transaction(&self, consumer: &WorkerConsumer, engine: &mut Engine) -> Result<(), KafkaError> {
+        let commits = engine.commits(false);
+        let result = (|| {
+            if !commits.is_empty() {
+                let metadata =
+                    consumer.group_metadata().ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::State))?;
+                self.producer.send_offsets_to_transaction(&commit_list(&commits)?, &metadata, REQUEST_TIMEOUT)?;
+            }
+            self.producer.commit_transaction(REQUEST_TIMEOUT)
+        })();
+        self.count_commit(&result);
+        self.deliver_reports(engine);
+        match result {
+            Ok(()) => {
+                engine.committed(&commits);
+                self.producer.begin_transaction()
+            }
+            Err(error) => {
+                tracing::warn!(%error, "transaction failed; aborting and rewinding to the last commit");
+                self.abort_and_rewind(consumer, engine)?;
+                Err(error)
+            }
+        }
+    }
+
+    fn abort_and_rewind(&self, consumer: &WorkerConsumer, engine: &mut Engine) -> Result<(), KafkaError> {
+        if self.exactly_once {
+            self.producer.abort_transaction(REQUEST_TIMEOUT)?;
+        }
+        self.deliver_reports(engine);
+        rewind(consumer, engine);
+        if self.exactly_once {
+            self.producer.begin_transaction()?;
+        }
+        Ok(())
+    }
+}
+
+fn commit_list(commits: &[Commit]) -> Result<TopicPartitionList, KafkaError> {
+    let mut list = TopicPartitionList::new();
+    for commit in commits {
+        list.add_partition_offset(&commit.topic, commit.partition, Offset::Offset(commit.offset))?;
+        if let (Some(metadata), Some(mut element)) = (&commit.metadata, list.find_partition(&commit.topic, commit.partition))
+        {
+            element.set_metadata(metadata.as_str());
+        }
+    }
+    Ok(list)
+}
+
+/// Drops all state and reads every assigned partition again from its last commit.
+fn rewind(consumer: &WorkerConsumer, engine: &mut Engine) {
+    for (topic, partition, offset) in engine.rewind() {
+        if let Err(error) = consumer.seek(&topic, partition, Offset::Offset(offset), REQUEST_TIMEOUT) {
+            tracing::error!(%error, topic, partition, offset, "seek failed during rewind");
+        }
+    }
+}
+
+fn client_config(config: &WorkerConfig, bootstrap: &str) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    for (key, value) in
+        connection_properties(bootstrap, &config.job.spec.source, config.credentials.as_ref(), config.ca.as_ref())
+    {
+        client.set(key, value);
+    }
+    client.set("client.id", format!("streamjob-worker-{}", config.instance_id));
+    client.set_log_level(RDKafkaLogLevel::Warning);
+    client
+}
+
+fn create_producer(config: &WorkerConfig, bootstrap: &str, transactional: bool) -> Result<WorkerProducer, WorkerError> {
+    let mut client = client_config(config, bootstrap);
+    client.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
+    if transactional {
+        client.set("transactional.id", &config.instance_id);
+    }
+    client.create_with_context(DeliveryContext::default()).map_err(|source| WorkerError::Client { client: "producer", source })
+}
+
+fn create_consumer(config: &WorkerConfig, shared: Arc<Shared>) -> Result<WorkerConsumer, WorkerError> {
+    let mut client = client_config(config, &config.source_bootstrap);
+    client
+        .set("group.id", &config.consumer_group)
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("statistics.interval.ms", "5000")
+        .set(
+            "isolation.level",
+            if config.exactly_once() { "read_committed" } else { "read_uncommitted" },
+        );
+    if config.job.spec.source.static_membership {
+        client.set("group.instance.id", &config.instance_id);
+    }
+    client
+        .create_with_context(GroupContext { shared })
+        .map_err(|source| WorkerError::Client { client: "consumer", source })
+}
+
+/// Runs the worker until `control.shutdown` (drain, commit, leave) or `control.abandon`.
+pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
+    let pipeline = CompiledPipeline::compile(&config.job.spec.pipeline)?;
+    let windowed = pipeline.window.is_some();
+    let repartition = if windowed {
+        let partitions = ensure_repartition_topic(&config, &control)?;
+        Some((config.repartition_topic(), partitions))
+    } else {
+        None
+    };
+    let settings = EngineSettings {
+        source_format: config.job.spec.source.format,
+        sink_format: config.job.spec.sink.format,
+        dead_letter: config.job.spec.sink.dead_letter_topic.is_some(),
+        repartition: repartition.clone(),
+        flush_interval_ms: config.timings.flush_interval.as_millis() as i64,
+        idle_timeout_ms: config.timings.idle_timeout.as_millis() as i64,
+        max_partials: 100_000,
+    };
+    let engine = Engine::new(settings, pipeline, control.metrics.clone(), control.totals.clone());
+    let exactly_once = config.exactly_once();
+    let producer = create_producer(&config, &config.source_bootstrap, exactly_once)?;
+    let sink_producer = if config.sink_bootstrap != config.source_bootstrap {
+        Some(create_producer(&config, &config.sink_bootstrap, false)?)
+    } else {
+        None
+    };
+    if exactly_once {
+        producer
+            .init_transactions(REQUEST_TIMEOUT)
+            .map_err(|source| WorkerError::Kafka { what: "cannot start transactions", source })?;
+        producer.begin_transaction().map_err(|source| WorkerError::Kafka { what: "cannot begin a transaction", source })?;
+    }
+    let shared = Arc::new(Shared {
+        engine: Mutex::new(engine),
+        producer,
+        sink_producer,
+        sink_topic: config.job.spec.sink.topic.clone(),
+        dead_letter_topic: config.job.spec.sink.dead_letter_topic.clone(),
+        repartition_topic: repartition.map(|(topic, _)| topic),
+        exactly_once,
+        start_from: config.job.spec.source.start_from,
+        abandoned: AtomicBool::new(false),
+        metrics: control.metrics.clone(),
+    });
+    let consumer = create_consumer(&config, shared.clone())?;
+    let mut topics: Vec<&str> = config.job.spec.source.topics.iter().map(String::as_str).collect();
+    if let Some(topic) = &shared.repartition_topic {
+        topics.push(topic);
+    }
+    consumer.subscribe(&topics).map_err(|source| WorkerError::Kafka { what: "cannot subscribe", source })?;
+    tracing::info!(group = %config.consumer_group, ?topics, instance = %config.instance_id, exactly_once, "worker started");
+    control.ready.store(true, Ordering::SeqCst);
+    let result = consume_until_stopped(&config, &control, &shared, &consumer);
+    control.ready.store(false, Ordering::SeqCst);
+    if control.abandon.load(Ordering::SeqCst) {
+        shared.abandoned.store(true, Ordering::SeqCst);
+        tracing::warn!("abandoned without committing");
+        return result;
+    }
+    let mut engine = lock(&shared.engine);
+    if let Err(error) = shared.commit_now(&consumer, &mut engine) {
+        tracing::error!(%error, "final commit failed; the next owner replays from the last commit");
+    }
+    drop(engine);
+    drop(consumer);
+    tracing::info!("worker stopped: drained, committed and left the group");
+    result
+}
+
+fn consume_until_stopped(
+    config: &WorkerConfig,
+    control: &Control,
+    shared: &Shared,
+    consumer: &WorkerConsumer,
+) -> Result<(), WorkerError> {
+    let mut last_tick = Instant::now();
+    let mut last_commit = Instant::now();
+    while !control.shutdown.load(Ordering::Relaxed) && !control.abandon.load(Ordering::Relaxed) {
+        let message = consumer.poll(POLL_TIMEOUT);
+        let mut engine = lock(&shared.engine);
+        match message {
+            Some(Ok(message)) => {
+                let input = Input {
+                    topic: message.topic(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key(),
+                    payload: message.payload(),
+                    timestamp_ms: message.timestamp().to_millis(),
+                };
+                engine.on_input(&input, now_ms());
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(error)) => tracing::warn!(%error, "consumer error; librdkafka retries"),
+        }
+        if last_tick.elapsed() >= TICK_INTERVAL {
+            last_tick = Instant::now();
+            engine.on_tick(now_ms());
+        }
+        if engine.has_outputs() {
+            shared.send_outputs(&mut engine);
+        }
+        shared.poll_producers(&mut engine);
+        if let Some(failure) = engine.failure().map(str::to_owned) {
+            tracing::error!(error = %failure, "a record was not delivered; rewinding to the last commit");
+            for producer in shared.producers() {
+                let _ = producer.flush(REQUEST_TIMEOUT);
+            }
+            shared.deliver_reports(&mut engine);
+            if let Err(error) = shared.abort_and_rewind(consumer, &mut engine) {
+                return Err(WorkerError::Kafka { what: "cannot rewind", source: error });
+            }
+        }
+        if last_commit.elapsed() >= config.timings.commit_interval {
+            last_commit = Instant::now();
+            let result = if shared.exactly_once {
+                shared.commit_now(consumer, &mut engine)
+            } else {
+                shared.commit_offsets(consumer, &mut engine, CommitMode::Async)
+            };
+            if let Err(error) = result {
+                if is_fatal(&error) {
+                    return Err(WorkerError::Kafka { what: "fatal transaction error", source: error });
+                }
+                tracing::warn!(%error, "commit failed; retrying at the next interval");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_fatal(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::Transaction(e) if e.is_fatal())
+}
+
+/// Makes sure `<consumerGroup>-repartition` exists with as many partitions as the source's
+/// largest topic, and returns its partition count.
+fn ensure_repartition_topic(config: &WorkerConfig, control: &Control) -> Result<i32, WorkerError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+
+    let topic = config.repartition_topic();
+    let client = client_config(config, &config.source_bootstrap);
+    let admin: AdminClient<DefaultClientContext> =
+        client.create().map_err(|source| WorkerError::Client { client: "admin client", source })?;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if control.shutdown.load(Ordering::Relaxed) || control.abandon.load(Ordering::Relaxed) {
+            return Err(WorkerError::Unreachable(config.source_bootstrap.clone()));
+        }
+        match partition_counts(admin.inner(), config, &topic) {
+            Ok((_, Some(existing))) => return Ok(existing),
+            Ok((source_partitions, None)) => {
+                tracing::info!(topic, partitions = source_partitions, "creating the repartition topic");
+                let new_topic = NewTopic::new(&topic, source_partitions, TopicReplication::Fixed(-1));
+                let created =
+                    futures_executor_block_on(admin.create_topics([&new_topic], &AdminOptions::new()));
+                if let Err(error) = created.map_err(|e| e.to_string()).and_then(|results| {
+                    results.into_iter().try_for_each(|r| match r {
+                        Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => Ok(()),
+                        Err((_, code)) => Err(code.to_string()),
+                    })
+                }) {
+                    tracing::warn!(topic, %error, "could not create the repartition topic; relying on the broker's automatic creation");
+                    produce_to_create(config, &topic)?;
+                }
+            }
+            Err(error) => tracing::warn!(%error, bootstrap = %config.source_bootstrap, "brokers not reachable yet; retrying"),
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// The largest source topic's partition count, and the repartition topic's if it exists.
+fn partition_counts<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    config: &WorkerConfig,
+    repartition_topic: &str,
+) -> Result<(i32, Option<i32>), KafkaError> {
+    let mut source_partitions = 0;
+    for topic in &config.job.spec.source.topics {
+        let metadata = client.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+        let count = metadata.topics().iter().filter(|t| t.error().is_none()).map(|t| t.partitions().len()).sum::<usize>();
+        if count == 0 {
+            return Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition));
+        }
+        source_partitions = source_partitions.max(count as i32);
+    }
+    let metadata = client.fetch_metadata(Some(repartition_topic), REQUEST_TIMEOUT)?;
+    let existing = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len() as i32)
+        .next();
+    Ok((source_partitions, existing))
+}
+
+/// Brokers without the CreateTopics API (librdkafka's mock cluster) create a topic on first use.
+fn produce_to_create(config: &WorkerConfig, topic: &str) -> Result<(), WorkerError> {
+    let mut client = client_config(config, &config.source_bootstrap);
+    client.set("allow.auto.create.topics", "true");
+    let consumer: BaseConsumer =
+        client.set("group.id", "streamjob-topic-probe").create().map_err(|source| WorkerError::Client { client: "consumer", source })?;
+    let _ = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT);
+    Ok(())
+}
+
+fn futures_executor_block_on<F: std::future::Future>(future: F) -> F::Output {
+    futures::executor::block_on(future)
+}
