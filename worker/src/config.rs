@@ -42,6 +42,9 @@ pub struct Timings {
     pub idle_timeout: Duration,
     /// Longest a shutdown may take to drain, flush and commit (the operator's grace is 60 s).
     pub shutdown_timeout: Duration,
+    /// The group session timeout: how long a dead worker keeps its partitions (and, with
+    /// static membership, how long a removed worker's partitions wait before moving).
+    pub session_timeout: Duration,
 }
 
 impl Default for Timings {
@@ -51,6 +54,7 @@ impl Default for Timings {
             flush_interval: Duration::from_millis(200),
             idle_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(50),
+            session_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -638,12 +638,17 @@ impl Engine {
             return;
         };
         let next_offset = self.slots[index].progress.next_offset().unwrap_or(i64::MIN);
+        let idle_timeout_ms = self.settings.idle_timeout_ms;
         let slot = &mut self.slots[index];
         let Role::Aggregate(stage) = &mut slot.role else {
             return;
         };
         stage.emitted.retain(|(_, hold)| slot.progress.is_held(*hold));
-        stage.advance_watermark(now_ms - window.allowed_lateness_ms);
+        stage.advance_watermark(now_ms - idle_timeout_ms - window.allowed_lateness_ms);
+        if !stage.windows.is_empty() {
+            tracing::trace!(partition = slot.partition, watermark = ?stage.watermark, next_offset, replay_until = stage.replay_until_offset,
+                sources = ?stage.sources, "open windows");
+        }
         if next_offset < stage.replay_until_offset {
             return;
         }
@@ -856,8 +861,10 @@ impl AggregateStage {
         progress.replayed_through = progress.replayed_through.max(progress.applied_through);
     }
 
-    /// The watermark: the lowest of the sources' watermarks, where an idle source counts as
-    /// no earlier than the wall clock minus the allowed lateness. It never goes back.
+    /// The watermark: the lowest of the sources' watermarks, where an idle source counts as no
+    /// earlier than `idle_floor_ms` (the wall clock minus the idle timeout and the allowed
+    /// lateness, so records delayed less than that, by a rebalance say, are not late). It
+    /// never goes back.
     fn advance_watermark(&mut self, idle_floor_ms: i64) {
         let lowest = self
             .sources

@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod record;
 pub mod repartition;
 pub mod runner;
+pub mod topic_io;
 
 pub use config::{Overrides, Timings, WorkerConfig};
 pub use runner::{run, Control, WorkerError};

@@ -39,6 +39,9 @@ struct Args {
     /// A source partition quiet this long stops holding back windows.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     idle_timeout: Duration,
+    /// Group session timeout: how long a dead worker keeps its partitions.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    session_timeout: Duration,
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
     #[arg(long, env = "RUST_LOG", default_value = "info")]
@@ -66,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         .map_err(|error| anyhow::anyhow!("{error}"))?;
     config.timings.commit_interval = args.commit_interval;
     config.timings.idle_timeout = args.idle_timeout;
+    config.timings.session_timeout = args.session_timeout;
     let control = Control::default();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let listener = runtime

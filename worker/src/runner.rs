@@ -138,6 +138,11 @@ impl ClientContext for GroupContext {
 impl ConsumerContext for GroupContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, error: RDKafkaRespErr, partitions: &mut TopicPartitionList) {
         if self.shared.abandoned.load(Ordering::SeqCst) {
+            // As a crash would: hand the partitions back with nothing flushed or committed.
+            let _ = match error {
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => consumer.incremental_assign(partitions),
+                _ => consumer.incremental_unassign(partitions),
+            };
             return;
         }
         match error {
@@ -385,6 +390,9 @@ fn client_config(config: &WorkerConfig, bootstrap: &str) -> ClientConfig {
     }
     client.set("client.id", format!("streamjob-worker-{}", config.instance_id));
     client.set_log_level(RDKafkaLogLevel::Warning);
+    if let Ok(contexts) = std::env::var("STREAMJOB_LIBRDKAFKA_DEBUG") {
+        client.set("debug", contexts).set_log_level(RDKafkaLogLevel::Debug);
+    }
     client
 }
 
@@ -405,6 +413,8 @@ fn create_consumer(config: &WorkerConfig, shared: Arc<Shared>) -> Result<WorkerC
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("statistics.interval.ms", "5000")
+        .set("session.timeout.ms", config.timings.session_timeout.as_millis().to_string())
+        .set("heartbeat.interval.ms", (config.timings.session_timeout.as_millis() / 6).max(100).to_string())
         .set(
             "isolation.level",
             if config.exactly_once() { "read_committed" } else { "read_uncommitted" },

@@ -1,0 +1,141 @@
+//! The worker as separate `streamjob-worker` processes against a broker in its own process:
+//! `streamjob-mock-broker` (librdkafka's mock cluster on local TCP ports), or the Kafka named by
+//! `STREAMJOB_TEST_BOOTSTRAP`. Word count, then a `kill -9` and a restart.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use streamjob_e2e::{workspace_binary, ChildGuard};
+use streamjob_worker::topic_io::{produce_all, NewRecord, ReadRecord, TopicReader};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+struct Broker {
+    bootstrap: String,
+    _process: Option<ChildGuard>,
+}
+
+/// The broker under test, with `topics` created.
+fn broker(topics: &[(&str, i32)]) -> Broker {
+    if let Ok(bootstrap) = std::env::var("STREAMJOB_TEST_BOOTSTRAP") {
+        streamjob_worker::topic_io::create_topics(&bootstrap, topics).expect("topics created on the test Kafka");
+        return Broker { bootstrap, _process: None };
+    }
+    let mut command = Command::new(workspace_binary("streamjob-mock-broker"));
+    for (topic, partitions) in topics {
+        command.arg("--topic").arg(format!("{topic}:{partitions}"));
+    }
+    let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("streamjob-mock-broker starts (cargo build --bins first)");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut first_line = String::new();
+    BufReader::new(stdout).read_line(&mut first_line).expect("broker prints its address");
+    let bootstrap = first_line.trim().strip_prefix("bootstrap=").expect("bootstrap=<address>").to_owned();
+    Broker { bootstrap, _process: Some(ChildGuard(child)) }
+}
+
+fn unique(name: &str) -> String {
+    format!("{name}-{}-{}", std::process::id(), streamjob_worker::runner::now_ms() % 1_000_000)
+}
+
+/// The wordcount example with its topics renamed, so a shared Kafka gets fresh ones.
+fn manifest(lines: &str, counts: &str) -> PathBuf {
+    let example = std::fs::read_to_string(repo_root().join("examples/wordcount.yaml")).expect("example");
+    let text = example.replace("topics: [lines]", &format!("topics: [{lines}]")).replace("topic: word-counts", &format!("topic: {counts}"));
+    let path = std::env::temp_dir().join(format!("{lines}.yaml"));
+    std::fs::write(&path, text).expect("manifest written");
+    path
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn worker(manifest: &PathBuf, bootstrap: &str, group: &str) -> ChildGuard {
+    let child = Command::new(workspace_binary("streamjob-worker"))
+        .args(["--config", &manifest.display().to_string(), "--bootstrap", bootstrap, "--group", group])
+        .args(["--instance-id", "wordcount-0", "--http-address", "127.0.0.1:0", "--log-format", "text"])
+        .args(["--commit-interval", "200ms", "--idle-timeout", "4s", "--session-timeout", "3s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("streamjob-worker starts (cargo build --bins first)");
+    ChildGuard(child)
+}
+
+fn lines(range: std::ops::Range<usize>, start_ms: i64) -> Vec<NewRecord> {
+    const WORDS: [&str; 9] = ["alpha", "beta", "gamma", "delta", "Alpha", "epsilon", "zeta", "eta", "theta"];
+    range
+        .map(|i| NewRecord {
+            key: Some(format!("line-{i}")),
+            value: (0..(2 + i % 4)).map(|j| WORDS[(i * 7 + j * 3) % WORDS.len()]).collect::<Vec<_>>().join(" ").into_bytes(),
+            timestamp_ms: Some(start_ms + (i as i64 % 300) * 3),
+        })
+        .collect()
+}
+
+fn expected(lines: &[NewRecord]) -> BTreeMap<(i64, String), i64> {
+    let mut counts = BTreeMap::new();
+    for line in lines {
+        let t = line.timestamp_ms.unwrap_or_default();
+        for word in String::from_utf8_lossy(&line.value).split_whitespace() {
+            *counts.entry((t - t.rem_euclid(10_000), word.to_lowercase())).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+fn final_counts(records: &[ReadRecord]) -> BTreeMap<(i64, String), i64> {
+    records
+        .iter()
+        .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.value).ok())
+        .map(|v| {
+            let start = chrono::DateTime::parse_from_rfc3339(v["windowStart"].as_str().unwrap_or_default())
+                .map(|t| t.timestamp_millis())
+                .unwrap_or(-1);
+            ((start, v["key"].as_str().unwrap_or_default().to_owned()), v["count"].as_i64().unwrap_or(-1))
+        })
+        .collect()
+}
+
+fn records_in_group(bootstrap: &str, topic: &str, expected_records: usize) -> bool {
+    // Offsets the group committed show progress without reaching into the worker.
+    let deadline = Instant::now() + LIMIT;
+    let mut reader = TopicReader::new(bootstrap, topic, false).expect("reader");
+    while Instant::now() < deadline {
+        reader.poll_for(Duration::from_millis(200));
+        if reader.records.len() >= expected_records {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn worker_processes_count_words_exactly_across_a_kill_9() {
+    let (lines_topic, counts_topic) = (unique("lines"), unique("word-counts"));
+    let broker = broker(&[(&lines_topic, 4), (&counts_topic, 4)]);
+    let manifest = manifest(&lines_topic, &counts_topic);
+    let group = unique("wordcount");
+
+    let now = streamjob_worker::runner::now_ms();
+    let first_half = lines(0..300, now);
+    produce_all(&broker.bootstrap, &lines_topic, &first_half).expect("first half");
+    let mut first = worker(&manifest, &broker.bootstrap, &group);
+    assert!(records_in_group(&broker.bootstrap, &format!("{group}-repartition"), 50), "the worker never got going");
+    first.0.kill().expect("kill -9");
+    let _ = first.0.wait();
+
+    let second_half = lines(300..600, streamjob_worker::runner::now_ms());
+    produce_all(&broker.bootstrap, &lines_topic, &second_half).expect("second half");
+    let _second = worker(&manifest, &broker.bootstrap, &group);
+    let want = expected(&[first_half, second_half].concat());
+    let mut sink = TopicReader::new(&broker.bootstrap, &counts_topic, false).expect("reader");
+    let complete = sink.read_until(LIMIT, |records| final_counts(records) == want);
+    let got = final_counts(&sink.records);
+    let wrong: Vec<String> =
+        want.iter().filter(|(k, v)| got.get(*k) != Some(*v)).map(|(k, v)| format!("{k:?}: want {v}, got {:?}", got.get(k))).take(10).collect();
+    assert!(complete, "counts after kill -9 and restart differ: {wrong:?}");
+}

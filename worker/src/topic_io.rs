@@ -1,0 +1,154 @@
+//! Plain producing and reading of whole topics: the load generator of `dev`, the tests, and
+//! the benchmark use these to feed a job and check what it wrote.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+/// A record as read back from a topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub value: String,
+    pub headers: HashMap<String, String>,
+}
+
+/// A record to produce; `timestamp_ms` sets the Kafka timestamp.
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    pub key: Option<String>,
+    pub value: Vec<u8>,
+    pub timestamp_ms: Option<i64>,
+}
+
+pub fn producer(bootstrap: &str) -> Result<BaseProducer, KafkaError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()
+}
+
+/// Produces `records` and waits until all are acknowledged.
+pub fn produce_all(bootstrap: &str, topic: &str, records: &[NewRecord]) -> Result<(), KafkaError> {
+    let producer = producer(bootstrap)?;
+    for record in records {
+        let mut base = BaseRecord::<[u8], [u8]>::to(topic).payload(record.value.as_slice());
+        if let Some(key) = &record.key {
+            base = base.key(key.as_bytes());
+        }
+        if let Some(timestamp) = record.timestamp_ms {
+            base = base.timestamp(timestamp);
+        }
+        send_waiting(&producer, base)?;
+    }
+    producer.flush(Duration::from_secs(30))
+}
+
+/// Sends one record, waiting while the producer's queue is full.
+pub fn send_waiting<'a>(producer: &BaseProducer, mut record: BaseRecord<'a, [u8], [u8]>) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => {
+                producer.poll(Duration::ZERO);
+                return Ok(());
+            }
+            Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), returned)) => {
+                record = returned;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((error, _)) => return Err(error),
+        }
+    }
+}
+
+/// A consumer that reads every partition of `topic` from the beginning, outside any group.
+pub struct TopicReader {
+    consumer: BaseConsumer,
+    pub records: Vec<ReadRecord>,
+}
+
+impl TopicReader {
+    pub fn new(bootstrap: &str, topic: &str, read_committed: bool) -> Result<Self, KafkaError> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "streamjob-topic-reader")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", if read_committed { "read_committed" } else { "read_uncommitted" })
+            .create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let mut assignment = TopicPartitionList::new();
+        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
+        }
+        consumer.assign(&assignment)?;
+        Ok(Self { consumer, records: Vec::new() })
+    }
+
+    /// Reads what arrives within `wait`; returns how many records were new.
+    pub fn poll_for(&mut self, wait: Duration) -> usize {
+        let deadline = Instant::now() + wait;
+        let before = self.records.len();
+        while Instant::now() < deadline {
+            match self.consumer.poll(Duration::from_millis(50)) {
+                Some(Ok(message)) => self.records.push(ReadRecord {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value: String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
+                    headers: message
+                        .headers()
+                        .map(|headers| {
+                            headers
+                                .iter()
+                                .map(|h| {
+                                    (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }),
+                Some(Err(_)) | None => {}
+            }
+        }
+        self.records.len() - before
+    }
+
+    /// Reads until `done` holds for what was read, or `limit` passes.
+    pub fn read_until(&mut self, limit: Duration, done: impl Fn(&[ReadRecord]) -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            self.poll_for(Duration::from_millis(200));
+            if done(&self.records) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Creates topics with the admin API; existing topics are fine.
+pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<(), KafkaError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let new_topics: Vec<NewTopic<'_>> =
+        topics.iter().map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(-1))).collect();
+    let results = futures::executor::block_on(admin.create_topics(&new_topics, &AdminOptions::new()))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(KafkaError::AdminOp(code)),
+        }
+    }
+    Ok(())
+}
