@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use streamjob_e2e::{workspace_binary, ChildGuard};
+use streamjob_e2e::{free_port, workspace_binary, ChildGuard};
 use streamjob_worker::topic_io::{produce_all, NewRecord, ReadRecord, TopicReader};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -28,7 +28,11 @@ fn broker(topics: &[(&str, i32)]) -> Broker {
     for (topic, partitions) in topics {
         command.arg("--topic").arg(format!("{topic}:{partitions}"));
     }
-    let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("streamjob-mock-broker starts (cargo build --bins first)");
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("streamjob-mock-broker starts (cargo build --bins first)");
     let stdout = child.stdout.take().expect("stdout");
     let mut first_line = String::new();
     BufReader::new(stdout).read_line(&mut first_line).expect("broker prints its address");
@@ -43,7 +47,9 @@ fn unique(name: &str) -> String {
 /// The wordcount example with its topics renamed, so a shared Kafka gets fresh ones.
 fn manifest(lines: &str, counts: &str) -> PathBuf {
     let example = std::fs::read_to_string(repo_root().join("examples/wordcount.yaml")).expect("example");
-    let text = example.replace("topics: [lines]", &format!("topics: [{lines}]")).replace("topic: word-counts", &format!("topic: {counts}"));
+    let text = example
+        .replace("topics: [lines]", &format!("topics: [{lines}]"))
+        .replace("topic: word-counts", &format!("topic: {counts}"));
     let path = std::env::temp_dir().join(format!("{lines}.yaml"));
     std::fs::write(&path, text).expect("manifest written");
     path
@@ -53,10 +59,10 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn worker(manifest: &PathBuf, bootstrap: &str, group: &str) -> ChildGuard {
+fn worker(manifest: &std::path::Path, bootstrap: &str, group: &str, port: u16) -> ChildGuard {
     let child = Command::new(workspace_binary("streamjob-worker"))
         .args(["--config", &manifest.display().to_string(), "--bootstrap", bootstrap, "--group", group])
-        .args(["--instance-id", "wordcount-0", "--http-address", "127.0.0.1:0", "--log-format", "text"])
+        .args(["--instance-id", "wordcount-0", "--http-address", &format!("127.0.0.1:{port}"), "--log-format", "text"])
         .args(["--commit-interval", "200ms", "--idle-timeout", "4s", "--session-timeout", "3s"])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -70,7 +76,11 @@ fn lines(range: std::ops::Range<usize>, start_ms: i64) -> Vec<NewRecord> {
     range
         .map(|i| NewRecord {
             key: Some(format!("line-{i}")),
-            value: (0..(2 + i % 4)).map(|j| WORDS[(i * 7 + j * 3) % WORDS.len()]).collect::<Vec<_>>().join(" ").into_bytes(),
+            value: (0..(2 + i % 4))
+                .map(|j| WORDS[(i * 7 + j * 3) % WORDS.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+                .into_bytes(),
             timestamp_ms: Some(start_ms + (i as i64 % 300) * 3),
         })
         .collect()
@@ -100,15 +110,30 @@ fn final_counts(records: &[ReadRecord]) -> BTreeMap<(i64, String), i64> {
         .collect()
 }
 
-fn records_in_group(bootstrap: &str, topic: &str, expected_records: usize) -> bool {
-    // Offsets the group committed show progress without reaching into the worker.
+/// The sum of `streamjob_worker_records_in_total` for `topic`, read from the worker's /metrics.
+fn records_in(port: u16, topic: &str) -> u64 {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    let mut body = String::new();
+    let _ = stream.read_to_string(&mut body);
+    body.lines()
+        .filter(|line| {
+            line.starts_with("streamjob_worker_records_in_total") && line.contains(&format!("topic=\"{topic}\""))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn wait_for(condition: impl Fn() -> bool) -> bool {
     let deadline = Instant::now() + LIMIT;
-    let mut reader = TopicReader::new(bootstrap, topic, false).expect("reader");
     while Instant::now() < deadline {
-        reader.poll_for(Duration::from_millis(200));
-        if reader.records.len() >= expected_records {
+        if condition() {
             return true;
         }
+        std::thread::sleep(Duration::from_millis(100));
     }
     false
 }
@@ -123,19 +148,24 @@ fn worker_processes_count_words_exactly_across_a_kill_9() {
     let now = streamjob_worker::runner::now_ms();
     let first_half = lines(0..300, now);
     produce_all(&broker.bootstrap, &lines_topic, &first_half).expect("first half");
-    let mut first = worker(&manifest, &broker.bootstrap, &group);
-    assert!(records_in_group(&broker.bootstrap, &format!("{group}-repartition"), 50), "the worker never got going");
+    let port = free_port().expect("a free port");
+    let mut first = worker(&manifest, &broker.bootstrap, &group, port);
+    assert!(wait_for(|| records_in(port, &lines_topic) >= 150), "the worker never got going");
     first.0.kill().expect("kill -9");
     let _ = first.0.wait();
 
     let second_half = lines(300..600, streamjob_worker::runner::now_ms());
     produce_all(&broker.bootstrap, &lines_topic, &second_half).expect("second half");
-    let _second = worker(&manifest, &broker.bootstrap, &group);
+    let _second = worker(&manifest, &broker.bootstrap, &group, free_port().expect("a free port"));
     let want = expected(&[first_half, second_half].concat());
     let mut sink = TopicReader::new(&broker.bootstrap, &counts_topic, false).expect("reader");
     let complete = sink.read_until(LIMIT, |records| final_counts(records) == want);
     let got = final_counts(&sink.records);
-    let wrong: Vec<String> =
-        want.iter().filter(|(k, v)| got.get(*k) != Some(*v)).map(|(k, v)| format!("{k:?}: want {v}, got {:?}", got.get(k))).take(10).collect();
+    let wrong: Vec<String> = want
+        .iter()
+        .filter(|(k, v)| got.get(*k) != Some(*v))
+        .map(|(k, v)| format!("{k:?}: want {v}, got {:?}", got.get(k)))
+        .take(10)
+        .collect();
     assert!(complete, "counts after kill -9 and restart differ: {wrong:?}");
 }

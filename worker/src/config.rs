@@ -75,14 +75,9 @@ pub struct WorkerConfig {
 
 impl WorkerConfig {
     /// Reads and checks the manifest at `path`; `env` looks up environment variables.
-    pub fn load(
-        path: &Path,
-        overrides: &Overrides,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
+    pub fn load(path: &Path, overrides: &Overrides, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
         let job = streamjob_crds::parse_manifest(&text)
             .map_err(|source| ConfigError::Invalid { path: shown.clone(), source })?;
         Self::from_job(job, overrides, env).map_err(|error| match error {

@@ -416,13 +416,20 @@ impl Engine {
         let mut late = None;
         for (record, (event_ms, accumulator)) in keyed.iter().zip(&contributions) {
             let key = record.key.clone().unwrap_or_default();
-            let mut open = window.window_starts(*event_ms).filter(|start| watermark.is_none_or(|w| start + window.size_ms > w)).peekable();
+            let mut open = window
+                .window_starts(*event_ms)
+                .filter(|start| watermark.is_none_or(|w| start + window.size_ms > w))
+                .peekable();
             if open.peek().is_none() {
                 late = Some(*event_ms);
                 continue;
             }
             for start in open {
-                source.partials.entry((start, key.clone())).and_modify(|a| a.merge(accumulator)).or_insert(*accumulator);
+                source
+                    .partials
+                    .entry((start, key.clone()))
+                    .and_modify(|a| a.merge(accumulator))
+                    .or_insert(*accumulator);
             }
             source.max_event_ms = Some(source.max_event_ms.map_or(*event_ms, |m| m.max(*event_ms)));
             source.progress_unsent = true;
@@ -527,7 +534,8 @@ impl Engine {
         let message: RepartitionMessage = match serde_json::from_slice(input.payload.unwrap_or_default()) {
             Ok(message) => message,
             Err(error) => {
-                let error = StageError { stage: "repartition".into(), message: format!("not a repartition message: {error}") };
+                let error =
+                    StageError { stage: "repartition".into(), message: format!("not a repartition message: {error}") };
                 return self.reject(index, input, &error, false);
             }
         };
@@ -571,11 +579,7 @@ impl Engine {
                     .segments
                     .entry((src, from))
                     .or_insert_with(|| Segment { first_input_offset: input.offset, keys: HashMap::new() });
-                segment
-                    .keys
-                    .entry(key)
-                    .and_modify(|a| a.merge(&accumulator))
-                    .or_insert(accumulator);
+                segment.keys.entry(key).and_modify(|a| a.merge(&accumulator)).or_insert(accumulator);
             }
         }
     }
@@ -628,8 +632,11 @@ impl Engine {
             return;
         }
         source.progress_unsent = false;
-        let message =
-            RepartitionMessage::Progress { src: source.id.clone(), watermark: max_event_ms - lateness, idle: source.idle };
+        let message = RepartitionMessage::Progress {
+            src: source.id.clone(),
+            watermark: max_event_ms - lateness,
+            idle: source.idle,
+        };
         self.broadcast(&message, None, partitions);
     }
 
@@ -679,9 +686,14 @@ impl Engine {
         }
         let mut results = Vec::new();
         for (key, accumulator) in per_key {
-            match pipeline::run_stateless(&self.pipeline.after_window, pipeline::window_result(window, &key, start, &accumulator)) {
+            match pipeline::run_stateless(
+                &self.pipeline.after_window,
+                pipeline::window_result(window, &key, start, &accumulator),
+            ) {
                 Ok(records) => results.extend(records),
-                Err(error) => tracing::warn!(stage = %error.stage, error = %error.message, key, "window result dropped by a later stage's error"),
+                Err(error) => {
+                    tracing::warn!(stage = %error.stage, error = %error.message, key, "window result dropped by a later stage's error")
+                }
             }
         }
         let ticket = self.ticket(index, hold, Some(start + window.size_ms), Destination::Sink);
@@ -737,10 +749,9 @@ impl Engine {
             .filter(|slot| slot.assigned)
             .filter_map(|slot| {
                 let (window_hold, metadata) = match &slot.role {
-                    Role::Aggregate(stage) => (
-                        stage.oldest_held_offset(),
-                        Some(stage.checkpoint(&slot.progress, include_unacknowledged)),
-                    ),
+                    Role::Aggregate(stage) => {
+                        (stage.oldest_held_offset(), Some(stage.checkpoint(&slot.progress, include_unacknowledged)))
+                    }
                     Role::Source(source) => (source.range_start, None),
                     Role::Direct => (None, None),
                 };
@@ -866,11 +877,8 @@ impl AggregateStage {
     /// lateness, so records delayed less than that, by a rebalance say, are not late). It
     /// never goes back.
     fn advance_watermark(&mut self, idle_floor_ms: i64) {
-        let lowest = self
-            .sources
-            .values()
-            .map(|s| if s.idle { s.watermark.max(idle_floor_ms) } else { s.watermark })
-            .min();
+        let lowest =
+            self.sources.values().map(|s| if s.idle { s.watermark.max(idle_floor_ms) } else { s.watermark }).min();
         if let Some(lowest) = lowest {
             self.watermark = Some(self.watermark.map_or(lowest, |w| w.max(lowest)));
         }

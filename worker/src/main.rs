@@ -63,8 +63,11 @@ fn init_tracing(format: LogFormat, level: &str) {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format, &args.log_level);
-    let overrides =
-        Overrides { bootstrap_servers: args.bootstrap.clone(), consumer_group: args.group.clone(), instance_id: args.instance_id.clone() };
+    let overrides = Overrides {
+        bootstrap_servers: args.bootstrap.clone(),
+        consumer_group: args.group.clone(),
+        instance_id: args.instance_id.clone(),
+    };
     let mut config = WorkerConfig::load(args.config.as_ref(), &overrides, |name| std::env::var(name).ok())
         .map_err(|error| anyhow::anyhow!("{error}"))?;
     config.timings.commit_interval = args.commit_interval;

@@ -86,7 +86,11 @@ impl Default for WorkerMetrics {
             processing_latency.clone(),
         );
         let consumer_lag = Family::<PartitionLabels, Gauge>::default();
-        registry.register("consumer_lag_records", "Lag of an assigned partition as this worker sees it", consumer_lag.clone());
+        registry.register(
+            "consumer_lag_records",
+            "Lag of an assigned partition as this worker sees it",
+            consumer_lag.clone(),
+        );
         let commits = Family::<ResultLabel, Counter>::default();
         registry.register("commits", "Offset commits, by result", commits.clone());
         let rebalances = Family::<KindLabel, Counter>::default();
@@ -94,7 +98,11 @@ impl Default for WorkerMetrics {
         let delivery_errors = Counter::default();
         registry.register("delivery_errors", "Produce requests that failed for good", delivery_errors.clone());
         let rewinds = Counter::default();
-        registry.register("rewinds", "Times the worker went back to its committed offsets after an error", rewinds.clone());
+        registry.register(
+            "rewinds",
+            "Times the worker went back to its committed offsets after an error",
+            rewinds.clone(),
+        );
         let open_windows = Gauge::default();
         registry.register("open_windows", "Windows not yet emitted", open_windows.clone());
         let open_keys = Gauge::default();
@@ -129,10 +137,5 @@ impl WorkerMetrics {
             tracing::error!(%error, "could not encode metrics");
         }
         text
-    }
-
-    /// The sum of a counter family, for summaries and tests.
-    pub fn total(family: &Family<PartitionLabels, Counter>, labels: &[PartitionLabels]) -> u64 {
-        labels.iter().map(|l| family.get_or_create(l).get()).sum()
     }
 }

@@ -263,7 +263,12 @@ pub struct Split {
 
 impl Split {
     fn compile(spec: &SplitStage, stage: String) -> Self {
-        Self { field: FieldPath::parse(&spec.field), separator: spec.separator.clone(), lowercase: spec.lowercase, stage }
+        Self {
+            field: FieldPath::parse(&spec.field),
+            separator: spec.separator.clone(),
+            lowercase: spec.lowercase,
+            stage,
+        }
     }
 
     fn apply(&self, record: Record, out: &mut Vec<Record>) -> Result<(), StageError> {
@@ -275,7 +280,9 @@ impl Split {
                     format!("split needs text in {}, found {other}", self.field.as_str()),
                 ))
             }
-            None => return Err(StageError::new(&self.stage, format!("split field {} is missing", self.field.as_str()))),
+            None => {
+                return Err(StageError::new(&self.stage, format!("split field {} is missing", self.field.as_str())))
+            }
         };
         let pieces: Box<dyn Iterator<Item = &str>> = match &self.separator {
             Some(separator) => Box::new(text.split(separator.as_str())),
@@ -341,9 +348,9 @@ impl WindowOperator {
             return Ok(record.timestamp_ms);
         };
         match path.get(&record.fields) {
-            Some(Value::Number(n)) => {
-                n.as_i64().ok_or_else(|| StageError::new(&self.stage, format!("{} is not whole milliseconds", path.as_str())))
-            }
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .ok_or_else(|| StageError::new(&self.stage, format!("{} is not whole milliseconds", path.as_str()))),
             Some(Value::String(text)) => chrono::DateTime::parse_from_rfc3339(text)
                 .map(|t| t.timestamp_millis())
                 .map_err(|e| StageError::new(&self.stage, format!("{} is not an RFC 3339 time: {e}", path.as_str()))),
@@ -435,12 +442,7 @@ pub fn function_name(function: AggregateFunction) -> &'static str {
 }
 
 /// A window's result for one key, as the record the later stages and the sink see.
-pub fn window_result(
-    window: &WindowOperator,
-    key: &str,
-    start_ms: i64,
-    accumulator: &Accumulator,
-) -> Record {
+pub fn window_result(window: &WindowOperator, key: &str, start_ms: i64, accumulator: &Accumulator) -> Record {
     let mut fields = Map::new();
     fields.insert("key".into(), Value::String(key.to_owned()));
     fields.insert("windowStart".into(), Value::String(rfc3339(start_ms)));

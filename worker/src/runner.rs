@@ -303,7 +303,12 @@ impl Shared {
         self.commit_offsets(consumer, engine, CommitMode::Sync)
     }
 
-    fn commit_offsets(&self, consumer: &WorkerConsumer, engine: &mut Engine, mode: CommitMode) -> Result<(), KafkaError> {
+    fn commit_offsets(
+        &self,
+        consumer: &WorkerConsumer,
+        engine: &mut Engine,
+        mode: CommitMode,
+    ) -> Result<(), KafkaError> {
         let commits = engine.commits(true);
         if commits.is_empty() {
             return Ok(());
@@ -326,8 +331,7 @@ impl Shared {
         let commits = engine.commits(false);
         let result = (|| {
             if !commits.is_empty() {
-                let metadata =
-                    consumer.group_metadata().ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::State))?;
+                let metadata = consumer.group_metadata().ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::State))?;
                 self.producer.send_offsets_to_transaction(&commit_list(&commits)?, &metadata, REQUEST_TIMEOUT)?;
             }
             self.producer.commit_transaction(REQUEST_TIMEOUT)
@@ -364,7 +368,8 @@ fn commit_list(commits: &[Commit]) -> Result<TopicPartitionList, KafkaError> {
     let mut list = TopicPartitionList::new();
     for commit in commits {
         list.add_partition_offset(&commit.topic, commit.partition, Offset::Offset(commit.offset))?;
-        if let (Some(metadata), Some(mut element)) = (&commit.metadata, list.find_partition(&commit.topic, commit.partition))
+        if let (Some(metadata), Some(mut element)) =
+            (&commit.metadata, list.find_partition(&commit.topic, commit.partition))
         {
             element.set_metadata(metadata.as_str());
         }
@@ -402,7 +407,9 @@ fn create_producer(config: &WorkerConfig, bootstrap: &str, transactional: bool) 
     if transactional {
         client.set("transactional.id", &config.instance_id);
     }
-    client.create_with_context(DeliveryContext::default()).map_err(|source| WorkerError::Client { client: "producer", source })
+    client
+        .create_with_context(DeliveryContext::default())
+        .map_err(|source| WorkerError::Client { client: "producer", source })
 }
 
 fn create_consumer(config: &WorkerConfig, shared: Arc<Shared>) -> Result<WorkerConsumer, WorkerError> {
@@ -415,10 +422,7 @@ fn create_consumer(config: &WorkerConfig, shared: Arc<Shared>) -> Result<WorkerC
         .set("statistics.interval.ms", "5000")
         .set("session.timeout.ms", config.timings.session_timeout.as_millis().to_string())
         .set("heartbeat.interval.ms", (config.timings.session_timeout.as_millis() / 6).max(100).to_string())
-        .set(
-            "isolation.level",
-            if config.exactly_once() { "read_committed" } else { "read_uncommitted" },
-        );
+        .set("isolation.level", if config.exactly_once() { "read_committed" } else { "read_uncommitted" });
     if config.job.spec.source.static_membership {
         client.set("group.instance.id", &config.instance_id);
     }
@@ -458,7 +462,9 @@ pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
         producer
             .init_transactions(REQUEST_TIMEOUT)
             .map_err(|source| WorkerError::Kafka { what: "cannot start transactions", source })?;
-        producer.begin_transaction().map_err(|source| WorkerError::Kafka { what: "cannot begin a transaction", source })?;
+        producer
+            .begin_transaction()
+            .map_err(|source| WorkerError::Kafka { what: "cannot begin a transaction", source })?;
     }
     let shared = Arc::new(Shared {
         engine: Mutex::new(engine),
@@ -583,8 +589,7 @@ fn ensure_repartition_topic(config: &WorkerConfig, control: &Control) -> Result<
             Ok((source_partitions, None)) => {
                 tracing::info!(topic, partitions = source_partitions, "creating the repartition topic");
                 let new_topic = NewTopic::new(&topic, source_partitions, TopicReplication::Fixed(-1));
-                let created =
-                    futures_executor_block_on(admin.create_topics([&new_topic], &AdminOptions::new()));
+                let created = futures_executor_block_on(admin.create_topics([&new_topic], &AdminOptions::new()));
                 if let Err(error) = created.map_err(|e| e.to_string()).and_then(|results| {
                     results.into_iter().try_for_each(|r| match r {
                         Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => Ok(()),
@@ -595,7 +600,9 @@ fn ensure_repartition_topic(config: &WorkerConfig, control: &Control) -> Result<
                     produce_to_create(config, &topic)?;
                 }
             }
-            Err(error) => tracing::warn!(%error, bootstrap = %config.source_bootstrap, "brokers not reachable yet; retrying"),
+            Err(error) => {
+                tracing::warn!(%error, bootstrap = %config.source_bootstrap, "brokers not reachable yet; retrying")
+            }
         }
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -611,7 +618,8 @@ fn partition_counts<C: ClientContext>(
     let mut source_partitions = 0;
     for topic in &config.job.spec.source.topics {
         let metadata = client.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
-        let count = metadata.topics().iter().filter(|t| t.error().is_none()).map(|t| t.partitions().len()).sum::<usize>();
+        let count =
+            metadata.topics().iter().filter(|t| t.error().is_none()).map(|t| t.partitions().len()).sum::<usize>();
         if count == 0 {
             return Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition));
         }
@@ -631,8 +639,10 @@ fn partition_counts<C: ClientContext>(
 fn produce_to_create(config: &WorkerConfig, topic: &str) -> Result<(), WorkerError> {
     let mut client = client_config(config, &config.source_bootstrap);
     client.set("allow.auto.create.topics", "true");
-    let consumer: BaseConsumer =
-        client.set("group.id", "streamjob-topic-probe").create().map_err(|source| WorkerError::Client { client: "consumer", source })?;
+    let consumer: BaseConsumer = client
+        .set("group.id", "streamjob-topic-probe")
+        .create()
+        .map_err(|source| WorkerError::Client { client: "consumer", source })?;
     let _ = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT);
     Ok(())
 }

@@ -98,25 +98,8 @@ impl TopicReader {
         let deadline = Instant::now() + wait;
         let before = self.records.len();
         while Instant::now() < deadline {
-            match self.consumer.poll(Duration::from_millis(50)) {
-                Some(Ok(message)) => self.records.push(ReadRecord {
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    value: String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
-                    headers: message
-                        .headers()
-                        .map(|headers| {
-                            headers
-                                .iter()
-                                .map(|h| {
-                                    (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                }),
-                Some(Err(_)) | None => {}
+            if let Some(Ok(message)) = self.consumer.poll(Duration::from_millis(50)) {
+                self.records.push(read_record(&message));
             }
         }
         self.records.len() - before
@@ -132,6 +115,25 @@ impl TopicReader {
             }
         }
         false
+    }
+}
+
+fn read_record(message: &rdkafka::message::BorrowedMessage<'_>) -> ReadRecord {
+    let headers = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    ReadRecord {
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        value: String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
+        headers,
     }
 }
 

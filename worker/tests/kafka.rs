@@ -149,8 +149,11 @@ fn a_poison_message_goes_to_the_dead_letter_topic_and_its_partition_continues() 
 
     let mut sink = TopicReader::new(&bootstrap, "orders-copy", false).expect("reader");
     assert!(sink.read_until(LIMIT, |r| r.len() >= 2), "the partition stalled behind the poison message");
-    let ids: Vec<serde_json::Value> =
-        sink.records.iter().map(|r| serde_json::from_str::<serde_json::Value>(&r.value).expect("json")["id"].clone()).collect();
+    let ids: Vec<serde_json::Value> = sink
+        .records
+        .iter()
+        .map(|r| serde_json::from_str::<serde_json::Value>(&r.value).expect("json")["id"].clone())
+        .collect();
     assert_eq!(ids, vec![serde_json::json!(1), serde_json::json!(3)]);
 }
 
@@ -169,12 +172,14 @@ fn broker_outage_and_request_errors_are_survived_without_loss() {
     broker.cluster().broker_up(1).expect("broker up");
     broker.cluster().request_errors(
         RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT],
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        ],
     );
-    broker.cluster().request_errors(
-        RDKafkaApiKey::OffsetCommit,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE],
-    );
+    broker
+        .cluster()
+        .request_errors(RDKafkaApiKey::OffsetCommit, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE]);
     let rest = stamped(&lines[200..], now_ms(), 3);
     produce_all(&bootstrap, "lines", &rest).expect("rest");
     produced.extend(rest);

@@ -1,0 +1,215 @@
+//! Worker throughput against one broker: produces N records, then measures records/s of
+//! (a) a raw rdkafka consumer that only counts, (b) the worker with a passthrough pipeline,
+//! (c) a JSON filter + map, (d) word count with a 10 s tumbling window, each as records/s and
+//! as a ratio to (a). Each rate is timed from the first record read to the N-th, so group
+//! joins do not count.
+//!
+//! `cargo bench -p streamjob-worker --bench throughput -- [--records N] [--bootstrap HOST:PORT]`
+//! Without `--bootstrap` the broker is librdkafka's mock cluster in this process.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use streamjob_worker::mock_broker::MockBroker;
+use streamjob_worker::topic_io::{producer, send_waiting};
+use streamjob_worker::{Control, Overrides, WorkerConfig};
+
+#[derive(Parser)]
+struct Args {
+    /// Records per input topic.
+    #[arg(long, default_value_t = 1_000_000)]
+    records: usize,
+    /// Partitions of the input topics (mock broker only).
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    /// A Kafka to measure against instead of the in-process mock cluster.
+    #[arg(long)]
+    bootstrap: Option<String>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+const WORDS: [&str; 16] = [
+    "stream",
+    "window",
+    "kafka",
+    "worker",
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "lag",
+    "offset",
+    "commit",
+    "partition",
+];
+
+fn json_record(i: usize) -> String {
+    let kind = if i % 2 == 0 { "click" } else { "view" };
+    format!(
+        r#"{{"id":{i},"user":"u{}","type":"{kind}","amount":{}.5,"page":"/products/{}"}}"#,
+        i % 1000,
+        i % 97,
+        i % 500
+    )
+}
+
+fn text_record(i: usize) -> String {
+    (0..17).map(|j| WORDS[(i * 7 + j * 5) % WORDS.len()]).collect::<Vec<_>>().join(" ")
+}
+
+fn produce(bootstrap: &str, topic: &str, records: usize, make: fn(usize) -> String) -> anyhow::Result<()> {
+    let producer = producer(bootstrap)?;
+    let started = Instant::now();
+    for i in 0..records {
+        let value = make(i);
+        let key = format!("k{i}");
+        send_waiting(&producer, BaseRecord::to(topic).key(key.as_bytes()).payload(value.as_bytes()))?;
+    }
+    producer.flush(Duration::from_secs(120))?;
+    println!(
+        "produced {records} records to {topic} in {:.1} s (~{} bytes each)",
+        started.elapsed().as_secs_f64(),
+        make(1).len()
+    );
+    Ok(())
+}
+
+/// (a): assign every partition from the beginning and count.
+fn raw_consumer(bootstrap: &str, topic: &str, records: usize) -> anyhow::Result<f64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "streamjob-bench-raw")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let mut count = 0;
+    let mut first: Option<Instant> = None;
+    while count < records {
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            count += 1;
+        }
+    }
+    Ok(rate(records, first))
+}
+
+fn rate(records: usize, first: Option<Instant>) -> f64 {
+    first.map_or(0.0, |f| records as f64 / f.elapsed().as_secs_f64())
+}
+
+fn worker_rate(bootstrap: &str, manifest: &str, records: usize, group: &str) -> anyhow::Result<f64> {
+    let mut job = streamjob_crds::parse_manifest(manifest).map_err(|e| anyhow::anyhow!("{e}"))?;
+    job.metadata.name = Some(group.to_owned());
+    let overrides = Overrides {
+        bootstrap_servers: Some(bootstrap.to_owned()),
+        consumer_group: Some(group.to_owned()),
+        instance_id: Some(format!("{group}-0")),
+    };
+    let config = WorkerConfig::from_job(job, &overrides, |_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let control = Control::default();
+    let worker_control = control.clone();
+    let handle = std::thread::spawn(move || streamjob_worker::run(config, worker_control));
+    let mut first = None;
+    loop {
+        let read = control.totals.records_in.load(Ordering::Relaxed) as usize;
+        if read > 0 {
+            first.get_or_insert_with(Instant::now);
+        }
+        if read >= records {
+            break;
+        }
+        if handle.is_finished() {
+            anyhow::bail!("the worker stopped early");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let result = rate(records, first);
+    control.shutdown.store(true, Ordering::SeqCst);
+    handle.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+    Ok(result)
+}
+
+fn job(source_topic: &str, format: &str, pipeline: &str, sink: &str) -> String {
+    format!(
+        "apiVersion: streamjob.io/v1alpha1\nkind: StreamJob\nmetadata: {{name: bench}}\nspec:\n  source:\n    \
+         bootstrapServers: unused:9092\n    topics: [{source_topic}]\n    format: {format}\n  pipeline: {pipeline}\n  \
+         sink: {{topic: {sink}}}\n"
+    )
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mock;
+    let bootstrap = match &args.bootstrap {
+        Some(bootstrap) => bootstrap.clone(),
+        None => {
+            mock = MockBroker::start(1)?;
+            for topic in ["bench-json", "bench-text"] {
+                mock.create_topic(topic, args.partitions)?;
+            }
+            for topic in ["bench-out-b", "bench-out-c", "bench-out-d"] {
+                mock.create_topic(topic, args.partitions)?;
+            }
+            mock.bootstrap_servers()
+        }
+    };
+    let n = args.records;
+    produce(&bootstrap, "bench-json", n, json_record)?;
+    produce(&bootstrap, "bench-text", n, text_record)?;
+
+    let raw = raw_consumer(&bootstrap, "bench-json", n)?;
+    let passthrough = worker_rate(&bootstrap, &job("bench-json", "json", "[]", "bench-out-b"), n, "bench-b")?;
+    let filter_map = worker_rate(
+        &bootstrap,
+        &job(
+            "bench-json",
+            "json",
+            "[{filter: {field: type, op: eq, value: click}}, {map: {select: [user, amount], set: {source: web}}}]",
+            "bench-out-c",
+        ),
+        n,
+        "bench-c",
+    )?;
+    let word_count = worker_rate(
+        &bootstrap,
+        &job(
+            "bench-text",
+            "text",
+            "[{split: {field: value, lowercase: true}}, {keyBy: {field: value}}, {window: {size: 10s, aggregate: {function: count}}}]",
+            "bench-out-d",
+        ),
+        n,
+        "bench-d",
+    )?;
+    println!(
+        "\n{n} records, {} partitions, broker {}",
+        args.partitions,
+        if args.bootstrap.is_some() { bootstrap.as_str() } else { "in-process mock cluster" }
+    );
+    println!("{:<44} {:>12} {:>8}", "case", "records/s", "ratio");
+    for (case, value) in [
+        ("(a) raw rdkafka consumer, counting", raw),
+        ("(b) worker, passthrough (json in, json out)", passthrough),
+        ("(c) worker, JSON filter + map", filter_map),
+        ("(d) worker, word count, 10 s tumbling", word_count),
+    ] {
+        println!("{case:<44} {value:>12.0} {:>8.2}", value / raw);
+    }
+    Ok(())
+}
