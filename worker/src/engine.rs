@@ -17,6 +17,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use streamjob_crds::{SinkFormat, SourceFormat};
 
+use prometheus_client::metrics::counter::Counter;
+
 use crate::metrics::{PartitionLabels, WorkerMetrics};
 use crate::offsets::PartitionProgress;
 use crate::pipeline::{self, Accumulator, CompiledPipeline, StageError, WindowOperator};
@@ -112,6 +114,8 @@ struct Slot {
     topic: String,
     partition: i32,
     labels: PartitionLabels,
+    records_in: Counter,
+    records_out: Counter,
     epoch: u64,
     assigned: bool,
     progress: PartitionProgress,
@@ -243,10 +247,13 @@ impl Engine {
                 slot.role = role;
             }
             None => {
+                let labels = PartitionLabels::new(topic, partition);
                 self.slots.push(Slot {
                     topic: topic.to_owned(),
                     partition,
-                    labels: PartitionLabels::new(topic, partition),
+                    records_in: self.metrics.records_in.get_or_create(&labels).clone(),
+                    records_out: self.metrics.records_out.get_or_create(&labels).clone(),
+                    labels,
                     epoch: 0,
                     assigned: true,
                     progress: PartitionProgress::default(),
@@ -288,6 +295,14 @@ impl Engine {
         std::mem::take(&mut self.outbox)
     }
 
+    /// Gives back an emptied output queue, so its allocation is reused.
+    pub fn recycle_outputs(&mut self, mut emptied: Vec<Output>) {
+        if self.outbox.is_empty() {
+            emptied.clear();
+            self.outbox = emptied;
+        }
+    }
+
     pub fn has_outputs(&self) -> bool {
         !self.outbox.is_empty()
     }
@@ -311,7 +326,7 @@ impl Engine {
         if self.slots[index].rewind_to.is_none() {
             self.slots[index].rewind_to = Some(input.offset);
         }
-        self.metrics.records_in.get_or_create(&self.slots[index].labels).inc();
+        self.slots[index].records_in.inc();
         if !matches!(self.slots[index].role, Role::Aggregate(_)) {
             self.totals.records_in.fetch_add(1, Ordering::Relaxed);
         }
@@ -719,7 +734,7 @@ impl Engine {
                 slot.progress.release(ticket.offset);
                 match ticket.destination {
                     Destination::Sink => {
-                        self.metrics.records_out.get_or_create(&slot.labels).inc();
+                        slot.records_out.inc();
                         self.totals.records_out.fetch_add(1, Ordering::Relaxed);
                         if let Some(input_ms) = ticket.input_timestamp_ms {
                             self.metrics.processing_latency.observe(((now_ms - input_ms).max(0) as f64) / 1000.0);

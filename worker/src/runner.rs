@@ -25,6 +25,8 @@ use crate::pipeline::CompiledPipeline;
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 const TICK_INTERVAL: Duration = Duration::from_millis(50);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Delivery reports are collected every this many records (and whenever the input is idle).
+const PRODUCER_POLL_EVERY: u64 = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -224,9 +226,11 @@ impl Shared {
 
     /// Queues the engine's outputs in the producer, waiting while its queue is full.
     fn send_outputs(&self, engine: &mut Engine) {
-        for output in engine.take_outputs() {
+        let mut outputs = engine.take_outputs();
+        for output in outputs.drain(..) {
             self.send(engine, output);
         }
+        engine.recycle_outputs(outputs);
     }
 
     fn send(&self, engine: &mut Engine, output: Output) {
@@ -511,8 +515,10 @@ fn consume_until_stopped(
 ) -> Result<(), WorkerError> {
     let mut last_tick = Instant::now();
     let mut last_commit = Instant::now();
+    let mut iterations: u64 = 0;
     while !control.shutdown.load(Ordering::Relaxed) && !control.abandon.load(Ordering::Relaxed) {
         let message = consumer.poll(POLL_TIMEOUT);
+        let message_read = message.as_ref().filter(|m| m.is_ok()).map(|_| ());
         let mut engine = lock(&shared.engine);
         match message {
             Some(Ok(message)) => {
@@ -536,7 +542,10 @@ fn consume_until_stopped(
         if engine.has_outputs() {
             shared.send_outputs(&mut engine);
         }
-        shared.poll_producers(&mut engine);
+        iterations += 1;
+        if message_read.is_none() || iterations % PRODUCER_POLL_EVERY == 0 {
+            shared.poll_producers(&mut engine);
+        }
         if let Some(failure) = engine.failure().map(str::to_owned) {
             tracing::error!(error = %failure, "a record was not delivered; rewinding to the last commit");
             for producer in shared.producers() {
