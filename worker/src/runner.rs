@@ -543,7 +543,7 @@ fn consume_until_stopped(
             shared.send_outputs(&mut engine);
         }
         iterations += 1;
-        if message_read.is_none() || iterations % PRODUCER_POLL_EVERY == 0 {
+        if message_read.is_none() || iterations.is_multiple_of(PRODUCER_POLL_EVERY) {
             shared.poll_producers(&mut engine);
         }
         if let Some(failure) = engine.failure().map(str::to_owned) {
