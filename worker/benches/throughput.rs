@@ -55,7 +55,7 @@ const WORDS: [&str; 16] = [
 ];
 
 fn json_record(i: usize) -> String {
-    let kind = if i % 2 == 0 { "click" } else { "view" };
+    let kind = if i.is_multiple_of(2) { "click" } else { "view" };
     format!(
         r#"{{"id":{i},"user":"u{}","type":"{kind}","amount":{}.5,"page":"/products/{}"}}"#,
         i % 1000,
