@@ -40,7 +40,8 @@ pub struct Timings {
     pub flush_interval: Duration,
     /// A source partition quiet this long stops holding windows back.
     pub idle_timeout: Duration,
-    /// Longest a shutdown may take to drain, flush and commit (the operator's grace is 60 s).
+    /// Longest wait for acknowledgements before a commit on revocation or shutdown (the
+    /// operator gives pods 60 s to stop).
     pub shutdown_timeout: Duration,
     /// The group session timeout: how long a dead worker keeps its partitions (and, with
     /// static membership, how long a removed worker's partitions wait before moving).

@@ -114,6 +114,8 @@ struct Shared {
     start_from: StartFrom,
     abandoned: AtomicBool,
     metrics: Arc<WorkerMetrics>,
+    /// Longest wait for acknowledgements before a commit (revocation, shutdown).
+    flush_timeout: Duration,
 }
 
 pub struct GroupContext {
@@ -299,7 +301,7 @@ impl Shared {
             return self.commit_transaction(consumer, engine);
         }
         for producer in self.producers() {
-            if let Err(error) = producer.flush(REQUEST_TIMEOUT) {
+            if let Err(error) = producer.flush(self.flush_timeout) {
                 tracing::warn!(%error, "flush did not finish; unacknowledged records stay uncommitted");
             }
         }
@@ -481,6 +483,7 @@ pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
         start_from: config.job.spec.source.start_from,
         abandoned: AtomicBool::new(false),
         metrics: control.metrics.clone(),
+        flush_timeout: config.timings.shutdown_timeout,
     });
     let consumer = create_consumer(&config, shared.clone())?;
     let mut topics: Vec<&str> = config.job.spec.source.topics.iter().map(String::as_str).collect();
