@@ -14,9 +14,8 @@ use clap::Parser;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, Producer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use streamjob_worker::mock_broker::MockBroker;
-use streamjob_worker::topic_io::{producer, send_waiting};
+use streamjob_worker::topic_io::{assign_from_beginning, producer, send_waiting};
 use streamjob_worker::{Control, Overrides, WorkerConfig};
 
 #[derive(Parser)]
@@ -92,12 +91,7 @@ fn raw_consumer(bootstrap: &str, topic: &str, records: usize) -> anyhow::Result<
         .set("group.id", "streamjob-bench-raw")
         .set("enable.auto.commit", "false")
         .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut assignment = TopicPartitionList::new();
-    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
-    }
-    consumer.assign(&assignment)?;
+    assign_from_beginning(&consumer, topic)?;
     let mut count = 0;
     let mut first: Option<Instant> = None;
     while count < records {

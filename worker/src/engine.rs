@@ -215,10 +215,6 @@ impl Engine {
         }
     }
 
-    pub fn settings(&self) -> &EngineSettings {
-        &self.settings
-    }
-
     fn is_repartition_topic(&self, topic: &str) -> bool {
         self.settings.repartition.as_ref().is_some_and(|(name, _)| name == topic)
     }
@@ -310,10 +306,6 @@ impl Engine {
     /// An error that needs a rewind to the committed offsets (a failed delivery).
     pub fn failure(&self) -> Option<&str> {
         self.failure.as_deref()
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.slots.iter().map(|s| s.progress.in_flight()).sum()
     }
 
     /// Processes one record.
@@ -488,10 +480,7 @@ impl Engine {
     }
 
     fn broadcast(&mut self, message: &RepartitionMessage, ticket: Option<Ticket>, partitions: i32) {
-        let payload = match serde_json::to_vec(message) {
-            Ok(payload) => payload,
-            Err(error) => unreachable!("repartition messages always serialize: {error}"),
-        };
+        let payload = message.encode();
         for partition in 0..partitions {
             self.outbox.push(Output {
                 destination: Destination::Repartition { partition },
@@ -527,11 +516,7 @@ impl Engine {
         };
         self.slots[index].progress.hold(from, partials.len() as u32);
         for ((window, key), accumulator) in partials {
-            let message = RepartitionMessage::Partial { src: src.clone(), from, to, window, accumulator };
-            let payload = match serde_json::to_vec(&message) {
-                Ok(payload) => payload,
-                Err(error) => unreachable!("repartition messages always serialize: {error}"),
-            };
+            let payload = RepartitionMessage::Partial { src: src.clone(), from, to, window, accumulator }.encode();
             self.outbox.push(Output {
                 destination: Destination::Repartition { partition: partition_for(&key, partitions) },
                 key: Some(key),

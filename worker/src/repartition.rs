@@ -32,6 +32,15 @@ pub enum RepartitionMessage {
     Progress { src: String, watermark: i64, idle: bool },
 }
 
+impl RepartitionMessage {
+    pub fn encode(&self) -> Vec<u8> {
+        match serde_json::to_vec(self) {
+            Ok(payload) => payload,
+            Err(error) => unreachable!("repartition messages always serialize: {error}"),
+        }
+    }
+}
+
 /// A stable partition for a key (FNV-1a), the same in every worker and every run.
 pub fn partition_for(key: &str, partitions: i32) -> i32 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;

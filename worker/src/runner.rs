@@ -521,7 +521,7 @@ fn consume_until_stopped(
     let mut iterations: u64 = 0;
     while !control.shutdown.load(Ordering::Relaxed) && !control.abandon.load(Ordering::Relaxed) {
         let message = consumer.poll(POLL_TIMEOUT);
-        let message_read = message.as_ref().filter(|m| m.is_ok()).map(|_| ());
+        let message_read = matches!(message, Some(Ok(_)));
         let mut engine = lock(&shared.engine);
         match message {
             Some(Ok(message)) => {
@@ -546,7 +546,7 @@ fn consume_until_stopped(
             shared.send_outputs(&mut engine);
         }
         iterations += 1;
-        if message_read.is_none() || iterations.is_multiple_of(PRODUCER_POLL_EVERY) {
+        if !message_read || iterations.is_multiple_of(PRODUCER_POLL_EVERY) {
             shared.poll_producers(&mut engine);
         }
         if let Some(failure) = engine.failure().map(str::to_owned) {
@@ -601,7 +601,7 @@ fn ensure_repartition_topic(config: &WorkerConfig, control: &Control) -> Result<
             Ok((source_partitions, None)) => {
                 tracing::info!(topic, partitions = source_partitions, "creating the repartition topic");
                 let new_topic = NewTopic::new(&topic, source_partitions, TopicReplication::Fixed(-1));
-                let created = futures_executor_block_on(admin.create_topics([&new_topic], &AdminOptions::new()));
+                let created = futures::executor::block_on(admin.create_topics([&new_topic], &AdminOptions::new()));
                 if let Err(error) = created.map_err(|e| e.to_string()).and_then(|results| {
                     results.into_iter().try_for_each(|r| match r {
                         Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => Ok(()),
@@ -657,8 +657,4 @@ fn produce_to_create(config: &WorkerConfig, topic: &str) -> Result<(), WorkerErr
         .map_err(|source| WorkerError::Client { client: "consumer", source })?;
     let _ = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT);
     Ok(())
-}
-
-fn futures_executor_block_on<F: std::future::Future>(future: F) -> F::Output {
-    futures::executor::block_on(future)
 }

@@ -70,6 +70,16 @@ pub fn send_waiting<'a>(producer: &BaseProducer, mut record: BaseRecord<'a, [u8]
     }
 }
 
+/// Assigns every partition of `topic` to `consumer`, from the beginning.
+pub fn assign_from_beginning(consumer: &BaseConsumer, topic: &str) -> Result<(), KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)
+}
+
 /// A consumer that reads every partition of `topic` from the beginning, outside any group.
 pub struct TopicReader {
     consumer: BaseConsumer,
@@ -84,12 +94,7 @@ impl TopicReader {
             .set("enable.auto.commit", "false")
             .set("isolation.level", if read_committed { "read_committed" } else { "read_uncommitted" })
             .create()?;
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        let mut assignment = TopicPartitionList::new();
-        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-            assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
-        }
-        consumer.assign(&assignment)?;
+        assign_from_beginning(&consumer, topic)?;
         Ok(Self { consumer, records: Vec::new() })
     }
 
