@@ -65,11 +65,22 @@ fn crash_and_restart(manifest: &str, group: &str) -> (Vec<streamjob_worker::topi
 
     let _second = TestWorker::start(config(manifest, &bootstrap, group, "wc-0"));
     let read_committed = manifest.contains("exactly-once");
-    let mut sink = TopicReader::new(&bootstrap, "word-counts", read_committed).expect("reader");
-    let complete = sink.read_until(LIMIT, |records| final_word_counts(records) == expected);
+    let mut sink = read_until_counts_are(&bootstrap, read_committed, &expected, "after the crash");
     sink.poll_for(Duration::from_secs(2));
-    assert!(complete, "missing or wrong after the crash: {:?}", diff(&expected, &final_word_counts(&sink.records)));
     (sink.records, expected.len())
+}
+
+/// Reads `word-counts` until its final counts equal `expected`; fails showing what differs.
+fn read_until_counts_are(
+    bootstrap: &str,
+    read_committed: bool,
+    expected: &std::collections::BTreeMap<(i64, String), i64>,
+    when: &str,
+) -> TopicReader {
+    let mut sink = TopicReader::new(bootstrap, "word-counts", read_committed).expect("reader");
+    let complete = sink.read_until(LIMIT, |records| final_word_counts(records) == *expected);
+    assert!(complete, "missing or wrong {when}: {:?}", diff(expected, &final_word_counts(&sink.records)));
+    sink
 }
 
 fn diff(
@@ -118,9 +129,7 @@ fn a_late_joiner_and_a_leaver_share_the_work_and_nothing_is_lost() {
     produced.extend(last_third);
     let expected = expected_word_counts(&produced);
 
-    let mut sink = TopicReader::new(&bootstrap, "word-counts", false).expect("reader");
-    let complete = sink.read_until(LIMIT, |records| final_word_counts(records) == expected);
-    assert!(complete, "after join and leave: {:?}", diff(&expected, &final_word_counts(&sink.records)));
+    read_until_counts_are(&bootstrap, false, &expected, "after join and leave");
     drop(second);
 }
 
@@ -185,8 +194,6 @@ fn broker_outage_and_request_errors_are_survived_without_loss() {
     produced.extend(rest);
     let expected = expected_word_counts(&produced);
 
-    let mut sink = TopicReader::new(&bootstrap, "word-counts", false).expect("reader");
-    let complete = sink.read_until(LIMIT, |records| final_word_counts(records) == expected);
-    assert!(complete, "after the outage: {:?}", diff(&expected, &final_word_counts(&sink.records)));
+    read_until_counts_are(&bootstrap, false, &expected, "after the outage");
     drop(worker);
 }
