@@ -252,29 +252,30 @@ pub fn observe(history: &mut History, sample: LagSample, workers: Workers, setti
     }
     // A group whose consuming partitions had a backlog through a whole settled interval worked
     // at full speed: its consume rate per worker is its capacity. Partitions whose offsets did
-    // not move (idle or stuck) say nothing about speed.
-    let n = history.samples.len();
-    let backlog_throughout = n >= 2 && {
-        let (before, after) = (&history.samples[n - 2], &history.samples[n - 1]);
-        let not_moving: Vec<(String, i32)> = after
-            .partitions
-            .iter()
-            .filter(|p| before.same_partition(p).is_none_or(|b| b.committed == p.committed))
-            .map(|p| (p.topic.clone(), p.partition))
-            .collect();
-        lag_excluding(before, settings.start_from, &not_moving) > 0
-            && lag_excluding(after, settings.start_from, &not_moving) > 0
-    };
-    if !(backlog_throughout && history.settled_interval() && workers.current > 0) {
+    // not move (idle or stuck) say nothing about speed. A backlog smaller than one second of
+    // consumption is only the records in flight of a group that keeps up, not saturation.
+    if !(history.settled_interval() && workers.current > 0) {
         return;
     }
-    if let Some(rates) = rates(&history.samples).filter(|r| r.consume > 0.0) {
-        let measured = rates.consume / f64::from(workers.current);
-        history.capacity_per_replica = Some(match history.capacity_per_replica {
-            Some(previous) => 0.5 * previous + 0.5 * measured,
-            None => measured,
-        });
+    let Some(rates) = rates(&history.samples).filter(|r| r.consume > 0.0) else { return };
+    let n = history.samples.len();
+    let (before, after) = (&history.samples[n - 2], &history.samples[n - 1]);
+    let not_moving: Vec<(String, i32)> = after
+        .partitions
+        .iter()
+        .filter(|p| before.same_partition(p).is_none_or(|b| b.committed == p.committed))
+        .map(|p| (p.topic.clone(), p.partition))
+        .collect();
+    let saturated = lag_excluding(before, settings.start_from, &not_moving) > 0
+        && lag_excluding(after, settings.start_from, &not_moving) as f64 >= rates.consume;
+    if !saturated {
+        return;
     }
+    let measured = rates.consume / f64::from(workers.current);
+    history.capacity_per_replica = Some(match history.capacity_per_replica {
+        Some(previous) => 0.5 * previous + 0.5 * measured,
+        None => measured,
+    });
 }
 
 /// The decision for now. Call [`observe`] with the newest sample first; the recommendation is
