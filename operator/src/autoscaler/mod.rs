@@ -2,6 +2,7 @@
 //! Kafka scaler on an HPA.
 
 pub mod policy;
+pub mod probe;
 pub mod simulator;
 
 #[cfg(test)]

@@ -1,0 +1,100 @@
+//! The lag probe against librdkafka's mock cluster, with known committed offsets and
+//! watermarks.
+
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use streamjob_crds::StartFrom;
+use streamjob_operator::autoscaler::policy::PartitionSample;
+use streamjob_operator::autoscaler::probe::{measure_blocking, LagProbe, ProbeError, ProbeTarget};
+use streamjob_worker::mock_broker::MockBroker;
+use streamjob_worker::topic_io::{producer, send_waiting};
+
+/// Writes `counts[p]` records to partition `p`.
+fn fill(bootstrap: &str, topic: &str, counts: &[i64]) {
+    let producer = producer(bootstrap).expect("producer");
+    for (partition, count) in counts.iter().enumerate() {
+        for n in 0..*count {
+            let payload = format!("record {n}");
+            let record =
+                BaseRecord::to(topic).partition(partition as i32).payload(payload.as_bytes()).key(&[] as &[u8]);
+            send_waiting(&producer, record).expect("send");
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// Commits `offsets` (partition, offset) for `group`, as a worker would.
+fn commit(bootstrap: &str, group: &str, topic: &str, offsets: &[(i32, i64)]) {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().expect("consumer");
+    let mut list = TopicPartitionList::new();
+    for (partition, offset) in offsets {
+        list.add_partition_offset(topic, *partition, Offset::Offset(*offset)).expect("offset");
+    }
+    consumer.commit(&list, CommitMode::Sync).expect("commit");
+}
+
+fn target(bootstrap: &str, group: &str, topics: &[&str]) -> ProbeTarget {
+    let mut connection = ClientConfig::new();
+    connection.set("bootstrap.servers", bootstrap);
+    ProbeTarget { connection, group: group.to_owned(), topics: topics.iter().map(|t| (*t).to_owned()).collect() }
+}
+
+fn sample(topic: &str, partition: i32, high: i64, committed: Option<i64>) -> PartitionSample {
+    PartitionSample { topic: topic.to_owned(), partition, low: 0, high, committed }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn committed_offsets_and_watermarks_give_the_lag_per_partition() {
+    let broker = MockBroker::start(1).expect("mock cluster");
+    let bootstrap = broker.bootstrap_servers();
+    broker.create_topic("orders", 3).expect("topic");
+    broker.create_topic("refunds", 1).expect("topic");
+    fill(&bootstrap, "orders", &[10, 20, 30]);
+    fill(&bootstrap, "refunds", &[5]);
+    commit(&bootstrap, "billing", "orders", &[(0, 4), (1, 20)]);
+    commit(&bootstrap, "billing", "refunds", &[(0, 2)]);
+
+    let probe = LagProbe::default();
+    let samples = probe.measure(&target(&bootstrap, "billing", &["orders", "refunds"])).await.expect("probe");
+    assert_eq!(
+        samples,
+        vec![
+            sample("orders", 0, 10, Some(4)),
+            sample("orders", 1, 20, Some(20)),
+            sample("orders", 2, 30, None),
+            sample("refunds", 0, 5, Some(2)),
+        ]
+    );
+    let lags: Vec<i64> = samples.iter().map(|s| s.lag(StartFrom::Earliest)).collect();
+    assert_eq!(lags, vec![6, 0, 30, 3], "no commit on orders/2: earliest reads all 30 retained records");
+    let lags: Vec<i64> = samples.iter().map(|s| s.lag(StartFrom::Latest)).collect();
+    assert_eq!(lags, vec![6, 0, 0, 3], "no commit on orders/2: latest skips them");
+
+    // The same client is reused, and sees progress.
+    commit(&bootstrap, "billing", "orders", &[(2, 25)]);
+    fill(&bootstrap, "orders", &[0, 7, 0]);
+    let samples = probe.measure(&target(&bootstrap, "billing", &["orders"])).await.expect("second probe");
+    assert_eq!(samples[1], sample("orders", 1, 27, Some(20)));
+    assert_eq!(samples[2], sample("orders", 2, 30, Some(25)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_topic_or_a_dead_broker_is_an_error_not_zero_lag() {
+    let broker = MockBroker::start(1).expect("mock cluster");
+    let bootstrap = broker.bootstrap_servers();
+    broker.create_topic("orders", 2).expect("topic");
+
+    let probe = LagProbe::default();
+    let missing = probe.measure(&target(&bootstrap, "billing", &["no-such-topic"])).await;
+    assert!(matches!(missing, Err(ProbeError::Topic { ref topic, .. }) if topic == "no-such-topic"), "{missing:?}");
+
+    broker.cluster().broker_down(1).expect("broker down");
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", &bootstrap).set("group.id", "billing").create().expect("consumer");
+    let down = measure_blocking(&consumer, "billing", &["orders".to_owned()], Duration::from_secs(2));
+    assert!(down.is_err(), "a broker that is down gives an error: {down:?}");
+}
