@@ -177,7 +177,14 @@ pub async fn reconcile(job: Arc<StreamJob>, context: Arc<Context>) -> Result<Act
 /// Publishes an event on the job. kube's recorder folds events with the same key into one
 /// series and keeps the first note, so the note's digest goes into `action` (which
 /// `kubectl describe` does not show): a repeated message counts up, a new one is a new event.
-async fn publish(context: &Context, job: &StreamJob, type_: EventType, reason: &str, action: &str, note: String) {
+pub(crate) async fn publish(
+    context: &Context,
+    job: &StreamJob,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     std::hash::Hash::hash(&note, &mut hasher);
     let action = format!("{action}-{:08x}", std::hash::Hasher::finish(&hasher) as u32);
@@ -242,7 +249,7 @@ async fn reconcile_job(job: &StreamJob, context: &Context) -> Result<Action, Err
         return Ok(Action::await_change());
     }
 
-    let decision = context.decisions.get(&namespace, &job.name_any());
+    let decision = context.decisions.get(&namespace, &job.name_any()).or_else(|| last_autoscaled_replicas(job));
     let desired = desired_replicas(job, decision);
     let children =
         build_children(job, &BuildContext { default_worker_image: context.worker_image.clone(), replicas: desired });
@@ -263,6 +270,14 @@ async fn reconcile_job(job: &StreamJob, context: &Context) -> Result<Action, Err
     let settled = status.phase == Some(Phase::Running) || status.phase == Some(Phase::Suspended);
     write_status(&jobs, job, status).await?;
     Ok(if settled { Action::requeue(Duration::from_secs(300)) } else { Action::requeue(Duration::from_secs(15)) })
+}
+
+/// The workers the autoscaler last asked for, as the status recorded them: after an operator
+/// restart, the jobs keep their size until the autoscaler decides again.
+fn last_autoscaled_replicas(job: &StreamJob) -> Option<i32> {
+    let status = job.status.as_ref()?;
+    (job.autoscaling_enabled() && status.lag.is_some() && status.desired_replicas > 0)
+        .then_some(status.desired_replicas)
 }
 
 fn record_job_metrics(context: &Context, job: &StreamJob, status: &StreamJobStatus) {

@@ -15,6 +15,7 @@ use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use streamjob_crds::StreamJob;
 
+use crate::autoscaler::driver::Autoscaler;
 use crate::controller::{error_policy, reconcile, record_phases, Context, ScaleDecisions};
 use crate::http::{serve, HealthState};
 use crate::kafka::KafkaGroupDeleter;
@@ -101,8 +102,10 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> Result<(), 
     ));
     let scopes: Vec<Option<String>> =
         if options.namespaces.is_empty() { vec![None] } else { options.namespaces.iter().cloned().map(Some).collect() };
-    let controllers =
-        futures::future::join_all(scopes.into_iter().map(|ns| run_controller(client.clone(), ns, context.clone())));
+    let autoscaler = Arc::new(Autoscaler::new(context.clone()));
+    let controllers = futures::future::join_all(
+        scopes.into_iter().map(|ns| run_controller(client.clone(), ns, context.clone(), autoscaler.clone())),
+    );
 
     let outcome = match leadership.as_mut() {
         Some(receiver) => tokio::select! {
@@ -119,7 +122,7 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> Result<(), 
     outcome
 }
 
-async fn run_controller(client: Client, namespace: Option<String>, context: Arc<Context>) {
+async fn run_controller(client: Client, namespace: Option<String>, context: Arc<Context>, autoscaler: Arc<Autoscaler>) {
     let scope = namespace.as_deref();
     let controller = Controller::new(scoped_api::<StreamJob>(&client, scope), watcher::Config::default())
         .owns(scoped_api::<StatefulSet>(&client, scope), watcher::Config::default())
@@ -128,6 +131,7 @@ async fn run_controller(client: Client, namespace: Option<String>, context: Arc<
         .owns(scoped_api::<PodDisruptionBudget>(&client, scope), watcher::Config::default())
         .shutdown_on_signal();
     let store = controller.store();
+    let autoscaling = tokio::spawn(autoscaler.run(store.clone()));
     let metrics = context.metrics.clone();
     let phase_gauge = tokio::spawn(async move {
         loop {
@@ -146,6 +150,7 @@ async fn run_controller(client: Client, namespace: Option<String>, context: Arc<
         })
         .await;
     phase_gauge.abort();
+    autoscaling.abort();
 }
 
 /// The API of `K` in one namespace, or in all.

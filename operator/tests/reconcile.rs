@@ -1,138 +1,21 @@
 //! The reconciler against the in-memory API server: children, status, events, retries.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use http::Method;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
-use serde_json::{json, Value};
-use streamjob_crds::{parse_manifest, Phase, StreamJob};
-use streamjob_operator::builders::CONFIG_CHECKSUM_ANNOTATION;
-use streamjob_operator::controller::{
-    error_policy, reconcile, ConsumerGroupDeleter, Context, ScaleDecisions, CONSUMER_GROUP_FINALIZER,
-    MAX_GROUP_DELETION_ATTEMPTS,
-};
-use streamjob_operator::fake_api::FakeApiServer;
-use streamjob_operator::metrics::Metrics;
+use serde_json::json;
+use streamjob_crds::{Phase, StreamJob};
+use streamjob_operator::controller::{error_policy, CONSUMER_GROUP_FINALIZER, MAX_GROUP_DELETION_ATTEMPTS};
 
-const JOBS: &str = "/apis/streamjob.io/v1alpha1/streamjobs";
-const STATEFUL_SETS: &str = "/apis/apps/v1/statefulsets";
-const CONFIG_MAPS: &str = "/api/v1/configmaps";
-const SERVICES: &str = "/api/v1/services";
-const BUDGETS: &str = "/apis/policy/v1/poddisruptionbudgets";
-const PODS: &str = "/api/v1/pods";
-const EVENTS: &str = "/apis/events.k8s.io/v1/events";
-const NS: &str = "team";
+mod common;
 
-struct FailingDeleter {
-    calls: AtomicU32,
-}
-
-impl ConsumerGroupDeleter for FailingDeleter {
-    fn delete_group<'a>(&'a self, _job: &'a StreamJob) -> BoxFuture<'a, Result<(), String>> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async { Err("broker unreachable".to_owned()) })
-    }
-}
-
-struct Harness {
-    api: FakeApiServer,
-    context: Arc<Context>,
-    deleter: Arc<FailingDeleter>,
-}
-
-fn harness() -> Harness {
-    let api = FakeApiServer::new();
-    let client = api.client();
-    let deleter = Arc::new(FailingDeleter { calls: AtomicU32::new(0) });
-    let context = Arc::new(Context::new(
-        client.clone(),
-        Recorder::new(client, Reporter { controller: "streamjob-operator".into(), instance: None }),
-        "example.com/worker:test".to_owned(),
-        Arc::new(Metrics::default()),
-        Arc::new(ScaleDecisions::default()),
-        deleter.clone(),
-    ));
-    Harness { api, context, deleter }
-}
-
-fn example(file: &str) -> StreamJob {
-    let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
-    let mut job = parse_manifest(&std::fs::read_to_string(path).expect("example")).expect("valid example");
-    job.metadata.namespace = Some(NS.to_owned());
-    job
-}
-
-impl Harness {
-    fn job(&self, name: &str) -> StreamJob {
-        self.api.get(JOBS, NS, name).expect("job stored")
-    }
-
-    async fn reconcile(&self, name: &str) -> Result<Action, streamjob_operator::controller::Error> {
-        reconcile(Arc::new(self.job(name)), self.context.clone()).await
-    }
-
-    fn stateful_set(&self, name: &str) -> StatefulSet {
-        self.api.get(STATEFUL_SETS, NS, name).expect("StatefulSet exists")
-    }
-
-    fn replicas(&self, name: &str) -> i32 {
-        self.stateful_set(name).spec.and_then(|s| s.replicas).expect("replicas set")
-    }
-
-    fn checksum(&self, name: &str) -> String {
-        let sts = self.stateful_set(name);
-        sts.spec.unwrap().template.metadata.unwrap().annotations.unwrap()[CONFIG_CHECKSUM_ANNOTATION].clone()
-    }
-
-    /// Plays the StatefulSet controller: all `replicas` exist, are ready and up to date.
-    fn workers_ready(&self, name: &str, replicas: i32) {
-        let generation = self.stateful_set(name).metadata.generation.unwrap_or(1);
-        self.api.edit(
-            STATEFUL_SETS,
-            NS,
-            name,
-            &json!({"status": {"replicas": replicas, "readyReplicas": replicas, "updatedReplicas": replicas,
-                    "observedGeneration": generation, "currentRevision": "r1", "updateRevision": "r1"}}),
-        );
-    }
-
-    fn condition(&self, name: &str, type_: &str) -> (String, String, String) {
-        let job = self.job(name);
-        let condition = job
-            .status
-            .expect("status written")
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == type_)
-            .unwrap_or_else(|| panic!("condition {type_} present"));
-        (condition.status, condition.reason, condition.message)
-    }
-
-    fn phase(&self, name: &str) -> Option<Phase> {
-        self.job(name).status.and_then(|s| s.phase)
-    }
-
-    fn events(&self) -> Vec<(String, String)> {
-        self.api
-            .list(EVENTS, NS)
-            .into_iter()
-            .map(|e: Value| {
-                (e["reason"].as_str().unwrap_or("").to_owned(), e["note"].as_str().unwrap_or("").to_owned())
-            })
-            .collect()
-    }
-
-    fn status_writes(&self) -> usize {
-        self.api.count_requests(&Method::PATCH, "/status")
-    }
-}
+use common::*;
 
 #[tokio::test]
 async fn create_builds_the_four_children_with_owner_references_and_pending_status() {

@@ -1,0 +1,161 @@
+//! The autoscaler on a job: lag from librdkafka's mock cluster, the job and its StatefulSet in
+//! the in-memory API server. Scale-up within a poll of the lag crossing the threshold, scale-down
+//! only after the stabilisation window, the event and `status.lastScale`, and a failing probe
+//! that holds the replicas.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use streamjob_crds::StreamJob;
+use streamjob_operator::autoscaler::driver::Autoscaler;
+use streamjob_worker::mock_broker::MockBroker;
+use streamjob_worker::topic_io::{producer, send_waiting};
+
+const PARTITIONS: i32 = 4;
+
+/// The wordcount example, autoscaled on the mock cluster's `lines` topic.
+fn autoscaled_job(bootstrap: &str, topic: &str) -> StreamJob {
+    let mut job = example("wordcount.yaml");
+    job.spec.source.bootstrap_servers = bootstrap.to_owned();
+    job.spec.source.topics = vec![topic.to_owned()];
+    job.spec.autoscaling = Some(
+        serde_json::from_value(serde_json::json!({
+            "minReplicas": 1, "maxReplicas": 8, "lagThreshold": 100, "pollIntervalSeconds": 10,
+            "scaleDown": {"stabilizationSeconds": 120}
+        }))
+        .expect("autoscaling spec"),
+    );
+    job
+}
+
+fn fill(bootstrap: &str, topic: &str, per_partition: i64) {
+    let producer = producer(bootstrap).expect("producer");
+    for partition in 0..PARTITIONS {
+        for n in 0..per_partition {
+            let line = format!("line {n}");
+            send_waiting(&producer, BaseRecord::to(topic).partition(partition).payload(line.as_bytes()).key(&[][..]))
+                .expect("send");
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// Commits every partition at `offset` for the job's group, as caught-up workers would.
+fn commit_all(bootstrap: &str, job: &StreamJob, topic: &str, offset: i64) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", job.consumer_group())
+        .create()
+        .expect("consumer");
+    let mut list = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        list.add_partition_offset(topic, partition, Offset::Offset(offset)).expect("offset");
+    }
+    consumer.commit(&list, CommitMode::Sync).expect("commit");
+}
+
+fn last_scale(h: &Harness) -> (i32, i32, String) {
+    let status = h.job("wordcount").status.expect("status");
+    let scale = status.last_scale.expect("lastScale written");
+    (scale.from, scale.to, scale.reason)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scales_up_on_lag_and_down_only_after_the_stabilisation_window() {
+    let broker = MockBroker::start(1).expect("mock cluster");
+    let bootstrap = broker.bootstrap_servers();
+    broker.create_topic("lines", PARTITIONS).expect("topic");
+    let h = harness();
+    h.api.create(JOBS, &autoscaled_job(&bootstrap, "lines"));
+    h.reconcile("wordcount").await.expect("reconcile");
+    assert_eq!(h.replicas("wordcount"), 1, "minReplicas before the first decision");
+    h.workers_ready("wordcount", 1);
+    let autoscaler = Autoscaler::new(h.context.clone());
+    let poll = |t: f64| {
+        let (autoscaler, job) = (&autoscaler, Arc::new(h.job("wordcount")));
+        async move { autoscaler.poll_due(&[job], t).await }
+    };
+
+    // Below the threshold: 1 worker is enough.
+    fill(&bootstrap, "lines", 20);
+    poll(0.0).await;
+    poll(10.0).await;
+    assert_eq!(h.replicas("wordcount"), 1);
+    let status = h.job("wordcount").status.expect("status");
+    assert_eq!(status.lag.as_ref().map(|l| l.total), Some(80), "4 partitions × 20 records, no commits yet");
+    assert_eq!(status.partitions, Some(PARTITIONS));
+    assert!(status.last_scale.is_none());
+
+    // The lag crosses the threshold: the next poll scales up, capped at the partition count.
+    fill(&bootstrap, "lines", 200);
+    poll(15.0).await;
+    assert_eq!(h.replicas("wordcount"), 1, "not due before pollIntervalSeconds");
+    poll(20.0).await;
+    assert_eq!(h.replicas("wordcount"), 4, "lag 880 over threshold 100 wants 9; 4 partitions cap it");
+    let (from, to, reason) = last_scale(&h);
+    assert_eq!((from, to), (1, 4));
+    assert!(reason.contains("lag 880"), "{reason}");
+    let scaled_up: Vec<String> = h.events().into_iter().filter(|(r, _)| r == "ScaledUp").map(|(_, n)| n).collect();
+    assert_eq!(scaled_up.len(), 1, "{scaled_up:?}");
+    assert!(scaled_up[0].contains("lag 880") && scaled_up[0].contains("1 → 4"), "{}", scaled_up[0]);
+    assert_eq!(h.job("wordcount").status.expect("status").desired_replicas, 4);
+    assert!(h.job("wordcount").spec.replicas == 2, "spec.replicas is never written");
+    h.reconcile("wordcount").await.expect("reconcile");
+    assert_eq!(h.replicas("wordcount"), 4, "the reconciler keeps the autoscaler's decision");
+
+    // The workers catch up; no lag. Scale-down waits for the 120 s window.
+    h.workers_ready("wordcount", 4);
+    commit_all(&bootstrap, &h.job("wordcount"), "lines", 220);
+    for t in [30.0, 40.0, 50.0, 100.0, 130.0] {
+        poll(t).await;
+        assert_eq!(h.replicas("wordcount"), 4, "still inside the stabilisation window at {t}");
+    }
+    poll(150.0).await;
+    assert_eq!(h.replicas("wordcount"), 1, "every recommendation over 120 s allowed 1");
+    let (from, to, _) = last_scale(&h);
+    assert_eq!((from, to), (4, 1));
+    assert!(h.events().iter().any(|(r, n)| r == "ScaledDown" && n.contains("4 → 1")), "{:?}", h.events());
+    let metrics = h.context.metrics.encode();
+    assert!(
+        metrics.contains(
+            "streamjob_operator_scale_decisions_total{namespace=\"team\",job=\"wordcount\",reason=\"scale-up\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("streamjob_operator_job_lag_records{namespace=\"team\",job=\"wordcount\"} 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_probe_holds_the_replicas_and_says_so() {
+    let broker = MockBroker::start(1).expect("mock cluster");
+    let bootstrap = broker.bootstrap_servers();
+    let h = harness();
+    h.api.create(JOBS, &autoscaled_job(&bootstrap, "missing-topic"));
+    h.reconcile("wordcount").await.expect("reconcile");
+    h.workers_ready("wordcount", 1);
+    let autoscaler = Autoscaler::new(h.context.clone());
+    for t in [0.0, 10.0, 20.0] {
+        autoscaler.poll_due(&[Arc::new(h.job("wordcount"))], t).await;
+    }
+    assert_eq!(h.replicas("wordcount"), 1, "no scaling without a measurement");
+    let (status, reason, message) = h.condition("wordcount", "AutoscalerDegraded");
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "LagProbeFailed"));
+    assert!(message.contains("missing-topic"), "{message}");
+    let warnings: Vec<_> = h.events().into_iter().filter(|(r, _)| r == "AutoscalerDegraded").collect();
+    assert_eq!(warnings.len(), 1, "one event per failure streak: {warnings:?}");
+    assert!(h.job("wordcount").status.expect("status").lag.is_none(), "no lag reported from missing data");
+    let metrics = h.context.metrics.encode();
+    assert!(
+        metrics.contains("streamjob_operator_lag_probe_errors_total{namespace=\"team\",job=\"wordcount\"} 3"),
+        "{metrics}"
+    );
+}
