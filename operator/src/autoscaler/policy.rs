@@ -234,6 +234,9 @@ fn lag_excluding(sample: &LagSample, start_from: StartFrom, excluded: &[(String,
         .sum()
 }
 
+/// Seconds of consumption a group that keeps up may hold uncommitted.
+const IN_FLIGHT_SECONDS: f64 = 5.0;
+
 /// Records a sample into the history and updates the capacity estimate.
 pub fn observe(history: &mut History, sample: LagSample, workers: Workers, settings: &Settings) {
     history.settled_since = match (workers.settled, history.settled_since) {
@@ -252,8 +255,9 @@ pub fn observe(history: &mut History, sample: LagSample, workers: Workers, setti
     }
     // A group whose consuming partitions had a backlog through a whole settled interval worked
     // at full speed: its consume rate per worker is its capacity. Partitions whose offsets did
-    // not move (idle or stuck) say nothing about speed. A backlog smaller than one second of
-    // consumption is only the records in flight of a group that keeps up, not saturation.
+    // not move (idle or stuck) say nothing about speed. A backlog of less than a few seconds of
+    // consumption is what a group that keeps up has in flight (fetches, the commit interval,
+    // partial aggregates not yet flushed), not saturation.
     if !(history.settled_interval() && workers.current > 0) {
         return;
     }
@@ -267,7 +271,7 @@ pub fn observe(history: &mut History, sample: LagSample, workers: Workers, setti
         .map(|p| (p.topic.clone(), p.partition))
         .collect();
     let saturated = lag_excluding(before, settings.start_from, &not_moving) > 0
-        && lag_excluding(after, settings.start_from, &not_moving) as f64 >= rates.consume;
+        && lag_excluding(after, settings.start_from, &not_moving) as f64 >= rates.consume * IN_FLIGHT_SECONDS;
     if !saturated {
         return;
     }

@@ -130,6 +130,21 @@ fn catch_up_uses_measured_capacity_and_input_rate() {
 }
 
 #[test]
+fn a_group_that_keeps_up_is_not_taken_as_saturated() {
+    let s = settings();
+    let mut history = History::default();
+    // 2 workers keep up with 6000/s: 2 s of input in flight (12 × 1000), committed moves 60000
+    // in 10 s. That is not a measure of how fast they could go.
+    observe(&mut history, sample(0.0, 12, 1000, 0), settled(2), &s);
+    observe(&mut history, sample(10.0, 12, 1000, 5000), settled(2), &s);
+    assert_eq!(history.capacity_per_replica, None);
+    // The same rate with 10 s of input waiting is saturation.
+    observe(&mut history, sample(20.0, 12, 5000, 10_000), settled(2), &s);
+    let capacity = history.capacity_per_replica.expect("saturated");
+    assert!((capacity - 3000.0).abs() < 1.0, "60000 records in 10 s by 2 workers: {capacity}");
+}
+
+#[test]
 fn scale_up_is_immediate_and_scale_down_waits_for_the_window() {
     let s = settings();
     let mut history = History::default();
