@@ -3,6 +3,7 @@
 pub mod autoscaler;
 pub mod builders;
 pub mod controller;
+pub mod dev;
 pub mod fake_api;
 pub mod http;
 pub mod kafka;

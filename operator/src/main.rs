@@ -68,8 +68,98 @@ impl RunArgs {
     }
 }
 
+/// Flags of `dev`.
+#[derive(clap::Args)]
+struct DevArgs {
+    /// The StreamJob manifest to run.
+    manifest: PathBuf,
+    /// A Kafka broker to use instead of the embedded one (plaintext).
+    #[arg(long)]
+    bootstrap: Option<String>,
+    /// Synthetic input rate plan: RATE[/s][@START[-END]],... for example
+    /// `5000/s,50000/s@20s-40s` (a spike from 20 s to 40 s). Default 1000/s without --input.
+    #[arg(long)]
+    load: Option<String>,
+    /// Replay a file of input lines (`-` for standard input), at the --load rate if given.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Stop after this long (for example 30s, 2m); without it, run until Ctrl-C.
+    #[arg(long)]
+    duration: Option<String>,
+    /// Partitions of each source topic on the embedded broker.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=1000))]
+    partitions: i32,
+    /// Plain status lines even on a terminal.
+    #[arg(long)]
+    plain: bool,
+    /// Log filter for the workers and Kafka clients, on standard error (tracing EnvFilter
+    /// syntax, for example `warn` or `streamjob_worker=info`).
+    #[arg(long, default_value = "error", env = "STREAMJOB_LOG_LEVEL")]
+    log_level: String,
+}
+
+impl DevArgs {
+    fn into_options(self) -> Result<streamjob_operator::dev::DevOptions, String> {
+        let load = self
+            .load
+            .as_deref()
+            .map(streamjob_operator::dev::load::LoadPlan::parse)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let duration = self
+            .duration
+            .as_deref()
+            .map(|d| streamjob_crds::duration::parse_duration(d).map_err(|e| format!("--duration: {e}")))
+            .transpose()?;
+        Ok(streamjob_operator::dev::DevOptions {
+            manifest: self.manifest,
+            bootstrap: self.bootstrap,
+            load,
+            input: self.input,
+            duration,
+            partitions: self.partitions,
+            plain: self.plain,
+        })
+    }
+}
+
+fn run_dev(args: DevArgs) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(colour).with_writer(std::io::stderr).init();
+    let options = match args.into_options() {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut stdout = std::io::stdout();
+    match runtime.block_on(streamjob_operator::dev::run_dev(options, &mut stdout)) {
+        Ok(summary) => {
+            println!("{}", summary.render());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run a StreamJob on this machine: embedded broker, synthetic load, in-process workers
+    /// scaled by the autoscaler, and a live status screen.
+    Dev(DevArgs),
     /// Run the operator against the cluster in KUBECONFIG or the in-cluster service account.
     Run(RunArgs),
     /// Print the StreamJob CustomResourceDefinition (YAML).
@@ -131,6 +221,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Dev(args) => run_dev(args),
         Command::Crd => {
             print!("{}", streamjob_crds::crd_yaml());
             ExitCode::SUCCESS

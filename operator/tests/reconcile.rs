@@ -17,10 +17,18 @@ mod common;
 
 use common::*;
 
+/// The wordcount example with two workers and no autoscaler, so replicas follow the spec.
+fn fixed_size_wordcount() -> StreamJob {
+    let mut job = example("wordcount.yaml");
+    job.spec.autoscaling = None;
+    job.spec.replicas = 2;
+    job
+}
+
 #[tokio::test]
 async fn create_builds_the_four_children_with_owner_references_and_pending_status() {
     let h = harness();
-    h.api.create(JOBS, &example("wordcount.yaml"));
+    h.api.create(JOBS, &fixed_size_wordcount());
     h.reconcile("wordcount").await.expect("reconcile succeeds");
 
     let job = h.job("wordcount");
@@ -56,7 +64,7 @@ async fn create_builds_the_four_children_with_owner_references_and_pending_statu
 #[tokio::test]
 async fn status_is_written_once_per_change() {
     let h = harness();
-    h.api.create(JOBS, &example("wordcount.yaml"));
+    h.api.create(JOBS, &fixed_size_wordcount());
     h.reconcile("wordcount").await.expect("first");
     assert_eq!(h.status_writes(), 1);
     h.reconcile("wordcount").await.expect("second");
@@ -78,7 +86,7 @@ async fn status_is_written_once_per_change() {
 #[tokio::test]
 async fn spec_update_rolls_the_workers_and_advances_observed_generation() {
     let h = harness();
-    h.api.create(JOBS, &example("wordcount.yaml"));
+    h.api.create(JOBS, &fixed_size_wordcount());
     h.reconcile("wordcount").await.expect("create");
     h.workers_ready("wordcount", 2);
     h.reconcile("wordcount").await.expect("ready");
@@ -101,7 +109,7 @@ async fn spec_update_rolls_the_workers_and_advances_observed_generation() {
 #[tokio::test]
 async fn suspend_scales_to_zero_and_resume_restores() {
     let h = harness();
-    h.api.create(JOBS, &example("wordcount.yaml"));
+    h.api.create(JOBS, &fixed_size_wordcount());
     h.reconcile("wordcount").await.expect("create");
     h.workers_ready("wordcount", 2);
     h.reconcile("wordcount").await.expect("ready");
@@ -125,7 +133,7 @@ async fn suspend_scales_to_zero_and_resume_restores() {
 #[tokio::test]
 async fn pause_annotation_leaves_children_untouched_and_says_so() {
     let h = harness();
-    h.api.create(JOBS, &example("wordcount.yaml"));
+    h.api.create(JOBS, &fixed_size_wordcount());
     h.reconcile("wordcount").await.expect("create");
     h.api.edit(
         JOBS,
@@ -184,7 +192,7 @@ async fn invalid_config_sets_config_valid_false_without_hot_retries() {
 #[tokio::test]
 async fn conflicts_and_throttling_are_retried_with_per_job_backoff() {
     let h = harness();
-    h.api.create(JOBS, &example("wordcount.yaml"));
+    h.api.create(JOBS, &fixed_size_wordcount());
     h.api.fail_next(Method::PATCH, "/statefulsets/", 409, 2);
     h.api.fail_next(Method::GET, "/pods", 429, 1);
 
@@ -211,7 +219,7 @@ async fn conflicts_and_throttling_are_retried_with_per_job_backoff() {
 #[tokio::test]
 async fn crash_looping_workers_make_the_job_degraded() {
     let h = harness();
-    h.api.create(JOBS, &example("wordcount.yaml"));
+    h.api.create(JOBS, &fixed_size_wordcount());
     h.reconcile("wordcount").await.expect("create");
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "wordcount-0", "namespace": NS,
@@ -242,7 +250,7 @@ async fn consumer_group_finalizer_never_blocks_deletion_forever() {
         .contains(&CONSUMER_GROUP_FINALIZER.to_owned()));
 
     h.api.create(JOBS, &{
-        let mut retained = example("wordcount.yaml");
+        let mut retained = fixed_size_wordcount();
         retained.metadata.name = Some("retained".into());
         retained
     });

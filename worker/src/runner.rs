@@ -203,7 +203,7 @@ impl Shared {
             engine.prepare_revoke(element.topic(), element.partition());
         }
         if let Err(error) = self.commit_now(consumer, &mut engine) {
-            tracing::error!(%error, "commit before revocation failed; the new owner replays from the last commit");
+            tracing::warn!(%error, "commit before revocation failed; nothing is lost: the new owner replays from the last commit");
         }
         for element in partitions.elements() {
             engine.revoke(element.topic(), element.partition());
@@ -502,7 +502,7 @@ pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
     }
     let mut engine = lock(&shared.engine);
     if let Err(error) = shared.commit_now(&consumer, &mut engine) {
-        tracing::error!(%error, "final commit failed; the next owner replays from the last commit");
+        tracing::warn!(%error, "final commit failed; nothing is lost: the next owner replays from the last commit");
     }
     drop(engine);
     drop(consumer);
