@@ -6,6 +6,7 @@
 //!   StatefulSet controller and the garbage collector, so more can be checked);
 //! - neither: the tests print one line saying so and pass without checking anything.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -179,4 +180,33 @@ pub fn repo_root() -> PathBuf {
 pub fn workspace_binary(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
     target.join("debug").join(name)
+}
+
+/// A Kafka-protocol broker for the multi-process tests.
+pub struct Broker {
+    pub bootstrap: String,
+    _process: Option<ChildGuard>,
+}
+
+/// The broker under test, with `topics` created: the Kafka named by `STREAMJOB_TEST_BOOTSTRAP`,
+/// or `streamjob-mock-broker` in its own process.
+pub fn broker(topics: &[(&str, i32)]) -> Broker {
+    if let Ok(bootstrap) = std::env::var("STREAMJOB_TEST_BOOTSTRAP") {
+        streamjob_worker::topic_io::create_topics(&bootstrap, topics).expect("topics created on the test Kafka");
+        return Broker { bootstrap, _process: None };
+    }
+    let mut command = Command::new(workspace_binary("streamjob-mock-broker"));
+    for (topic, partitions) in topics {
+        command.arg("--topic").arg(format!("{topic}:{partitions}"));
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("streamjob-mock-broker starts (cargo build --bins first)");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut first_line = String::new();
+    BufReader::new(stdout).read_line(&mut first_line).expect("broker prints its address");
+    let bootstrap = first_line.trim().strip_prefix("bootstrap=").expect("bootstrap=<address>").to_owned();
+    Broker { bootstrap, _process: Some(ChildGuard(child)) }
 }

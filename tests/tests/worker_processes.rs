@@ -3,42 +3,14 @@
 //! `STREAMJOB_TEST_BOOTSTRAP`. Word count, then a `kill -9` and a restart.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use streamjob_e2e::{free_port, workspace_binary, ChildGuard};
+use streamjob_e2e::{broker, free_port, workspace_binary, ChildGuard};
 use streamjob_worker::topic_io::{produce_all, NewRecord, ReadRecord, TopicReader};
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-struct Broker {
-    bootstrap: String,
-    _process: Option<ChildGuard>,
-}
-
-/// The broker under test, with `topics` created.
-fn broker(topics: &[(&str, i32)]) -> Broker {
-    if let Ok(bootstrap) = std::env::var("STREAMJOB_TEST_BOOTSTRAP") {
-        streamjob_worker::topic_io::create_topics(&bootstrap, topics).expect("topics created on the test Kafka");
-        return Broker { bootstrap, _process: None };
-    }
-    let mut command = Command::new(workspace_binary("streamjob-mock-broker"));
-    for (topic, partitions) in topics {
-        command.arg("--topic").arg(format!("{topic}:{partitions}"));
-    }
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("streamjob-mock-broker starts (cargo build --bins first)");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut first_line = String::new();
-    BufReader::new(stdout).read_line(&mut first_line).expect("broker prints its address");
-    let bootstrap = first_line.trim().strip_prefix("bootstrap=").expect("bootstrap=<address>").to_owned();
-    Broker { bootstrap, _process: Some(ChildGuard(child)) }
-}
 
 fn unique(name: &str) -> String {
     format!("{name}-{}-{}", std::process::id(), streamjob_worker::runner::now_ms() % 1_000_000)

@@ -141,6 +141,9 @@ struct SourceStage {
     max_event_ms: Option<i64>,
     reset_sent: bool,
     last_record_ms: i64,
+    /// The first tick after the assignment: a partition that gets no record at all is idle
+    /// from then on too.
+    assigned_ms: Option<i64>,
     idle: bool,
     progress_unsent: bool,
 }
@@ -621,10 +624,9 @@ impl Engine {
         let Role::Source(source) = &mut self.slots[index].role else {
             return;
         };
-        let Some(max_event_ms) = source.max_event_ms else {
-            return;
-        };
-        if !source.idle && now_ms - source.last_record_ms >= idle_timeout {
+        let assigned_ms = *source.assigned_ms.get_or_insert(now_ms);
+        let quiet_since = source.last_record_ms.max(assigned_ms);
+        if !source.idle && now_ms - quiet_since >= idle_timeout {
             source.idle = true;
             source.progress_unsent = true;
         }
@@ -632,11 +634,10 @@ impl Engine {
             return;
         }
         source.progress_unsent = false;
-        let message = RepartitionMessage::Progress {
-            src: source.id.clone(),
-            watermark: max_event_ms - lateness,
-            idle: source.idle,
-        };
+        // Without a record since the assignment, the watermark is unknown: the aggregators
+        // keep what they had and, the source being idle, follow the wall clock.
+        let watermark = source.max_event_ms.map_or(i64::MIN, |max_event_ms| max_event_ms - lateness);
+        let message = RepartitionMessage::Progress { src: source.id.clone(), watermark, idle: source.idle };
         self.broadcast(&message, None, partitions);
     }
 

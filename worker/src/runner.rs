@@ -113,6 +113,8 @@ struct Shared {
     exactly_once: bool,
     start_from: StartFrom,
     abandoned: AtomicBool,
+    /// Set once the worker is leaving: partitions offered now are not started.
+    leaving: AtomicBool,
     metrics: Arc<WorkerMetrics>,
     /// Longest wait for acknowledgements before a commit (revocation, shutdown).
     flush_timeout: Duration,
@@ -164,6 +166,14 @@ impl Shared {
     /// stage's checkpoint from the commit metadata. The repartition topic starts at its
     /// beginning when it has no commit, whatever `startFrom` says: partials are never skipped.
     fn assign(&self, consumer: &WorkerConsumer, partitions: &mut TopicPartitionList) {
+        if self.leaving.load(Ordering::SeqCst) {
+            // Others left too and this worker got their partitions while closing: it reads no
+            // more records, so it takes them without state and hands them straight back.
+            if let Err(error) = consumer.incremental_assign(partitions) {
+                tracing::debug!(%error, "incremental assign while leaving failed");
+            }
+            return;
+        }
         let committed = match consumer.committed_offsets(partitions.clone(), REQUEST_TIMEOUT) {
             Ok(committed) => committed,
             Err(error) => {
@@ -482,6 +492,7 @@ pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
         exactly_once,
         start_from: config.job.spec.source.start_from,
         abandoned: AtomicBool::new(false),
+        leaving: AtomicBool::new(false),
         metrics: control.metrics.clone(),
         flush_timeout: config.timings.shutdown_timeout,
     });
@@ -500,6 +511,7 @@ pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
         tracing::warn!("abandoned without committing");
         return result;
     }
+    shared.leaving.store(true, Ordering::SeqCst);
     let mut engine = lock(&shared.engine);
     if let Err(error) = shared.commit_now(&consumer, &mut engine) {
         tracing::warn!(%error, "final commit failed; nothing is lost: the next owner replays from the last commit");

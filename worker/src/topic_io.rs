@@ -150,7 +150,9 @@ pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<(), Kafk
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
     let new_topics: Vec<NewTopic<'_>> =
         topics.iter().map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(-1))).collect();
-    let results = futures::executor::block_on(admin.create_topics(&new_topics, &AdminOptions::new()))?;
+    let results = futures::executor::block_on(
+        admin.create_topics(&new_topics, &AdminOptions::new().request_timeout(Some(Duration::from_secs(15)))),
+    )?;
     for result in results {
         match result {
             Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}

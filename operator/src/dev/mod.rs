@@ -100,9 +100,15 @@ struct Broker {
 }
 
 /// Worker timings for a laptop: a short session, so a stopped worker's partitions move on in
-/// seconds (6 s is the smallest session real brokers accept by default).
+/// seconds (6 s is the smallest session real brokers accept by default), and a short idle
+/// timeout, so the last windows close soon after the input stops.
 fn dev_timings() -> Timings {
-    Timings { session_timeout: Duration::from_secs(6), shutdown_timeout: Duration::from_secs(10), ..Timings::default() }
+    Timings {
+        session_timeout: Duration::from_secs(6),
+        shutdown_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(5),
+        ..Timings::default()
+    }
 }
 
 fn load_job(path: &PathBuf) -> Result<StreamJob, DevError> {
@@ -125,8 +131,13 @@ fn start_broker(options: &DevOptions, job: &StreamJob, windowed: bool) -> Result
     let mut topics = job_topics(job, options.partitions);
     match &options.bootstrap {
         Some(bootstrap) => {
-            let refs: Vec<(&str, i32)> = topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
-            streamjob_worker::topic_io::create_topics(bootstrap, &refs).map_err(|e| DevError::Topics(e.to_string()))?;
+            let missing = missing_topics(bootstrap, &topics).map_err(DevError::Topics)?;
+            let missing: Vec<(&str, i32)> =
+                topics.iter().filter(|(t, _)| missing.contains(t)).map(|(t, p)| (t.as_str(), *p)).collect();
+            if !missing.is_empty() {
+                streamjob_worker::topic_io::create_topics(bootstrap, &missing)
+                    .map_err(|e| DevError::Topics(format!("{e} (creating {missing:?})")))?;
+            }
             Ok(Broker { bootstrap: bootstrap.clone(), _embedded: None })
         }
         None => {
@@ -142,6 +153,19 @@ fn start_broker(options: &DevOptions, job: &StreamJob, windowed: bool) -> Result
             Ok(Broker { bootstrap: broker.bootstrap_servers(), _embedded: Some(broker) })
         }
     }
+}
+
+/// The topics of `topics` the broker does not have.
+fn missing_topics(bootstrap: &str, topics: &[(String, i32)]) -> Result<Vec<String>, String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let client: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().map_err(|e| e.to_string())?;
+    let metadata = client.fetch_metadata(None, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    Ok(topics
+        .iter()
+        .filter(|(name, _)| !metadata.topics().iter().any(|t| t.name() == name && !t.partitions().is_empty()))
+        .map(|(name, _)| name.clone())
+        .collect())
 }
 
 fn input_source(options: &DevOptions, job: &StreamJob) -> Result<InputSource, DevError> {
@@ -264,7 +288,8 @@ pub async fn run_dev(options: DevOptions, out: &mut (dyn Write + Send)) -> Resul
 
         let totals = pool.totals();
         let produced = feeder.produced.load(Ordering::Relaxed);
-        let seconds = (now - previous.0).as_secs_f64().max(0.001);
+        // Rates over less than half a second (the first tick) say little.
+        let seconds = (now - previous.0).as_secs_f64().max(0.5);
         snapshot.elapsed = now - started;
         snapshot.produced_per_second = (produced - previous.1) as f64 / seconds;
         snapshot.in_per_second = (totals.records_in - previous.2.records_in) as f64 / seconds;
@@ -272,7 +297,7 @@ pub async fn run_dev(options: DevOptions, out: &mut (dyn Write + Send)) -> Resul
         snapshot.dead_lettered = totals.dead_lettered;
         snapshot.ready = pool.ready();
         snapshot.desired = pool.len();
-        snapshot.phase = phase(&pool, settled).into();
+        snapshot.phase = phase(&pool, settled && pool.ready() == pool.len()).into();
         snapshot.recent_sink_records = sink.recent();
         previous = (now, produced, totals);
 
@@ -328,11 +353,12 @@ fn print_sink_records(out: &mut (dyn Write + Send), records: &[String]) {
     }
 }
 
+/// The phase as the operator would report it.
 fn phase(pool: &WorkerPool, settled: bool) -> &'static str {
     match (pool.ready(), settled) {
         (0, _) => "Pending",
-        (_, true) => "Running",
-        (_, false) => "Scaling",
+        (ready, true) if ready == pool.len() => "Running",
+        _ => "Scaling",
     }
 }
 
