@@ -6,16 +6,11 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::producer::{BaseRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use streamjob_crds::StreamJob;
 use streamjob_operator::autoscaler::driver::Autoscaler;
 use streamjob_worker::mock_broker::MockBroker;
-use streamjob_worker::topic_io::{producer, send_waiting};
 
 const PARTITIONS: i32 = 4;
 
@@ -32,32 +27,6 @@ fn autoscaled_job(bootstrap: &str, topic: &str) -> StreamJob {
         .expect("autoscaling spec"),
     );
     job
-}
-
-fn fill(bootstrap: &str, topic: &str, per_partition: i64) {
-    let producer = producer(bootstrap).expect("producer");
-    for partition in 0..PARTITIONS {
-        for n in 0..per_partition {
-            let line = format!("line {n}");
-            send_waiting(&producer, BaseRecord::to(topic).partition(partition).payload(line.as_bytes()).key(&[][..]))
-                .expect("send");
-        }
-    }
-    producer.flush(Duration::from_secs(30)).expect("flush");
-}
-
-/// Commits every partition at `offset` for the job's group, as caught-up workers would.
-fn commit_all(bootstrap: &str, job: &StreamJob, topic: &str, offset: i64) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", job.consumer_group())
-        .create()
-        .expect("consumer");
-    let mut list = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        list.add_partition_offset(topic, partition, Offset::Offset(offset)).expect("offset");
-    }
-    consumer.commit(&list, CommitMode::Sync).expect("commit");
 }
 
 fn last_scale(h: &Harness) -> (i32, i32, String) {
@@ -84,7 +53,7 @@ async fn scales_up_on_lag_and_down_only_after_the_stabilisation_window() {
     };
 
     // Below the threshold: 1 worker is enough.
-    fill(&bootstrap, "lines", 20);
+    fill(&bootstrap, "lines", &[20; PARTITIONS as usize]);
     poll(0.0).await;
     poll(10.0).await;
     assert_eq!(h.replicas("wordcount"), 1);
@@ -94,7 +63,7 @@ async fn scales_up_on_lag_and_down_only_after_the_stabilisation_window() {
     assert!(status.last_scale.is_none());
 
     // The lag crosses the threshold: the next poll scales up, capped at the partition count.
-    fill(&bootstrap, "lines", 200);
+    fill(&bootstrap, "lines", &[200; PARTITIONS as usize]);
     poll(15.0).await;
     assert_eq!(h.replicas("wordcount"), 1, "not due before pollIntervalSeconds");
     poll(20.0).await;
@@ -112,7 +81,8 @@ async fn scales_up_on_lag_and_down_only_after_the_stabilisation_window() {
 
     // The workers catch up; no lag. Scale-down waits for the 120 s window.
     h.workers_ready("wordcount", 4);
-    commit_all(&bootstrap, &h.job("wordcount"), "lines", 220);
+    let caught_up: Vec<(i32, i64)> = (0..PARTITIONS).map(|p| (p, 220)).collect();
+    commit(&bootstrap, &h.job("wordcount").consumer_group(), "lines", &caught_up);
     for t in [30.0, 40.0, 50.0, 100.0, 130.0] {
         poll(t).await;
         assert_eq!(h.replicas("wordcount"), 4, "still inside the stabilisation window at {t}");

@@ -3,39 +3,15 @@
 
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::producer::{BaseRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+mod common;
+
+use common::{commit, fill};
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::ClientConfig;
 use streamjob_crds::StartFrom;
 use streamjob_operator::autoscaler::policy::PartitionSample;
 use streamjob_operator::autoscaler::probe::{measure_blocking, LagProbe, ProbeError, ProbeTarget};
 use streamjob_worker::mock_broker::MockBroker;
-use streamjob_worker::topic_io::{producer, send_waiting};
-
-/// Writes `counts[p]` records to partition `p`.
-fn fill(bootstrap: &str, topic: &str, counts: &[i64]) {
-    let producer = producer(bootstrap).expect("producer");
-    for (partition, count) in counts.iter().enumerate() {
-        for n in 0..*count {
-            let payload = format!("record {n}");
-            let record =
-                BaseRecord::to(topic).partition(partition as i32).payload(payload.as_bytes()).key(&[] as &[u8]);
-            send_waiting(&producer, record).expect("send");
-        }
-    }
-    producer.flush(Duration::from_secs(30)).expect("flush");
-}
-
-/// Commits `offsets` (partition, offset) for `group`, as a worker would.
-fn commit(bootstrap: &str, group: &str, topic: &str, offsets: &[(i32, i64)]) {
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().expect("consumer");
-    let mut list = TopicPartitionList::new();
-    for (partition, offset) in offsets {
-        list.add_partition_offset(topic, *partition, Offset::Offset(*offset)).expect("offset");
-    }
-    consumer.commit(&list, CommitMode::Sync).expect("commit");
-}
 
 fn target(bootstrap: &str, group: &str, topics: &[&str]) -> ProbeTarget {
     let mut connection = ClientConfig::new();

@@ -172,6 +172,11 @@ where
 }
 
 /// The repository root.
+/// `name` made unique to this run, so topics and groups on a shared Kafka are fresh.
+pub fn unique(name: &str) -> String {
+    format!("{name}-{}-{}", std::process::id(), streamjob_worker::runner::now_ms() % 1_000_000)
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }

@@ -3,20 +3,11 @@
 //! count, at least one scale-up, and a clean stop on Ctrl-C.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use streamjob_e2e::{broker, workspace_binary};
+use streamjob_e2e::{broker, repo_root, unique, workspace_binary};
 use streamjob_worker::topic_io::{ReadRecord, TopicReader};
-
-fn unique(name: &str) -> String {
-    format!("{name}-{}-{}", std::process::id(), streamjob_worker::runner::now_ms() % 1_000_000)
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// A deterministic text of `count` lines.
 fn input_lines(count: usize) -> Vec<String> {

@@ -7,14 +7,10 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use streamjob_e2e::{broker, free_port, workspace_binary, ChildGuard};
+use streamjob_e2e::{broker, free_port, repo_root, unique, workspace_binary, ChildGuard};
 use streamjob_worker::topic_io::{produce_all, NewRecord, ReadRecord, TopicReader};
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-fn unique(name: &str) -> String {
-    format!("{name}-{}-{}", std::process::id(), streamjob_worker::runner::now_ms() % 1_000_000)
-}
 
 /// The wordcount example with its topics renamed, so a shared Kafka gets fresh ones.
 fn manifest(lines: &str, counts: &str) -> PathBuf {
@@ -25,10 +21,6 @@ fn manifest(lines: &str, counts: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("{lines}.yaml"));
     std::fs::write(&path, text).expect("manifest written");
     path
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn worker(manifest: &std::path::Path, bootstrap: &str, group: &str, port: u16) -> ChildGuard {

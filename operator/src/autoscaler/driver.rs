@@ -153,7 +153,8 @@ impl Autoscaler {
             let recovered = std::mem::replace(&mut state.degraded, false);
             (decision, throughput, recovered)
         };
-        self.record_metrics(job, &samples, &settings, &decision);
+        let lag = lag_status(&samples, &settings);
+        self.record_metrics(job, &samples, &settings, lag.total, &decision);
         self.context.decisions.set(&namespace, &name, decision.replicas);
 
         let mut last_scale = None;
@@ -165,7 +166,6 @@ impl Autoscaler {
             let note = format!("lag measured again on {partitions} partitions; autoscaling resumed");
             publish(&self.context, job, EventType::Normal, "AutoscalerRecovered", "Autoscale", note).await;
         }
-        let lag = lag_status(&samples, &settings);
         self.write_status(job, &decision, partitions, lag, throughput, last_scale).await?;
         Ok(decision)
     }
@@ -219,12 +219,18 @@ impl Autoscaler {
         .await
     }
 
-    fn record_metrics(&self, job: &StreamJob, samples: &[PartitionSample], settings: &Settings, decision: &Decision) {
+    fn record_metrics(
+        &self,
+        job: &StreamJob,
+        samples: &[PartitionSample],
+        settings: &Settings,
+        total_lag: i64,
+        decision: &Decision,
+    ) {
         let (namespace, name) = job_key(job);
         let metrics = &self.context.metrics;
         let labels = JobLabels { namespace: namespace.clone(), job: name.clone() };
-        let total: i64 = samples.iter().map(|s| s.lag(settings.start_from)).sum();
-        metrics.job_lag.get_or_create(&labels).set(total);
+        metrics.job_lag.get_or_create(&labels).set(total_lag);
         metrics.desired_replicas.get_or_create(&labels).set(decision.replicas.into());
         for sample in samples {
             let partition_labels = PartitionLabels {

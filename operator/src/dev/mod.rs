@@ -23,7 +23,7 @@ use crate::autoscaler::policy::{decide, observe, History, LagSample, PartitionSa
 use crate::autoscaler::probe::{LagProbe, ProbeTarget};
 use io::{Feeder, InputSource, SinkReader};
 use load::{LoadPlan, RecordGenerator};
-use pool::WorkerPool;
+use pool::{PoolTotals, WorkerPool};
 use screen::{render_frame, render_line, ScaleLine, Snapshot, CLEAR};
 
 /// Load when neither `--load` nor `--input` is given.
@@ -64,10 +64,8 @@ pub enum DevError {
 pub struct Summary {
     pub elapsed: Duration,
     pub produced: u64,
-    pub records_in: u64,
-    pub records_out: u64,
-    pub dead_lettered: u64,
-    pub skipped: u64,
+    /// What the workers counted, all of them.
+    pub workers: PoolTotals,
     pub sink_records: u64,
     pub max_lag: i64,
     pub scale_events: Vec<ScaleLine>,
@@ -81,10 +79,10 @@ impl Summary {
             "Summary after {:.0}s: produced {}, records in {}, records out {}, dead-lettered {}, skipped {}, sink records read {}, max lag {}, scale events {}{}",
             self.elapsed.as_secs_f64(),
             self.produced,
-            self.records_in,
-            self.records_out,
-            self.dead_lettered,
-            self.skipped,
+            self.workers.records_in,
+            self.workers.records_out,
+            self.workers.dead_lettered,
+            self.workers.skipped,
             self.sink_records,
             self.max_lag,
             self.scale_events.len(),
@@ -132,8 +130,6 @@ fn start_broker(options: &DevOptions, job: &StreamJob, windowed: bool) -> Result
     match &options.bootstrap {
         Some(bootstrap) => {
             let missing = missing_topics(bootstrap, &topics).map_err(DevError::Topics)?;
-            let missing: Vec<(&str, i32)> =
-                topics.iter().filter(|(t, _)| missing.contains(t)).map(|(t, p)| (t.as_str(), *p)).collect();
             if !missing.is_empty() {
                 streamjob_worker::topic_io::create_topics(bootstrap, &missing)
                     .map_err(|e| DevError::Topics(format!("{e} (creating {missing:?})")))?;
@@ -156,7 +152,7 @@ fn start_broker(options: &DevOptions, job: &StreamJob, windowed: bool) -> Result
 }
 
 /// The topics of `topics` the broker does not have.
-fn missing_topics(bootstrap: &str, topics: &[(String, i32)]) -> Result<Vec<String>, String> {
+fn missing_topics<'a>(bootstrap: &str, topics: &'a [(String, i32)]) -> Result<Vec<(&'a str, i32)>, String> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let client: BaseConsumer =
         ClientConfig::new().set("bootstrap.servers", bootstrap).create().map_err(|e| e.to_string())?;
@@ -164,7 +160,7 @@ fn missing_topics(bootstrap: &str, topics: &[(String, i32)]) -> Result<Vec<Strin
     Ok(topics
         .iter()
         .filter(|(name, _)| !metadata.topics().iter().any(|t| t.name() == name && !t.partitions().is_empty()))
-        .map(|(name, _)| name.clone())
+        .map(|(name, partitions)| (name.as_str(), *partitions))
         .collect())
 }
 
@@ -297,7 +293,7 @@ pub async fn run_dev(options: DevOptions, out: &mut (dyn Write + Send)) -> Resul
         snapshot.dead_lettered = totals.dead_lettered;
         snapshot.ready = pool.ready();
         snapshot.desired = pool.len();
-        snapshot.phase = phase(&pool, settled && pool.ready() == pool.len()).into();
+        snapshot.phase = phase(&pool, settled).into();
         snapshot.recent_sink_records = sink.recent();
         previous = (now, produced, totals);
 
@@ -316,7 +312,8 @@ pub async fn run_dev(options: DevOptions, out: &mut (dyn Write + Send)) -> Resul
 
     let feeder_produced = feeder.produced.clone();
     let feeder_result = tokio::task::block_in_place(|| feeder.stop());
-    let stop_errors = tokio::task::block_in_place(|| shut_down(pool, &mut summary));
+    let (workers, stop_errors) = tokio::task::block_in_place(|| pool.shutdown());
+    summary.workers = workers;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let fresh = sink.take_fresh();
     print_sink_records(out, &fresh);
@@ -332,16 +329,6 @@ pub async fn run_dev(options: DevOptions, out: &mut (dyn Write + Send)) -> Resul
     Ok(summary)
 }
 
-/// Stops the workers cleanly and records what they did in `summary`.
-fn shut_down(pool: WorkerPool, summary: &mut Summary) -> Vec<(i32, String)> {
-    let (totals, errors) = pool.shutdown();
-    summary.records_in = totals.records_in;
-    summary.records_out = totals.records_out;
-    summary.dead_lettered = totals.dead_lettered;
-    summary.skipped = totals.skipped;
-    errors
-}
-
 const SINK_LINES_PER_TICK: usize = 10;
 
 fn print_sink_records(out: &mut (dyn Write + Send), records: &[String]) {
@@ -353,7 +340,8 @@ fn print_sink_records(out: &mut (dyn Write + Send), records: &[String]) {
     }
 }
 
-/// The phase as the operator would report it.
+/// The phase as the operator would report it. `settled` was measured before this tick's
+/// decision, so a scale just made shows as fewer ready than running.
 fn phase(pool: &WorkerPool, settled: bool) -> &'static str {
     match (pool.ready(), settled) {
         (0, _) => "Pending",

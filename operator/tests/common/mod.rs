@@ -3,18 +3,23 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use http::Method;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use streamjob_crds::{parse_manifest, Phase, StreamJob};
 use streamjob_operator::builders::CONFIG_CHECKSUM_ANNOTATION;
 use streamjob_operator::controller::{reconcile, ConsumerGroupDeleter, Context, ScaleDecisions};
 use streamjob_operator::fake_api::FakeApiServer;
 use streamjob_operator::metrics::Metrics;
+use streamjob_worker::topic_io::{producer, send_waiting};
 
 pub const JOBS: &str = "/apis/streamjob.io/v1alpha1/streamjobs";
 pub const STATEFUL_SETS: &str = "/apis/apps/v1/statefulsets";
@@ -127,4 +132,29 @@ impl Harness {
     pub fn status_writes(&self) -> usize {
         self.api.count_requests(&Method::PATCH, "/status")
     }
+}
+
+/// Writes `counts[p]` records to partition `p`.
+pub fn fill(bootstrap: &str, topic: &str, counts: &[i64]) {
+    let producer = producer(bootstrap).expect("producer");
+    for (partition, count) in counts.iter().enumerate() {
+        for n in 0..*count {
+            let payload = format!("record {n}");
+            let record =
+                BaseRecord::to(topic).partition(partition as i32).payload(payload.as_bytes()).key(&[] as &[u8]);
+            send_waiting(&producer, record).expect("send");
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// Commits `offsets` (partition, offset) for `group`, as a worker would.
+pub fn commit(bootstrap: &str, group: &str, topic: &str, offsets: &[(i32, i64)]) {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().expect("consumer");
+    let mut list = TopicPartitionList::new();
+    for (partition, offset) in offsets {
+        list.add_partition_offset(topic, *partition, Offset::Offset(*offset)).expect("offset");
+    }
+    consumer.commit(&list, CommitMode::Sync).expect("commit");
 }
