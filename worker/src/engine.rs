@@ -547,7 +547,13 @@ impl Engine {
             return;
         };
         match message {
-            RepartitionMessage::Reset { src, from } => stage.reset(&src, from),
+            RepartitionMessage::Reset { src, from } => {
+                let live = input.offset >= stage.replay_until_offset;
+                stage.reset(&src, from, live)
+            }
+            // The checkpoint holds each source's progress as of `replay_until_offset`: the
+            // replayed markers are older, and a stale "idle" would move the watermark.
+            RepartitionMessage::Progress { .. } if input.offset < stage.replay_until_offset => {}
             RepartitionMessage::Progress { src, watermark, idle } => {
                 let progress = stage.sources.entry(src).or_default();
                 progress.watermark = progress.watermark.max(watermark);
@@ -652,18 +658,19 @@ impl Engine {
             return;
         };
         stage.emitted.retain(|(_, hold)| slot.progress.is_held(*hold));
+        if next_offset < stage.replay_until_offset {
+            // Until the replay rebuilds the checkpointed state, the checkpoint's watermark holds.
+            return;
+        }
         stage.advance_watermark(now_ms - idle_timeout_ms - window.allowed_lateness_ms);
         if !stage.windows.is_empty() {
-            tracing::trace!(partition = slot.partition, watermark = ?stage.watermark, next_offset, replay_until = stage.replay_until_offset,
+            tracing::trace!(partition = slot.partition, watermark = ?stage.watermark, next_offset,
                 sources = ?stage.sources, "open windows");
-        }
-        if next_offset < stage.replay_until_offset {
-            return;
         }
         let Some(watermark) = stage.watermark else {
             return;
         };
-        let closed: Vec<i64> = stage.windows.range(..=watermark - window.size_ms).map(|(start, _)| *start).collect();
+        let closed: Vec<i64> = stage.windows.range(..=watermark.saturating_sub(window.size_ms)).map(|(start, _)| *start).collect();
         let mut emitted = Vec::new();
         for start in closed {
             if let Some(open) = stage.windows.remove(&start) {
@@ -863,14 +870,20 @@ impl AggregateStage {
         self.windows.values().flat_map(|w| w.segments.values()).map(|s| s.first_input_offset).min()
     }
 
-    /// A source partition restarts at `from`: what it sent from there will come again.
-    fn reset(&mut self, src: &str, from: i64) {
+    /// A source partition restarts at `from`: what it sent from there will come again. Until its
+    /// new owner reports progress, its watermark is unknown: the windows it will refill wait.
+    /// A reset replayed from before the checkpoint leaves the checkpointed progress as it is.
+    fn reset(&mut self, src: &str, from: i64, live: bool) {
         for window in self.windows.values_mut() {
             window.segments.retain(|(source, range_start), _| source != src || *range_start < from);
         }
         self.windows.retain(|_, w| !w.segments.is_empty());
         let progress = self.sources.entry(src.to_owned()).or_default();
         progress.replayed_through = progress.replayed_through.max(progress.applied_through);
+        if live {
+            progress.watermark = i64::MIN;
+            progress.idle = false;
+        }
     }
 
     /// The watermark: the lowest of the sources' watermarks, where an idle source counts as no
@@ -883,5 +896,131 @@ impl AggregateStage {
         if let Some(lowest) = lowest {
             self.watermark = Some(self.watermark.map_or(lowest, |w| w.max(lowest)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: i64 = 1000;
+    const REPARTITION: &str = "job-repartition";
+
+    fn wordcount_engine() -> Engine {
+        let stages: Vec<streamjob_crds::PipelineStage> = serde_yaml::from_str(
+            "[{split: {field: value}}, {keyBy: {field: value}}, {window: {size: 10s, aggregate: {function: count}}}]",
+        )
+        .expect("pipeline");
+        let settings = EngineSettings {
+            source_format: SourceFormat::Text,
+            sink_format: SinkFormat::Json,
+            dead_letter: false,
+            repartition: Some((REPARTITION.to_owned(), 1)),
+            flush_interval_ms: 200,
+            idle_timeout_ms: 10 * SECOND,
+            max_partials: 1000,
+        };
+        let pipeline = CompiledPipeline::compile(&stages).expect("compiles");
+        Engine::new(settings, pipeline, Arc::default(), Arc::default())
+    }
+
+    fn partial(src: &str, from: i64, to: i64, window: i64, count: u64) -> Vec<u8> {
+        let accumulator = Accumulator { count, sum: count as f64, min: 1.0, max: 1.0 };
+        RepartitionMessage::Partial { src: src.into(), from, to, window, accumulator }.encode()
+    }
+
+    fn progress(src: &str, watermark: i64, idle: bool) -> Vec<u8> {
+        RepartitionMessage::Progress { src: src.into(), watermark, idle }.encode()
+    }
+
+    fn read(engine: &mut Engine, offset: i64, key: Option<&str>, payload: &[u8], now_ms: i64) {
+        let input = Input {
+            topic: REPARTITION,
+            partition: 0,
+            offset,
+            key: key.map(str::as_bytes),
+            payload: Some(payload),
+            timestamp_ms: Some(now_ms),
+        };
+        engine.on_input(&input, now_ms);
+    }
+
+    fn sink_counts(outputs: &[Output]) -> Vec<(String, i64)> {
+        let mut counts: Vec<(String, i64)> = outputs
+            .iter()
+            .filter(|o| o.destination == Destination::Sink)
+            .map(|o| {
+                let value: serde_json::Value = serde_json::from_slice(&o.payload).expect("json result");
+                (format!("{}@{}", value["key"].as_str().unwrap_or_default(), value["windowStart"]), value["count"].as_i64().unwrap_or(-1))
+            })
+            .collect();
+        counts.sort();
+        counts
+    }
+
+    fn reset(src: &str, from: i64) -> Vec<u8> {
+        RepartitionMessage::Reset { src: src.into(), from }.encode()
+    }
+
+    /// A source partition moves to a new owner that replays it from its last commit. Windows
+    /// the replay refills wait for the new owner's progress, even when the source had gone
+    /// idle: emitted early, they would miss the replayed records for good.
+    #[test]
+    fn a_reset_source_holds_its_windows_until_its_new_owner_reports_progress() {
+        let window = 1_000 * SECOND;
+        let mut engine = wordcount_engine();
+        engine.assign(REPARTITION, 0, None);
+        let now = window + 60 * SECOND;
+        read(&mut engine, 0, Some("fox"), &partial("lines/0", 100, 149, window, 2), now);
+        read(&mut engine, 1, Some("fox"), &partial("lines/0", 150, 199, window, 3), now);
+        read(&mut engine, 2, None, &progress("lines/0", window + 2 * SECOND, true), now);
+        read(&mut engine, 3, None, &reset("lines/0", 150), now);
+        engine.on_tick(now);
+        let early = sink_counts(&engine.take_outputs());
+        assert!(early.is_empty(), "the window waits for the replay: {early:?}");
+
+        read(&mut engine, 4, Some("fox"), &partial("lines/0", 150, 199, window, 3), now);
+        read(&mut engine, 5, None, &progress("lines/0", window + 2 * SECOND, false), now);
+        engine.on_tick(now);
+        assert!(sink_counts(&engine.take_outputs()).is_empty(), "the source is not past the window's end");
+        read(&mut engine, 6, None, &progress("lines/0", window + 2 * SECOND, true), now);
+        engine.on_tick(now);
+        let start = format!("\"{}\"", pipeline::rfc3339(window));
+        assert_eq!(sink_counts(&engine.take_outputs()), vec![(format!("fox@{start}"), 5)]);
+    }
+
+    /// A new owner of a repartition partition replays from the oldest open window. What it
+    /// replays is older than its checkpoint: a stale "idle" must not move the watermark past
+    /// the open window, or the window's replayed partials are taken for already-emitted ones.
+    #[test]
+    fn a_replay_keeps_the_checkpointed_watermark_and_emits_the_open_window_whole() {
+        let window = 1_000 * SECOND;
+        let checkpoint = AggregateCheckpoint {
+            watermark: Some(window - SECOND),
+            read_to: 4,
+            sources: HashMap::from([(
+                "lines/0".to_owned(),
+                SourceProgress { watermark: window + 5 * SECOND, idle: false, applied_through: 300, replayed_through: 0 },
+            )]),
+        };
+        let mut engine = wordcount_engine();
+        engine.assign(REPARTITION, 0, Some(&serde_json::to_string(&checkpoint).expect("json")));
+
+        // Long after the window (a slow rebalance): the wall clock is far ahead of the data.
+        let now = window + 60 * SECOND;
+        read(&mut engine, 0, Some("fox"), &partial("lines/0", 100, 199, window, 3), now);
+        read(&mut engine, 1, None, &progress("lines/0", window + 2 * SECOND, true), now);
+        engine.on_tick(now);
+        read(&mut engine, 2, Some("fox"), &partial("lines/0", 200, 300, window, 4), now);
+        read(&mut engine, 3, None, &progress("lines/0", window + 5 * SECOND, false), now);
+        engine.on_tick(now);
+        let early = sink_counts(&engine.take_outputs());
+        assert!(early.is_empty(), "the window stays open until its source passes its end: {early:?}");
+
+        read(&mut engine, 4, Some("fox"), &partial("lines/0", 301, 310, window, 1), now);
+        read(&mut engine, 5, None, &progress("lines/0", window + 11 * SECOND, false), now);
+        engine.on_tick(now);
+        let start = format!("\"{}\"", pipeline::rfc3339(window));
+        assert_eq!(sink_counts(&engine.take_outputs()), vec![(format!("fox@{start}"), 8)]);
     }
 }
