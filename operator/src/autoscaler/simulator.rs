@@ -126,6 +126,8 @@ pub struct Outcome {
     pub drain_seconds: Option<f64>,
     pub replica_seconds: f64,
     pub scale_events: u32,
+    /// Every scale event as (second, from, to).
+    pub scales: Vec<(f64, i32, i32)>,
 }
 
 /// Runs `scaler` on `trace`, one-second steps.
@@ -164,6 +166,7 @@ pub fn simulate(model: &Model, trace: &Trace, scaler: &mut dyn Scaler) -> Outcom
             .collect();
         let wanted = scaler.poll(t, &samples, replicas, t >= paused_until).clamp(0, model.max_replicas);
         if wanted != replicas {
+            outcome.scales.push((t, replicas, wanted));
             replicas = wanted;
             outcome.scale_events += 1;
             paused_until = t + model.rebalance_pause;
