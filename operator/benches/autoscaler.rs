@@ -66,7 +66,8 @@ fn main() {
     if let Some(name) = std::env::args().skip_while(|a| a != "--timeline").nth(1) {
         for (trace, ours, reference) in compare(&model).into_iter().filter(|(t, _, _)| *t == name) {
             for (policy, outcome) in [("streamjob", &ours), ("keda+hpa", &reference)] {
-                let steps: Vec<String> = outcome.scales.iter().map(|(t, from, to)| format!("{t:.0}s {from}→{to}")).collect();
+                let steps: Vec<String> =
+                    outcome.scales.iter().map(|(t, from, to)| format!("{t:.0}s {from}→{to}")).collect();
                 println!("{trace} {policy}: {}", steps.join(", "));
             }
         }

@@ -29,6 +29,9 @@ struct Args {
     /// A Kafka to measure against instead of the in-process mock cluster.
     #[arg(long)]
     bootstrap: Option<String>,
+    /// Which cases to run, for example `ab` (the raw consumer always runs: it is the baseline).
+    #[arg(long, default_value = "abcd")]
+    cases: String,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -182,42 +185,43 @@ fn main() -> anyhow::Result<()> {
     let (json_records, text_records) = (retained(&bootstrap, "bench-json")?, retained(&bootstrap, "bench-text")?);
     println!("retained by the broker: {json_records} JSON, {text_records} text records");
     let raw = raw_consumer(&bootstrap, "bench-json", json_records)?;
-    let passthrough =
-        worker_rate(&bootstrap, &job("bench-json", "json", "[]", "bench-out-b"), json_records, "bench-b")?;
-    let filter_map = worker_rate(
-        &bootstrap,
-        &job(
+    let cases = [
+        ('b', "(b) worker, passthrough (json in, json out)", job("bench-json", "json", "[]", "bench-out-b"), "bench-json"),
+        (
+            'c',
+            "(c) worker, JSON filter + map",
+            job(
+                "bench-json",
+                "json",
+                "[{filter: {field: type, op: eq, value: click}}, {map: {select: [user, amount], set: {source: web}}}]",
+                "bench-out-c",
+            ),
             "bench-json",
-            "json",
-            "[{filter: {field: type, op: eq, value: click}}, {map: {select: [user, amount], set: {source: web}}}]",
-            "bench-out-c",
         ),
-        json_records,
-        "bench-c",
-    )?;
-    let word_count = worker_rate(
-        &bootstrap,
-        &job(
+        (
+            'd',
+            "(d) worker, word count, 10 s tumbling",
+            job(
+                "bench-text",
+                "text",
+                "[{split: {field: value, lowercase: true}}, {keyBy: {field: value}}, {window: {size: 10s, aggregate: {function: count}}}]",
+                "bench-out-d",
+            ),
             "bench-text",
-            "text",
-            "[{split: {field: value, lowercase: true}}, {keyBy: {field: value}}, {window: {size: 10s, aggregate: {function: count}}}]",
-            "bench-out-d",
         ),
-        text_records,
-        "bench-d",
-    )?;
+    ];
+    let mut results = vec![("(a) raw rdkafka consumer, counting", raw)];
+    for (letter, case, manifest, topic) in cases.iter().filter(|(letter, ..)| args.cases.contains(*letter)) {
+        let records = if *topic == "bench-json" { json_records } else { text_records };
+        results.push((case, worker_rate(&bootstrap, manifest, records, &format!("bench-{letter}"))?));
+    }
     println!(
         "\n{n} records, {} partitions, broker {}",
         args.partitions,
         if args.bootstrap.is_some() { bootstrap.as_str() } else { "in-process mock cluster" }
     );
     println!("{:<44} {:>12} {:>8}", "case", "records/s", "ratio");
-    for (case, value) in [
-        ("(a) raw rdkafka consumer, counting", raw),
-        ("(b) worker, passthrough (json in, json out)", passthrough),
-        ("(c) worker, JSON filter + map", filter_map),
-        ("(d) worker, word count, 10 s tumbling", word_count),
-    ] {
+    for (case, value) in results {
         println!("{case:<44} {value:>12.0} {:>8.2}", value / raw);
     }
     Ok(())

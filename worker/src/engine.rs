@@ -73,7 +73,7 @@ pub struct Ticket {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {
     pub destination: Destination,
-    pub key: Option<String>,
+    pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub headers: Vec<(&'static str, String)>,
     pub ticket: Option<Ticket>,
@@ -108,6 +108,8 @@ pub struct Engine {
     outbox: Vec<Output>,
     failure: Option<String>,
     last_flush_ms: i64,
+    /// Records leave as they came (see [`forwards_input_unchanged`]).
+    forward_input: bool,
 }
 
 struct Slot {
@@ -206,6 +208,7 @@ impl Engine {
         totals: Arc<Totals>,
     ) -> Self {
         Self {
+            forward_input: forwards_input_unchanged(&pipeline, settings.source_format, settings.sink_format),
             settings,
             pipeline,
             metrics,
@@ -339,6 +342,9 @@ impl Engine {
     }
 
     fn process_direct(&mut self, index: usize, input: &Input<'_>) {
+        if self.forward_input {
+            return self.forward_direct(index, input);
+        }
         let results = self.decode(input).and_then(|r| pipeline::run_stateless(&self.pipeline.before_window, r));
         match results {
             Ok(records) => {
@@ -352,10 +358,37 @@ impl Engine {
         }
     }
 
+    /// A record no stage changes goes to the sink as it came, key and value, once it is valid
+    /// in the source format and passes the filters.
+    fn forward_direct(&mut self, index: usize, input: &Input<'_>) {
+        let passes = if self.pipeline.before_window.is_empty() {
+            pipeline::validate(self.settings.source_format, input.payload).map(|()| true)
+        } else {
+            self.decode(input)
+                .and_then(|r| pipeline::run_stateless(&self.pipeline.before_window, r))
+                .map(|records| !records.is_empty())
+        };
+        match passes {
+            Ok(true) => {
+                let ticket = self.ticket(index, input.offset, input.timestamp_ms, Destination::Sink);
+                self.slots[index].progress.hold(input.offset, 1);
+                self.outbox.push(Output {
+                    destination: Destination::Sink,
+                    key: input.key.map(<[u8]>::to_vec),
+                    payload: input.payload.unwrap_or_default().to_vec(),
+                    headers: Vec::new(),
+                    ticket: Some(ticket),
+                });
+            }
+            Ok(false) => {}
+            Err(error) => self.reject(index, input, &error, false),
+        }
+    }
+
     fn send_result(&mut self, record: &Record, ticket: Ticket) {
         self.outbox.push(Output {
             destination: Destination::Sink,
-            key: record.key.clone(),
+            key: record.key.clone().map(String::into_bytes),
             payload: pipeline::encode(self.settings.sink_format, record),
             headers: Vec::new(),
             ticket: Some(ticket),
@@ -385,7 +418,7 @@ impl Engine {
         self.slots[index].progress.hold(input.offset, 1);
         self.outbox.push(Output {
             destination: Destination::DeadLetter,
-            key: input.key.map(|k| String::from_utf8_lossy(k).into_owned()),
+            key: input.key.map(<[u8]>::to_vec),
             payload: input.payload.unwrap_or_default().to_vec(),
             headers: vec![
                 ("streamjob.error", error.message.clone()),
@@ -522,7 +555,7 @@ impl Engine {
             let payload = RepartitionMessage::Partial { src: src.clone(), from, to, window, accumulator }.encode();
             self.outbox.push(Output {
                 destination: Destination::Repartition { partition: partition_for(&key, partitions) },
-                key: Some(key),
+                key: Some(key.into_bytes()),
                 payload,
                 headers: Vec::new(),
                 ticket: Some(ticket),
@@ -670,7 +703,8 @@ impl Engine {
         let Some(watermark) = stage.watermark else {
             return;
         };
-        let closed: Vec<i64> = stage.windows.range(..=watermark.saturating_sub(window.size_ms)).map(|(start, _)| *start).collect();
+        let closed: Vec<i64> =
+            stage.windows.range(..=watermark.saturating_sub(window.size_ms)).map(|(start, _)| *start).collect();
         let mut emitted = Vec::new();
         for start in closed {
             if let Some(open) = stage.windows.remove(&start) {
@@ -818,6 +852,16 @@ impl Engine {
     }
 }
 
+/// Whether every record leaves exactly as it came: no window, only filters, and a sink that
+/// writes the source's format (JSON to JSON, text to text).
+fn forwards_input_unchanged(pipeline: &CompiledPipeline, source: SourceFormat, sink: SinkFormat) -> bool {
+    let same_format =
+        matches!((source, sink), (SourceFormat::Json, SinkFormat::Json) | (SourceFormat::Text, SinkFormat::Text));
+    same_format
+        && pipeline.window.is_none()
+        && pipeline.before_window.iter().all(|operator| matches!(operator, pipeline::Operator::Filter(_)))
+}
+
 /// A keyed record's event time and its contribution to the aggregate.
 fn contribution(window: &WindowOperator, record: &Record) -> Result<(i64, Accumulator), StageError> {
     Ok((window.event_time(record)?, window.accumulate(record)?))
@@ -924,6 +968,62 @@ mod tests {
         Engine::new(settings, pipeline, Arc::default(), Arc::default())
     }
 
+    fn direct_engine(pipeline: &str) -> Engine {
+        let stages: Vec<streamjob_crds::PipelineStage> = serde_yaml::from_str(pipeline).expect("pipeline");
+        let settings = EngineSettings {
+            source_format: SourceFormat::Json,
+            sink_format: SinkFormat::Json,
+            dead_letter: true,
+            repartition: None,
+            flush_interval_ms: 200,
+            idle_timeout_ms: 10 * SECOND,
+            max_partials: 1000,
+        };
+        Engine::new(settings, CompiledPipeline::compile(&stages).expect("compiles"), Arc::default(), Arc::default())
+    }
+
+    fn read_source(engine: &mut Engine, offset: i64, key: &str, payload: &str) {
+        let input = Input {
+            topic: "events",
+            partition: 0,
+            offset,
+            key: Some(key.as_bytes()),
+            payload: Some(payload.as_bytes()),
+            timestamp_ms: Some(0),
+        };
+        engine.on_input(&input, 0);
+    }
+
+    /// Without stages that change records, each valid record leaves byte for byte as it came;
+    /// an invalid one still goes to the dead-letter topic.
+    #[test]
+    fn records_no_stage_changes_are_forwarded_unchanged() {
+        for pipeline in ["[]", "[{filter: {field: type, op: eq, value: click}}]"] {
+            let mut engine = direct_engine(pipeline);
+            engine.assign("events", 0, None);
+            read_source(&mut engine, 0, "k0", r#"{ "type": "click",  "amount": 1.50 }"#);
+            read_source(&mut engine, 1, "k1", r#"{"type": "click""#);
+            let outputs = engine.take_outputs();
+            let sent: Vec<String> = outputs
+                .iter()
+                .map(|o| {
+                    let key = String::from_utf8_lossy(o.key.as_deref().unwrap_or_default());
+                    format!("{:?} {key} {}", o.destination, String::from_utf8_lossy(&o.payload))
+                })
+                .collect();
+            assert_eq!(
+                sent,
+                [r#"Sink k0 { "type": "click",  "amount": 1.50 }"#, r#"DeadLetter k1 {"type": "click""#],
+                "pipeline {pipeline}"
+            );
+        }
+        let mut filtering = direct_engine("[{filter: {field: type, op: eq, value: click}}]");
+        filtering.assign("events", 0, None);
+        read_source(&mut filtering, 0, "k0", r#"{"type": "view"}"#);
+        assert!(filtering.take_outputs().is_empty(), "a filtered-out record is not sent");
+        assert_eq!(filtering.commits(true).first().map(|c| c.offset), Some(1), "and its offset is committable");
+    }
+
     fn partial(src: &str, from: i64, to: i64, window: i64, count: u64) -> Vec<u8> {
         let accumulator = Accumulator { count, sum: count as f64, min: 1.0, max: 1.0 };
         RepartitionMessage::Partial { src: src.into(), from, to, window, accumulator }.encode()
@@ -951,7 +1051,10 @@ mod tests {
             .filter(|o| o.destination == Destination::Sink)
             .map(|o| {
                 let value: serde_json::Value = serde_json::from_slice(&o.payload).expect("json result");
-                (format!("{}@{}", value["key"].as_str().unwrap_or_default(), value["windowStart"]), value["count"].as_i64().unwrap_or(-1))
+                (
+                    format!("{}@{}", value["key"].as_str().unwrap_or_default(), value["windowStart"]),
+                    value["count"].as_i64().unwrap_or(-1),
+                )
             })
             .collect();
         counts.sort();
@@ -1000,7 +1103,12 @@ mod tests {
             read_to: 4,
             sources: HashMap::from([(
                 "lines/0".to_owned(),
-                SourceProgress { watermark: window + 5 * SECOND, idle: false, applied_through: 300, replayed_through: 0 },
+                SourceProgress {
+                    watermark: window + 5 * SECOND,
+                    idle: false,
+                    applied_through: 300,
+                    replayed_through: 0,
+                },
             )]),
         };
         let mut engine = wordcount_engine();

@@ -458,6 +458,20 @@ pub fn rfc3339(epoch_ms: i64) -> String {
     }
 }
 
+/// Checks that a source record's value decodes per `spec.source.format`, without building it.
+pub fn validate(format: SourceFormat, payload: Option<&[u8]>) -> Result<(), StageError> {
+    let payload = payload.unwrap_or_default();
+    match format {
+        SourceFormat::Json => serde_json::from_slice::<serde::de::IgnoredAny>(payload)
+            .map(|_| ())
+            .map_err(|e| StageError::new("decode", format!("invalid JSON: {e}"))),
+        SourceFormat::Text => std::str::from_utf8(payload)
+            .map(|_| ())
+            .map_err(|e| StageError::new("decode", format!("invalid UTF-8 text: {e}"))),
+        SourceFormat::Bytes => Ok(()),
+    }
+}
+
 /// Decodes a source record's value per `spec.source.format`.
 pub fn decode(format: SourceFormat, payload: Option<&[u8]>) -> Result<Value, StageError> {
     let payload = payload.unwrap_or_default();

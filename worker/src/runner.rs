@@ -251,16 +251,16 @@ impl Shared {
             Destination::DeadLetter => self.dead_letter_topic.as_deref().unwrap_or(self.sink_topic.as_str()),
             Destination::Repartition { .. } => self.repartition_topic.as_deref().unwrap_or(self.sink_topic.as_str()),
         };
-        let mut headers = OwnedHeaders::new_with_capacity(output.headers.len());
-        for (name, value) in &output.headers {
-            headers = headers.insert(Header { key: name, value: Some(value.as_bytes()) });
-        }
         let producer = self.producer_for(output.destination);
         let mut record = BaseRecord::with_opaque_to(topic, Box::new(output.ticket)).payload(&output.payload);
         if let Some(key) = &output.key {
-            record = record.key(key.as_bytes());
+            record = record.key(key.as_slice());
         }
         if !output.headers.is_empty() {
+            let mut headers = OwnedHeaders::new_with_capacity(output.headers.len());
+            for (name, value) in &output.headers {
+                headers = headers.insert(Header { key: name, value: Some(value.as_bytes()) });
+            }
             record = record.headers(headers);
         }
         if let Destination::Repartition { partition } = output.destination {
@@ -436,6 +436,9 @@ fn create_consumer(config: &WorkerConfig, shared: Arc<Shared>) -> Result<WorkerC
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("statistics.interval.ms", "5000")
+        // librdkafka pauses a partition's fetching for a second once its local queue is above
+        // queued.min.messages; a worker that drains that queue would then wait idle.
+        .set("fetch.queue.backoff.ms", "10")
         .set("session.timeout.ms", config.timings.session_timeout.as_millis().to_string())
         .set("heartbeat.interval.ms", (config.timings.session_timeout.as_millis() / 6).max(100).to_string())
         .set("isolation.level", if config.exactly_once() { "read_committed" } else { "read_uncommitted" });
