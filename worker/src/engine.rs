@@ -110,6 +110,8 @@ pub struct Engine {
     last_flush_ms: i64,
     /// Records leave as they came (see [`forwards_input_unchanged`]).
     forward_input: bool,
+    /// The pipeline's window, shared so a record's processing need not copy it.
+    window: Option<Arc<WindowOperator>>,
 }
 
 struct Slot {
@@ -209,6 +211,7 @@ impl Engine {
     ) -> Self {
         Self {
             forward_input: forwards_input_unchanged(&pipeline, settings.source_format, settings.sink_format),
+            window: pipeline.window.clone().map(Arc::new),
             settings,
             pipeline,
             metrics,
@@ -223,6 +226,10 @@ impl Engine {
 
     fn is_repartition_topic(&self, topic: &str) -> bool {
         self.settings.repartition.as_ref().is_some_and(|(name, _)| name == topic)
+    }
+
+    fn repartition_partitions(&self) -> Option<i32> {
+        self.settings.repartition.as_ref().map(|(_, partitions)| *partitions)
     }
 
     fn slot_of(&self, topic: &str, partition: i32) -> Option<usize> {
@@ -432,7 +439,7 @@ impl Engine {
     }
 
     fn process_source(&mut self, index: usize, input: &Input<'_>, now_ms: i64) {
-        let Some(window) = self.pipeline.window.clone() else {
+        let Some(window) = self.window.clone() else {
             return;
         };
         self.send_reset_once(index, input.offset);
@@ -457,8 +464,8 @@ impl Engine {
         }
         let watermark = source.max_event_ms.map(|m| m - window.allowed_lateness_ms);
         let mut late = None;
-        for (record, (event_ms, accumulator)) in keyed.iter().zip(&contributions) {
-            let key = record.key.clone().unwrap_or_default();
+        for (record, (event_ms, accumulator)) in keyed.into_iter().zip(&contributions) {
+            let mut key = record.key.unwrap_or_default();
             let mut open = window
                 .window_starts(*event_ms)
                 .filter(|start| watermark.is_none_or(|w| start + window.size_ms > w))
@@ -467,12 +474,9 @@ impl Engine {
                 late = Some(*event_ms);
                 continue;
             }
-            for start in open {
-                source
-                    .partials
-                    .entry((start, key.clone()))
-                    .and_modify(|a| a.merge(accumulator))
-                    .or_insert(*accumulator);
+            while let Some(start) = open.next() {
+                let key = if open.peek().is_some() { key.clone() } else { std::mem::take(&mut key) };
+                source.partials.entry((start, key)).and_modify(|a| a.merge(accumulator)).or_insert(*accumulator);
             }
             source.max_event_ms = Some(source.max_event_ms.map_or(*event_ms, |m| m.max(*event_ms)));
             source.progress_unsent = true;
@@ -499,7 +503,7 @@ impl Engine {
     /// The first record of a source partition after its assignment: its offset is where the
     /// replay starts, so every aggregating partition forgets what this source sent from there.
     fn send_reset_once(&mut self, index: usize, offset: i64) {
-        let Some((_, partitions)) = self.settings.repartition.clone() else {
+        let Some(partitions) = self.repartition_partitions() else {
             return;
         };
         let Role::Source(source) = &mut self.slots[index].role else {
@@ -530,7 +534,7 @@ impl Engine {
 
     /// Sends a source partition's partial aggregates on, as one range of its offsets.
     fn flush_source(&mut self, index: usize) {
-        let Some((_, partitions)) = self.settings.repartition.clone() else {
+        let Some(partitions) = self.repartition_partitions() else {
             return;
         };
         let epoch = self.slots[index].epoch;
@@ -564,7 +568,7 @@ impl Engine {
     }
 
     fn process_partial(&mut self, index: usize, input: &Input<'_>) {
-        let Some(window) = self.pipeline.window.clone() else {
+        let Some(window) = self.window.clone() else {
             return;
         };
         let message: RepartitionMessage = match serde_json::from_slice(input.payload.unwrap_or_default()) {
@@ -655,7 +659,7 @@ impl Engine {
     }
 
     fn send_progress(&mut self, index: usize, now_ms: i64) {
-        let (Some(window), Some((_, partitions))) = (&self.pipeline.window, self.settings.repartition.clone()) else {
+        let (Some(window), Some(partitions)) = (&self.pipeline.window, self.repartition_partitions()) else {
             return;
         };
         let lateness = window.allowed_lateness_ms;
@@ -681,7 +685,7 @@ impl Engine {
     }
 
     fn emit_closed_windows(&mut self, index: usize, now_ms: i64) {
-        let Some(window) = self.pipeline.window.clone() else {
+        let Some(window) = self.window.clone() else {
             return;
         };
         let next_offset = self.slots[index].progress.next_offset().unwrap_or(i64::MIN);

@@ -271,9 +271,9 @@ impl Split {
         }
     }
 
-    fn apply(&self, record: Record, out: &mut Vec<Record>) -> Result<(), StageError> {
-        let text = match self.field.get(&record.fields) {
-            Some(Value::String(text)) => text.clone(),
+    fn apply(&self, mut record: Record, out: &mut Vec<Record>) -> Result<(), StageError> {
+        let text = match self.field.remove(&mut record.fields) {
+            Some(Value::String(text)) => text,
             Some(other) => {
                 return Err(StageError::new(
                     &self.stage,
@@ -288,9 +288,12 @@ impl Split {
             Some(separator) => Box::new(text.split(separator.as_str())),
             None => Box::new(text.split_whitespace()),
         };
-        for piece in pieces.filter(|p| !p.is_empty()) {
+        // Each piece is the record with the field replaced; the record without the field is
+        // what gets copied (for text sources, an empty object).
+        let mut pieces = pieces.filter(|p| !p.is_empty()).peekable();
+        while let Some(piece) = pieces.next() {
             let piece = if self.lowercase { piece.to_lowercase() } else { piece.to_owned() };
-            let mut copy = record.clone();
+            let mut copy = if pieces.peek().is_some() { record.clone() } else { std::mem::take(&mut record) };
             self.field.set(&mut copy.fields, Value::String(piece));
             out.push(copy);
         }

@@ -3,7 +3,7 @@
 use serde_json::{Map, Value};
 
 /// One record in flight through the pipeline.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Record {
     /// The decoded value: a JSON object for `json` sources, `{"value": ...}` for text and bytes.
     pub fields: Value,
