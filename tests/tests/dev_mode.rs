@@ -67,7 +67,7 @@ fn dev_mode_counts_a_known_input_exactly_and_scales_up_under_a_spike() {
     let stdout_path = std::env::temp_dir().join(format!("{group}.out"));
     let mut dev = Command::new(workspace_binary("streamjob-operator"))
         .args(["dev", &manifest.display().to_string(), "--bootstrap", &broker.bootstrap])
-        .args(["--input", &input.display().to_string(), "--load", "500/s,40000/s@6s"])
+        .args(["--input", &input.display().to_string(), "--load", "500/s,10000/s@6s"])
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
         .spawn()
