@@ -110,8 +110,6 @@ pub struct Engine {
     last_flush_ms: i64,
     /// Records leave as they came (see [`forwards_input_unchanged`]).
     forward_input: bool,
-    /// The pipeline's window, shared so a record's processing need not copy it.
-    window: Option<Arc<WindowOperator>>,
 }
 
 struct Slot {
@@ -211,7 +209,6 @@ impl Engine {
     ) -> Self {
         Self {
             forward_input: forwards_input_unchanged(&pipeline, settings.source_format, settings.sink_format),
-            window: pipeline.window.clone().map(Arc::new),
             settings,
             pipeline,
             metrics,
@@ -439,7 +436,7 @@ impl Engine {
     }
 
     fn process_source(&mut self, index: usize, input: &Input<'_>, now_ms: i64) {
-        let Some(window) = self.window.clone() else {
+        let Some(window) = self.pipeline.window.clone() else {
             return;
         };
         self.send_reset_once(index, input.offset);
@@ -568,7 +565,7 @@ impl Engine {
     }
 
     fn process_partial(&mut self, index: usize, input: &Input<'_>) {
-        let Some(window) = self.window.clone() else {
+        let Some(window) = self.pipeline.window.clone() else {
             return;
         };
         let message: RepartitionMessage = match serde_json::from_slice(input.payload.unwrap_or_default()) {
@@ -685,7 +682,7 @@ impl Engine {
     }
 
     fn emit_closed_windows(&mut self, index: usize, now_ms: i64) {
-        let Some(window) = self.window.clone() else {
+        let Some(window) = self.pipeline.window.clone() else {
             return;
         };
         let next_offset = self.slots[index].progress.next_offset().unwrap_or(i64::MIN);

@@ -39,7 +39,8 @@ pub enum CompileError {
 #[derive(Debug)]
 pub struct CompiledPipeline {
     pub before_window: Vec<Operator>,
-    pub window: Option<WindowOperator>,
+    /// Shared, so processing a record takes it without copying it.
+    pub window: Option<std::sync::Arc<WindowOperator>>,
     pub after_window: Vec<Operator>,
 }
 
@@ -66,7 +67,7 @@ impl CompiledPipeline {
                     if !pipeline.before_window.iter().any(|op| matches!(op, Operator::KeyBy { .. })) {
                         return Err(error("a window stage needs a keyBy stage before it".into()));
                     }
-                    pipeline.window = Some(WindowOperator::compile(window, name).map_err(error)?);
+                    pipeline.window = Some(std::sync::Arc::new(WindowOperator::compile(window, name).map_err(error)?));
                     continue;
                 }
             };
