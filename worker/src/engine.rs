@@ -951,31 +951,13 @@ mod tests {
     const SECOND: i64 = 1000;
     const REPARTITION: &str = "job-repartition";
 
-    fn wordcount_engine() -> Engine {
-        let stages: Vec<streamjob_crds::PipelineStage> = serde_yaml::from_str(
-            "[{split: {field: value}}, {keyBy: {field: value}}, {window: {size: 10s, aggregate: {function: count}}}]",
-        )
-        .expect("pipeline");
-        let settings = EngineSettings {
-            source_format: SourceFormat::Text,
-            sink_format: SinkFormat::Json,
-            dead_letter: false,
-            repartition: Some((REPARTITION.to_owned(), 1)),
-            flush_interval_ms: 200,
-            idle_timeout_ms: 10 * SECOND,
-            max_partials: 1000,
-        };
-        let pipeline = CompiledPipeline::compile(&stages).expect("compiles");
-        Engine::new(settings, pipeline, Arc::default(), Arc::default())
-    }
-
-    fn direct_engine(pipeline: &str) -> Engine {
+    fn engine(pipeline: &str, source_format: SourceFormat, repartition: Option<i32>, dead_letter: bool) -> Engine {
         let stages: Vec<streamjob_crds::PipelineStage> = serde_yaml::from_str(pipeline).expect("pipeline");
         let settings = EngineSettings {
-            source_format: SourceFormat::Json,
+            source_format,
             sink_format: SinkFormat::Json,
-            dead_letter: true,
-            repartition: None,
+            dead_letter,
+            repartition: repartition.map(|partitions| (REPARTITION.to_owned(), partitions)),
             flush_interval_ms: 200,
             idle_timeout_ms: 10 * SECOND,
             max_partials: 1000,
@@ -983,16 +965,14 @@ mod tests {
         Engine::new(settings, CompiledPipeline::compile(&stages).expect("compiles"), Arc::default(), Arc::default())
     }
 
-    fn read_source(engine: &mut Engine, offset: i64, key: &str, payload: &str) {
-        let input = Input {
-            topic: "events",
-            partition: 0,
-            offset,
-            key: Some(key.as_bytes()),
-            payload: Some(payload.as_bytes()),
-            timestamp_ms: Some(0),
-        };
-        engine.on_input(&input, 0);
+    fn wordcount_engine() -> Engine {
+        let wordcount =
+            "[{split: {field: value}}, {keyBy: {field: value}}, {window: {size: 10s, aggregate: {function: count}}}]";
+        engine(wordcount, SourceFormat::Text, Some(1), false)
+    }
+
+    fn direct_engine(pipeline: &str) -> Engine {
+        engine(pipeline, SourceFormat::Json, None, true)
     }
 
     /// Without stages that change records, each valid record leaves byte for byte as it came;
@@ -1002,8 +982,8 @@ mod tests {
         for pipeline in ["[]", "[{filter: {field: type, op: eq, value: click}}]"] {
             let mut engine = direct_engine(pipeline);
             engine.assign("events", 0, None);
-            read_source(&mut engine, 0, "k0", r#"{ "type": "click",  "amount": 1.50 }"#);
-            read_source(&mut engine, 1, "k1", r#"{"type": "click""#);
+            read(&mut engine, "events", 0, Some("k0"), br#"{ "type": "click",  "amount": 1.50 }"#, 0);
+            read(&mut engine, "events", 1, Some("k1"), br#"{"type": "click""#, 0);
             let outputs = engine.take_outputs();
             let sent: Vec<String> = outputs
                 .iter()
@@ -1020,7 +1000,7 @@ mod tests {
         }
         let mut filtering = direct_engine("[{filter: {field: type, op: eq, value: click}}]");
         filtering.assign("events", 0, None);
-        read_source(&mut filtering, 0, "k0", r#"{"type": "view"}"#);
+        read(&mut filtering, "events", 0, Some("k0"), br#"{"type": "view"}"#, 0);
         assert!(filtering.take_outputs().is_empty(), "a filtered-out record is not sent");
         assert_eq!(filtering.commits(true).first().map(|c| c.offset), Some(1), "and its offset is committable");
     }
@@ -1034,9 +1014,9 @@ mod tests {
         RepartitionMessage::Progress { src: src.into(), watermark, idle }.encode()
     }
 
-    fn read(engine: &mut Engine, offset: i64, key: Option<&str>, payload: &[u8], now_ms: i64) {
+    fn read(engine: &mut Engine, topic: &str, offset: i64, key: Option<&str>, payload: &[u8], now_ms: i64) {
         let input = Input {
-            topic: REPARTITION,
+            topic,
             partition: 0,
             offset,
             key: key.map(str::as_bytes),
@@ -1075,19 +1055,19 @@ mod tests {
         let mut engine = wordcount_engine();
         engine.assign(REPARTITION, 0, None);
         let now = window + 60 * SECOND;
-        read(&mut engine, 0, Some("fox"), &partial("lines/0", 100, 149, window, 2), now);
-        read(&mut engine, 1, Some("fox"), &partial("lines/0", 150, 199, window, 3), now);
-        read(&mut engine, 2, None, &progress("lines/0", window + 2 * SECOND, true), now);
-        read(&mut engine, 3, None, &reset("lines/0", 150), now);
+        read(&mut engine, REPARTITION, 0, Some("fox"), &partial("lines/0", 100, 149, window, 2), now);
+        read(&mut engine, REPARTITION, 1, Some("fox"), &partial("lines/0", 150, 199, window, 3), now);
+        read(&mut engine, REPARTITION, 2, None, &progress("lines/0", window + 2 * SECOND, true), now);
+        read(&mut engine, REPARTITION, 3, None, &reset("lines/0", 150), now);
         engine.on_tick(now);
         let early = sink_counts(&engine.take_outputs());
         assert!(early.is_empty(), "the window waits for the replay: {early:?}");
 
-        read(&mut engine, 4, Some("fox"), &partial("lines/0", 150, 199, window, 3), now);
-        read(&mut engine, 5, None, &progress("lines/0", window + 2 * SECOND, false), now);
+        read(&mut engine, REPARTITION, 4, Some("fox"), &partial("lines/0", 150, 199, window, 3), now);
+        read(&mut engine, REPARTITION, 5, None, &progress("lines/0", window + 2 * SECOND, false), now);
         engine.on_tick(now);
         assert!(sink_counts(&engine.take_outputs()).is_empty(), "the source is not past the window's end");
-        read(&mut engine, 6, None, &progress("lines/0", window + 2 * SECOND, true), now);
+        read(&mut engine, REPARTITION, 6, None, &progress("lines/0", window + 2 * SECOND, true), now);
         engine.on_tick(now);
         let start = format!("\"{}\"", pipeline::rfc3339(window));
         assert_eq!(sink_counts(&engine.take_outputs()), vec![(format!("fox@{start}"), 5)]);
@@ -1117,17 +1097,17 @@ mod tests {
 
         // Long after the window (a slow rebalance): the wall clock is far ahead of the data.
         let now = window + 60 * SECOND;
-        read(&mut engine, 0, Some("fox"), &partial("lines/0", 100, 199, window, 3), now);
-        read(&mut engine, 1, None, &progress("lines/0", window + 2 * SECOND, true), now);
+        read(&mut engine, REPARTITION, 0, Some("fox"), &partial("lines/0", 100, 199, window, 3), now);
+        read(&mut engine, REPARTITION, 1, None, &progress("lines/0", window + 2 * SECOND, true), now);
         engine.on_tick(now);
-        read(&mut engine, 2, Some("fox"), &partial("lines/0", 200, 300, window, 4), now);
-        read(&mut engine, 3, None, &progress("lines/0", window + 5 * SECOND, false), now);
+        read(&mut engine, REPARTITION, 2, Some("fox"), &partial("lines/0", 200, 300, window, 4), now);
+        read(&mut engine, REPARTITION, 3, None, &progress("lines/0", window + 5 * SECOND, false), now);
         engine.on_tick(now);
         let early = sink_counts(&engine.take_outputs());
         assert!(early.is_empty(), "the window stays open until its source passes its end: {early:?}");
 
-        read(&mut engine, 4, Some("fox"), &partial("lines/0", 301, 310, window, 1), now);
-        read(&mut engine, 5, None, &progress("lines/0", window + 11 * SECOND, false), now);
+        read(&mut engine, REPARTITION, 4, Some("fox"), &partial("lines/0", 301, 310, window, 1), now);
+        read(&mut engine, REPARTITION, 5, None, &progress("lines/0", window + 11 * SECOND, false), now);
         engine.on_tick(now);
         let start = format!("\"{}\"", pipeline::rfc3339(window));
         assert_eq!(sink_counts(&engine.take_outputs()), vec![(format!("fox@{start}"), 8)]);
