@@ -462,16 +462,22 @@ pub fn rfc3339(epoch_ms: i64) -> String {
     }
 }
 
+fn invalid_json(error: serde_json::Error) -> StageError {
+    StageError::new("decode", format!("invalid JSON: {error}"))
+}
+
+fn invalid_text(error: std::str::Utf8Error) -> StageError {
+    StageError::new("decode", format!("invalid UTF-8 text: {error}"))
+}
+
 /// Checks that a source record's value decodes per `spec.source.format`, without building it.
 pub fn validate(format: SourceFormat, payload: Option<&[u8]>) -> Result<(), StageError> {
     let payload = payload.unwrap_or_default();
     match format {
-        SourceFormat::Json => serde_json::from_slice::<serde::de::IgnoredAny>(payload)
-            .map(|_| ())
-            .map_err(|e| StageError::new("decode", format!("invalid JSON: {e}"))),
-        SourceFormat::Text => std::str::from_utf8(payload)
-            .map(|_| ())
-            .map_err(|e| StageError::new("decode", format!("invalid UTF-8 text: {e}"))),
+        SourceFormat::Json => {
+            serde_json::from_slice::<serde::de::IgnoredAny>(payload).map(|_| ()).map_err(invalid_json)
+        }
+        SourceFormat::Text => std::str::from_utf8(payload).map(|_| ()).map_err(invalid_text),
         SourceFormat::Bytes => Ok(()),
     }
 }
@@ -480,12 +486,10 @@ pub fn validate(format: SourceFormat, payload: Option<&[u8]>) -> Result<(), Stag
 pub fn decode(format: SourceFormat, payload: Option<&[u8]>) -> Result<Value, StageError> {
     let payload = payload.unwrap_or_default();
     match format {
-        SourceFormat::Json => {
-            serde_json::from_slice(payload).map_err(|e| StageError::new("decode", format!("invalid JSON: {e}")))
-        }
+        SourceFormat::Json => serde_json::from_slice(payload).map_err(invalid_json),
         SourceFormat::Text => match std::str::from_utf8(payload) {
             Ok(text) => Ok(single_value(Value::String(text.to_owned()))),
-            Err(e) => Err(StageError::new("decode", format!("invalid UTF-8 text: {e}"))),
+            Err(e) => Err(invalid_text(e)),
         },
         SourceFormat::Bytes => {
             Ok(single_value(Value::String(base64::engine::general_purpose::STANDARD.encode(payload))))
