@@ -22,12 +22,13 @@ fn main() {
     );
     let mut csv = String::from("trace,policy,lag_seconds,max_lag,drain_seconds,replica_seconds,scale_events\n");
     let mut all_met = true;
-    for (trace, ours, reference) in compare(&model) {
+    let comparison = compare(&model);
+    for (trace, ours, reference) in &comparison {
         let less_lag = ours.lag_seconds < reference.lag_seconds;
         let cost_ok = ours.replica_seconds <= reference.replica_seconds * 1.05;
-        let fewer_events = ours.scale_events < reference.scale_events;
+        let fewer_events = ours.scale_events() < reference.scale_events();
         all_met &= less_lag && cost_ok && fewer_events;
-        for (policy, outcome) in [("streamjob", &ours), ("keda+hpa", &reference)] {
+        for (policy, outcome) in [("streamjob", ours), ("keda+hpa", reference)] {
             let goals = if policy == "streamjob" {
                 format!(
                     "lag {} cost {:+.1}% {} events {}",
@@ -45,7 +46,7 @@ fn main() {
                 outcome.max_lag,
                 drain(outcome),
                 outcome.replica_seconds,
-                outcome.scale_events
+                outcome.scale_events()
             );
             let _ = writeln!(
                 csv,
@@ -54,7 +55,7 @@ fn main() {
                 outcome.max_lag,
                 outcome.drain_seconds.map_or(String::new(), |s| format!("{s:.0}")),
                 outcome.replica_seconds,
-                outcome.scale_events
+                outcome.scale_events()
             );
         }
     }
@@ -64,8 +65,8 @@ fn main() {
         Err(error) => println!("could not write {path}: {error}"),
     }
     if let Some(name) = std::env::args().skip_while(|a| a != "--timeline").nth(1) {
-        for (trace, ours, reference) in compare(&model).into_iter().filter(|(t, _, _)| *t == name) {
-            for (policy, outcome) in [("streamjob", &ours), ("keda+hpa", &reference)] {
+        for (trace, ours, reference) in comparison.iter().filter(|(t, _, _)| *t == name) {
+            for (policy, outcome) in [("streamjob", ours), ("keda+hpa", reference)] {
                 let steps: Vec<String> =
                     outcome.scales.iter().map(|(t, from, to)| format!("{t:.0}s {from}→{to}")).collect();
                 println!("{trace} {policy}: {}", steps.join(", "));

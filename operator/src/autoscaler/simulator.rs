@@ -125,9 +125,14 @@ pub struct Outcome {
     /// Seconds from the end of the spike until the lag is back under one lagThreshold.
     pub drain_seconds: Option<f64>,
     pub replica_seconds: f64,
-    pub scale_events: u32,
     /// Every scale event as (second, from, to).
     pub scales: Vec<(f64, i32, i32)>,
+}
+
+impl Outcome {
+    pub fn scale_events(&self) -> usize {
+        self.scales.len()
+    }
 }
 
 /// Runs `scaler` on `trace`, one-second steps.
@@ -168,7 +173,6 @@ pub fn simulate(model: &Model, trace: &Trace, scaler: &mut dyn Scaler) -> Outcom
         if wanted != replicas {
             outcome.scales.push((t, replicas, wanted));
             replicas = wanted;
-            outcome.scale_events += 1;
             paused_until = t + model.rebalance_pause;
         }
         t += 1.0;
