@@ -4,7 +4,7 @@
 //! as a ratio to (a). Each rate is timed from the first record read to the N-th, so group
 //! joins do not count.
 //!
-//! `cargo bench -p streamjob-worker --bench throughput -- [--records N] [--bootstrap HOST:PORT]`
+//! `cargo bench -p streamjob-worker --bench throughput -- [--records N] [--repeat R] [--bootstrap HOST:PORT]`
 //! Without `--bootstrap` the broker is librdkafka's mock cluster in this process.
 
 use std::sync::atomic::Ordering;
@@ -32,6 +32,9 @@ struct Args {
     /// Which cases to run, for example `ab` (the raw consumer always runs: it is the baseline).
     #[arg(long, default_value = "abcd")]
     cases: String,
+    /// Runs of each case; the median is printed.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -92,6 +95,7 @@ fn raw_consumer(bootstrap: &str, topic: &str, records: usize) -> anyhow::Result<
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "streamjob-bench-raw")
+        .set("fetch.queue.backoff.ms", "10")
         .set("enable.auto.commit", "false")
         .create()?;
     assign_from_beginning(&consumer, topic)?;
@@ -116,6 +120,13 @@ fn retained(bootstrap: &str, topic: &str) -> anyhow::Result<usize> {
         total += (high - low) as usize;
     }
     Ok(total)
+}
+
+/// The median of `repeat` runs of `run`, each given its run number.
+fn median_of(repeat: usize, mut run: impl FnMut(usize) -> anyhow::Result<f64>) -> anyhow::Result<f64> {
+    let mut rates = (0..repeat.max(1)).map(&mut run).collect::<anyhow::Result<Vec<f64>>>()?;
+    rates.sort_by(f64::total_cmp);
+    Ok(rates[rates.len() / 2])
 }
 
 fn rate(records: usize, first: Option<Instant>) -> f64 {
@@ -184,7 +195,7 @@ fn main() -> anyhow::Result<()> {
 
     let (json_records, text_records) = (retained(&bootstrap, "bench-json")?, retained(&bootstrap, "bench-text")?);
     println!("retained by the broker: {json_records} JSON, {text_records} text records");
-    let raw = raw_consumer(&bootstrap, "bench-json", json_records)?;
+    let raw = median_of(args.repeat, |_| raw_consumer(&bootstrap, "bench-json", json_records))?;
     let cases = [
         ('b', "(b) worker, passthrough (json in, json out)", job("bench-json", "json", "[]", "bench-out-b"), "bench-json"),
         (
@@ -213,12 +224,15 @@ fn main() -> anyhow::Result<()> {
     let mut results = vec![("(a) raw rdkafka consumer, counting", raw)];
     for (letter, case, manifest, topic) in cases.iter().filter(|(letter, ..)| args.cases.contains(*letter)) {
         let records = if *topic == "bench-json" { json_records } else { text_records };
-        results.push((case, worker_rate(&bootstrap, manifest, records, &format!("bench-{letter}"))?));
+        let rate =
+            median_of(args.repeat, |run| worker_rate(&bootstrap, manifest, records, &format!("bench-{letter}-{run}")))?;
+        results.push((case, rate));
     }
     println!(
-        "\n{n} records, {} partitions, broker {}",
+        "\n{n} records, {} partitions, broker {}, median of {} runs",
         args.partitions,
-        if args.bootstrap.is_some() { bootstrap.as_str() } else { "in-process mock cluster" }
+        if args.bootstrap.is_some() { bootstrap.as_str() } else { "in-process mock cluster" },
+        args.repeat.max(1)
     );
     println!("{:<44} {:>12} {:>8}", "case", "records/s", "ratio");
     for (case, value) in results {

@@ -10,6 +10,7 @@
 //!   (see [`crate::repartition`]) and the aggregating stage, reading that topic, emits each
 //!   window once its watermark passes the window's end.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -105,6 +106,8 @@ pub struct Engine {
     totals: Arc<Totals>,
     slots: Vec<Slot>,
     slot_index: HashMap<String, HashMap<i32, usize>>,
+    /// The slot found last: records come in runs from one partition.
+    last_slot: Cell<usize>,
     outbox: Vec<Output>,
     failure: Option<String>,
     last_flush_ms: i64,
@@ -215,6 +218,7 @@ impl Engine {
             totals,
             slots: Vec::new(),
             slot_index: HashMap::new(),
+            last_slot: Cell::new(0),
             outbox: Vec::new(),
             failure: None,
             last_flush_ms: 0,
@@ -230,7 +234,13 @@ impl Engine {
     }
 
     fn slot_of(&self, topic: &str, partition: i32) -> Option<usize> {
-        self.slot_index.get(topic)?.get(&partition).copied()
+        let last = self.last_slot.get();
+        if self.slots.get(last).is_some_and(|slot| slot.partition == partition && slot.topic == topic) {
+            return Some(last);
+        }
+        let index = self.slot_index.get(topic)?.get(&partition).copied()?;
+        self.last_slot.set(index);
+        Some(index)
     }
 
     /// A partition was assigned. `metadata` is its committed metadata, if any.

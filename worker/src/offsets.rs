@@ -4,14 +4,17 @@
 //! Delivery reports arrive in any order, so each record (or group of records) whose outputs are
 //! in flight puts a hold on its offset, and each acknowledgement releases one output of it.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 
 #[derive(Debug, Default, Clone)]
 pub struct PartitionProgress {
     /// The offset after the last record read, once one was read.
     next_offset: Option<i64>,
-    /// Offset → outputs still unacknowledged.
-    holds: BTreeMap<i64, u32>,
+    /// (offset, outputs still unacknowledged), sorted by offset. Records are read in offset
+    /// order, so holds are almost always added at the back; released holds stay as zeros until
+    /// every older one is released too, so the front is always the oldest live hold.
+    holds: VecDeque<(i64, u32)>,
+    in_flight: usize,
 }
 
 impl PartitionProgress {
@@ -24,31 +27,54 @@ impl PartitionProgress {
     }
 
     pub fn hold(&mut self, offset: i64, outputs: u32) {
-        if outputs > 0 {
-            *self.holds.entry(offset).or_default() += outputs;
+        if outputs == 0 {
+            return;
+        }
+        self.in_flight += outputs as usize;
+        if self.holds.back().is_none_or(|(last, _)| *last < offset) {
+            return self.holds.push_back((offset, outputs));
+        }
+        match self.position(offset) {
+            Ok(index) => self.holds[index].1 += outputs,
+            Err(index) => self.holds.insert(index, (offset, outputs)),
         }
     }
 
     /// One output of the record at `offset` was acknowledged.
     pub fn release(&mut self, offset: i64) {
-        if let Some(remaining) = self.holds.get_mut(&offset) {
-            *remaining -= 1;
-            if *remaining == 0 {
-                self.holds.remove(&offset);
-            }
+        let Ok(index) = self.position(offset) else {
+            return;
+        };
+        let remaining = &mut self.holds[index].1;
+        if *remaining == 0 {
+            return;
+        }
+        *remaining -= 1;
+        self.in_flight -= 1;
+        while self.holds.front().is_some_and(|(_, remaining)| *remaining == 0) {
+            self.holds.pop_front();
         }
     }
 
+    fn position(&self, offset: i64) -> Result<usize, usize> {
+        // Holds are usually on consecutive offsets: try the slot that assumes so first.
+        let guess = self.holds.front().and_then(|(first, _)| usize::try_from(offset - first).ok());
+        if let Some(index) = guess.filter(|i| self.holds.get(*i).is_some_and(|(held, _)| *held == offset)) {
+            return Ok(index);
+        }
+        self.holds.binary_search_by_key(&offset, |(held, _)| *held)
+    }
+
     pub fn in_flight(&self) -> usize {
-        self.holds.values().map(|n| *n as usize).sum()
+        self.in_flight
     }
 
     pub fn is_held(&self, offset: i64) -> bool {
-        self.holds.contains_key(&offset)
+        self.position(offset).is_ok_and(|index| self.holds[index].1 > 0)
     }
 
     pub fn oldest_hold(&self) -> Option<i64> {
-        self.holds.keys().next().copied()
+        self.holds.front().map(|(offset, _)| *offset)
     }
 
     /// The offset to commit: before every unacknowledged record and every `other_holds`.
@@ -96,5 +122,29 @@ mod tests {
         assert_eq!(progress.committable(None, false), Some(7), "in a transaction every output is sent");
         progress.release(99);
         assert_eq!(progress.in_flight(), 1, "a stray acknowledgement changes nothing");
+    }
+
+    #[test]
+    fn holds_added_out_of_offset_order_are_released_in_any_order() {
+        let mut progress = PartitionProgress::default();
+        progress.read(20);
+        progress.hold(20, 1);
+        progress.hold(15, 2);
+        progress.hold(20, 1);
+        progress.hold(17, 1);
+        assert_eq!(progress.in_flight(), 5);
+        assert_eq!(progress.oldest_hold(), Some(15));
+        progress.release(17);
+        progress.release(17);
+        assert!(!progress.is_held(17));
+        assert_eq!(progress.in_flight(), 4, "a second acknowledgement of 17 releases nothing");
+        progress.release(15);
+        progress.release(15);
+        assert_eq!(progress.oldest_hold(), Some(20), "17 was released earlier, so 20 is next");
+        progress.release(20);
+        assert!(progress.is_held(20));
+        progress.release(20);
+        assert_eq!((progress.oldest_hold(), progress.in_flight()), (None, 0));
+        assert_eq!(progress.committable(None, true), Some(21));
     }
 }

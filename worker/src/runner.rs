@@ -25,8 +25,8 @@ use crate::pipeline::CompiledPipeline;
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 const TICK_INTERVAL: Duration = Duration::from_millis(50);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Delivery reports are collected every this many records (and whenever the input is idle).
-const PRODUCER_POLL_EVERY: u64 = 256;
+/// Records read between sending outputs and collecting delivery reports.
+const READ_BATCH: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -533,37 +533,18 @@ fn consume_until_stopped(
 ) -> Result<(), WorkerError> {
     let mut last_tick = Instant::now();
     let mut last_commit = Instant::now();
-    let mut iterations: u64 = 0;
     while !control.shutdown.load(Ordering::Relaxed) && !control.abandon.load(Ordering::Relaxed) {
-        let message = consumer.poll(POLL_TIMEOUT);
-        let message_read = matches!(message, Some(Ok(_)));
+        read_batch(shared, consumer);
         let mut engine = lock(&shared.engine);
-        match message {
-            Some(Ok(message)) => {
-                let input = Input {
-                    topic: message.topic(),
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    key: message.key(),
-                    payload: message.payload(),
-                    timestamp_ms: message.timestamp().to_millis(),
-                };
-                engine.on_input(&input, now_ms());
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
-            Some(Err(error)) => tracing::warn!(%error, "consumer error; librdkafka retries"),
-        }
-        if last_tick.elapsed() >= TICK_INTERVAL {
-            last_tick = Instant::now();
+        let now = Instant::now();
+        if now - last_tick >= TICK_INTERVAL {
+            last_tick = now;
             engine.on_tick(now_ms());
         }
         if engine.has_outputs() {
             shared.send_outputs(&mut engine);
         }
-        iterations += 1;
-        if !message_read || iterations.is_multiple_of(PRODUCER_POLL_EVERY) {
-            shared.poll_producers(&mut engine);
-        }
+        shared.poll_producers(&mut engine);
         if let Some(failure) = engine.failure().map(str::to_owned) {
             tracing::error!(error = %failure, "a record was not delivered; rewinding to the last commit");
             for producer in shared.producers() {
@@ -574,8 +555,8 @@ fn consume_until_stopped(
                 return Err(WorkerError::Kafka { what: "cannot rewind", source: error });
             }
         }
-        if last_commit.elapsed() >= config.timings.commit_interval {
-            last_commit = Instant::now();
+        if now - last_commit >= config.timings.commit_interval {
+            last_commit = now;
             let result = if shared.exactly_once {
                 shared.commit_now(consumer, &mut engine)
             } else {
@@ -590,6 +571,36 @@ fn consume_until_stopped(
         }
     }
     Ok(())
+}
+
+/// Reads what the consumer has ready, up to [`READ_BATCH`] records, waiting up to
+/// [`POLL_TIMEOUT`] for the first. The engine is locked per
+/// record, never across a poll: a poll may run the rebalance callback, which locks it too.
+fn read_batch(shared: &Shared, consumer: &WorkerConsumer) {
+    let mut next = consumer.poll(POLL_TIMEOUT);
+    let now_ms = now_ms();
+    let mut records_read = 0;
+    while let Some(result) = next.take() {
+        match result {
+            Ok(message) => {
+                let input = Input {
+                    topic: message.topic(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key(),
+                    payload: message.payload(),
+                    timestamp_ms: message.timestamp().to_millis(),
+                };
+                lock(&shared.engine).on_input(&input, now_ms);
+                records_read += 1;
+            }
+            Err(KafkaError::PartitionEOF(_)) => {}
+            Err(error) => tracing::warn!(%error, "consumer error; librdkafka retries"),
+        }
+        if records_read < READ_BATCH {
+            next = consumer.poll(Duration::ZERO);
+        }
+    }
 }
 
 fn is_fatal(error: &KafkaError) -> bool {
