@@ -20,6 +20,7 @@ use streamjob_crds::{SinkFormat, SourceFormat};
 
 use prometheus_client::metrics::counter::Counter;
 
+use crate::liveness::{Fields, Liveness};
 use crate::metrics::{PartitionLabels, WorkerMetrics};
 use crate::offsets::PartitionProgress;
 use crate::pipeline::{self, Accumulator, CompiledPipeline, StageError, WindowOperator};
@@ -113,6 +114,8 @@ pub struct Engine {
     last_flush_ms: i64,
     /// Records leave as they came (see [`forwards_input_unchanged`]).
     forward_input: bool,
+    /// What the filters read of a record that is forwarded.
+    forward_fields: Fields,
 }
 
 struct Slot {
@@ -140,7 +143,8 @@ enum Role {
 #[derive(Default)]
 struct SourceStage {
     id: String,
-    partials: HashMap<(i64, String), Accumulator>,
+    /// Keyed by user data, so hashed with a seeded hasher: fast, and not open to collision floods.
+    partials: foldhash::HashMap<(i64, String), Accumulator>,
     range_start: Option<i64>,
     range_end: i64,
     max_event_ms: Option<i64>,
@@ -175,7 +179,7 @@ struct OpenWindow {
 
 struct Segment {
     first_input_offset: i64,
-    keys: HashMap<String, Accumulator>,
+    keys: foldhash::HashMap<String, Accumulator>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
@@ -212,6 +216,7 @@ impl Engine {
     ) -> Self {
         Self {
             forward_input: forwards_input_unchanged(&pipeline, settings.source_format, settings.sink_format),
+            forward_fields: fields_read_by(&pipeline.before_window),
             settings,
             pipeline,
             metrics,
@@ -349,8 +354,9 @@ impl Engine {
         }
     }
 
-    fn decode(&self, input: &Input<'_>) -> Result<Record, StageError> {
-        let fields = pipeline::decode(self.settings.source_format, input.payload)?;
+    /// Decodes the record's value; of a JSON object, only the `fields` some stage reads.
+    fn decode(&self, input: &Input<'_>, fields: &Fields) -> Result<Record, StageError> {
+        let fields = pipeline::decode(self.settings.source_format, input.payload, fields)?;
         let key = input.key.map(|k| String::from_utf8_lossy(k).into_owned());
         Ok(Record { fields, key, timestamp_ms: input.timestamp_ms.unwrap_or_default() })
     }
@@ -359,7 +365,7 @@ impl Engine {
         if self.forward_input {
             return self.forward_direct(index, input);
         }
-        let results = self.decode(input).and_then(|r| pipeline::run_stateless(&self.pipeline.before_window, r));
+        let results = self.decode(input, &self.pipeline.input_fields).and_then(|r| pipeline::run_stateless(&self.pipeline.before_window, r));
         match results {
             Ok(records) => {
                 let ticket = self.ticket(index, input.offset, input.timestamp_ms, Destination::Sink);
@@ -378,7 +384,7 @@ impl Engine {
         let passes = if self.pipeline.before_window.is_empty() {
             pipeline::validate(self.settings.source_format, input.payload).map(|()| true)
         } else {
-            self.decode(input)
+            self.decode(input, &self.forward_fields)
                 .and_then(|r| pipeline::run_stateless(&self.pipeline.before_window, r))
                 .map(|records| !records.is_empty())
         };
@@ -450,7 +456,7 @@ impl Engine {
             return;
         };
         self.send_reset_once(index, input.offset);
-        let keyed = match self.decode(input).and_then(|r| pipeline::run_stateless(&self.pipeline.before_window, r)) {
+        let keyed = match self.decode(input, &self.pipeline.input_fields).and_then(|r| pipeline::run_stateless(&self.pipeline.before_window, r)) {
             Ok(records) => records,
             Err(error) => return self.reject(index, input, &error, false),
         };
@@ -631,7 +637,7 @@ impl Engine {
                     .or_default()
                     .segments
                     .entry((src, from))
-                    .or_insert_with(|| Segment { first_input_offset: input.offset, keys: HashMap::new() });
+                    .or_insert_with(|| Segment { first_input_offset: input.offset, keys: foldhash::HashMap::default() });
                 segment.keys.entry(key).and_modify(|a| a.merge(&accumulator)).or_insert(accumulator);
             }
         }
@@ -731,7 +737,7 @@ impl Engine {
         let Some(hold) = open.segments.values().map(|s| s.first_input_offset).min() else {
             return;
         };
-        let mut per_key: HashMap<String, Accumulator> = HashMap::new();
+        let mut per_key: foldhash::HashMap<String, Accumulator> = foldhash::HashMap::default();
         for segment in open.segments.into_values() {
             for (key, accumulator) in segment.keys {
                 per_key.entry(key).and_modify(|a| a.merge(&accumulator)).or_insert(accumulator);
@@ -871,6 +877,12 @@ fn forwards_input_unchanged(pipeline: &CompiledPipeline, source: SourceFormat, s
     same_format
         && pipeline.window.is_none()
         && pipeline.before_window.iter().all(|operator| matches!(operator, pipeline::Operator::Filter(_)))
+}
+
+/// The fields `operators` read, when nothing after them reads the record.
+fn fields_read_by(operators: &[pipeline::Operator]) -> Fields {
+    let nothing = Liveness { fields: Fields::none(), key: false };
+    operators.iter().rev().fold(nothing, |after, operator| operator.needs(after)).fields
 }
 
 /// A keyed record's event time and its contribution to the aggregate.

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod engine;
 pub mod http;
+pub mod liveness;
 pub mod metrics;
 pub mod mock_broker;
 pub mod offsets;

@@ -12,6 +12,7 @@ use streamjob_crds::{
     StageOperation, WindowKind, WindowStage,
 };
 
+use crate::liveness::{self, Fields, Liveness};
 use crate::record::{key_text, FieldPath, Record};
 
 /// A record that could not be decoded or processed: it goes to the dead-letter topic.
@@ -42,11 +43,18 @@ pub struct CompiledPipeline {
     /// Shared, so processing a record takes it without copying it.
     pub window: Option<std::sync::Arc<WindowOperator>>,
     pub after_window: Vec<Operator>,
+    /// The input's fields some stage reads: the rest need not be decoded.
+    pub input_fields: Fields,
 }
 
 impl CompiledPipeline {
     pub fn compile(stages: &[PipelineStage]) -> Result<Self, CompileError> {
-        let mut pipeline = Self { before_window: Vec::new(), window: None, after_window: Vec::new() };
+        let mut pipeline = Self {
+            before_window: Vec::new(),
+            window: None,
+            after_window: Vec::new(),
+            input_fields: Fields::All,
+        };
         for (index, stage) in stages.iter().enumerate() {
             let error = |message: String| CompileError::Stage { index, message };
             let operation = stage
@@ -58,7 +66,7 @@ impl CompiledPipeline {
                 StageOperation::Map(map) => Operator::Map(MapOperator::compile(map, name)),
                 StageOperation::Split(split) => Operator::Split(Split::compile(split, name)),
                 StageOperation::KeyBy(key_by) => {
-                    Operator::KeyBy { field: FieldPath::parse(&key_by.field), stage: name }
+                    Operator::KeyBy { field: FieldPath::parse(&key_by.field), take_value: false, stage: name }
                 }
                 StageOperation::Window(window) => {
                     if pipeline.window.is_some() {
@@ -76,8 +84,54 @@ impl CompiledPipeline {
                 None => pipeline.before_window.push(operator),
             }
         }
+        let window_reads = match &pipeline.window {
+            Some(window) => Liveness { fields: window.reads(), key: true },
+            None => Liveness::sink(),
+        };
+        pipeline.input_fields = mark_liveness(&mut pipeline.before_window, window_reads).fields;
+        mark_liveness(&mut pipeline.after_window, Liveness::sink());
+        fuse_splits_into_keys(&mut pipeline.before_window);
+        fuse_splits_into_keys(&mut pipeline.after_window);
         Ok(pipeline)
     }
+}
+
+/// A split whose pieces only feed a `keyBy` on the same field, which nothing after reads,
+/// makes each piece the key of an otherwise empty record itself: the same records, without
+/// building a field only to move it out again.
+fn fuse_splits_into_keys(operators: &mut Vec<Operator>) {
+    let mut index = 0;
+    while index + 1 < operators.len() {
+        let fusable = match (&operators[index], &operators[index + 1]) {
+            (Operator::Split(split), Operator::KeyBy { field, take_value: true, .. }) => {
+                !split.copy_rest && split.field == *field
+            }
+            _ => false,
+        };
+        if fusable {
+            operators.remove(index + 1);
+            if let Operator::Split(split) = &mut operators[index] {
+                split.pieces_become_keys = true;
+            }
+        }
+        index += 1;
+    }
+}
+
+/// Tells each operator, from the last back, what the ones after it read; returns what the
+/// first one needs of its input.
+fn mark_liveness(operators: &mut [Operator], at_end: Liveness) -> Liveness {
+    operators.iter_mut().rev().fold(at_end, |after, operator| {
+        match operator {
+            Operator::KeyBy { field, take_value, .. } => *take_value = !after.fields.reads(field),
+            Operator::Split(split) => {
+                split.copy_rest = !after.fields.at_most(&split.field);
+                split.copy_key = after.key;
+            }
+            Operator::Filter(_) | Operator::Map(_) => {}
+        }
+        operator.needs(after)
+    })
 }
 
 fn operation_name(operation: &StageOperation<'_>) -> &'static str {
@@ -95,10 +149,25 @@ pub enum Operator {
     Filter(Filter),
     Map(MapOperator),
     Split(Split),
-    KeyBy { field: FieldPath, stage: String },
+    KeyBy {
+        field: FieldPath,
+        /// No later stage reads the field: its value moves into the key instead of being copied.
+        take_value: bool,
+        stage: String,
+    },
 }
 
 impl Operator {
+    /// What this operator and the ones after it (which read `after`) need of its input.
+    pub fn needs(&self, after: Liveness) -> Liveness {
+        match self {
+            Self::Filter(filter) => Liveness { fields: after.fields.with(&filter.field), ..after },
+            Self::Map(map) => Liveness { fields: map.needs(after.fields), ..after },
+            Self::Split(split) => Liveness { fields: after.fields.with(&split.field), ..after },
+            Self::KeyBy { field, .. } => Liveness { fields: after.fields.with(field), key: false },
+        }
+    }
+
     fn apply(&self, mut record: Record, out: &mut Vec<Record>) -> Result<(), StageError> {
         match self {
             Self::Filter(filter) => {
@@ -111,12 +180,18 @@ impl Operator {
                 out.push(record);
             }
             Self::Split(split) => split.apply(record, out)?,
-            Self::KeyBy { field, stage } => {
-                let value = field
-                    .get(&record.fields)
-                    .filter(|v| !v.is_null())
-                    .ok_or_else(|| StageError::new(stage, format!("keyBy field {} is missing", field.as_str())))?;
-                record.key = Some(key_text(value));
+            Self::KeyBy { field, take_value, stage } => {
+                let missing = || StageError::new(stage, format!("keyBy field {} is missing", field.as_str()));
+                let key = if *take_value {
+                    match field.remove(&mut record.fields) {
+                        Some(Value::String(text)) => text,
+                        Some(Value::Null) | None => return Err(missing()),
+                        Some(other) => key_text(&other),
+                    }
+                } else {
+                    key_text(field.get(&record.fields).filter(|v| !v.is_null()).ok_or_else(missing)?)
+                };
+                record.key = Some(key);
                 out.push(record);
             }
         }
@@ -233,6 +308,14 @@ impl MapOperator {
         }
     }
 
+    /// What the map and the stages after it (which read `after`) need of its input.
+    fn needs(&self, after: Fields) -> Fields {
+        match &self.select {
+            Some(select) => select.iter().fold(Fields::none(), Fields::with),
+            None => self.rename.iter().fold(after, |fields, (from, _)| fields.with(from)),
+        }
+    }
+
     fn apply(&self, fields: &mut Value) {
         if let Some(select) = &self.select {
             let mut selected = Value::Object(Map::new());
@@ -259,6 +342,12 @@ pub struct Split {
     field: FieldPath,
     separator: Option<String>,
     lowercase: bool,
+    /// Some later stage reads fields other than the split one: each piece gets a copy of them.
+    copy_rest: bool,
+    /// Some later stage reads the key.
+    copy_key: bool,
+    /// Each piece is the key of an empty record (see [`fuse_splits_into_keys`]).
+    pieces_become_keys: bool,
     stage: String,
 }
 
@@ -268,6 +357,9 @@ impl Split {
             field: FieldPath::parse(&spec.field),
             separator: spec.separator.clone(),
             lowercase: spec.lowercase,
+            copy_rest: true,
+            copy_key: true,
+            pieces_become_keys: false,
             stage,
         }
     }
@@ -285,6 +377,12 @@ impl Split {
                 return Err(StageError::new(&self.stage, format!("split field {} is missing", self.field.as_str())))
             }
         };
+        if !self.copy_rest {
+            record.fields = Value::Object(Map::new());
+        }
+        if !self.copy_key {
+            record.key = None;
+        }
         let pieces: Box<dyn Iterator<Item = &str>> = match &self.separator {
             Some(separator) => Box::new(text.split(separator.as_str())),
             None => Box::new(text.split_whitespace()),
@@ -294,6 +392,10 @@ impl Split {
         let mut pieces = pieces.filter(|p| !p.is_empty()).peekable();
         while let Some(piece) = pieces.next() {
             let piece = if self.lowercase { piece.to_lowercase() } else { piece.to_owned() };
+            if self.pieces_become_keys {
+                out.push(Record { fields: Value::Object(Map::new()), key: Some(piece), timestamp_ms: record.timestamp_ms });
+                continue;
+            }
             let mut copy = if pieces.peek().is_some() { record.clone() } else { std::mem::take(&mut record) };
             self.field.set(&mut copy.fields, Value::String(piece));
             out.push(copy);
@@ -344,6 +446,11 @@ impl WindowOperator {
             field: spec.aggregate.field.as_deref().map(FieldPath::parse),
             stage,
         })
+    }
+
+    /// The fields the window reads of a record.
+    fn reads(&self) -> Fields {
+        [&self.time_field, &self.field].into_iter().flatten().fold(Fields::none(), Fields::with)
     }
 
     /// The record's event time: `timeField` (RFC 3339 or epoch milliseconds), else its timestamp.
@@ -482,11 +589,11 @@ pub fn validate(format: SourceFormat, payload: Option<&[u8]>) -> Result<(), Stag
     }
 }
 
-/// Decodes a source record's value per `spec.source.format`.
-pub fn decode(format: SourceFormat, payload: Option<&[u8]>) -> Result<Value, StageError> {
+/// Decodes a source record's value per `spec.source.format`; of a JSON object, only `fields`.
+pub fn decode(format: SourceFormat, payload: Option<&[u8]>, fields: &Fields) -> Result<Value, StageError> {
     let payload = payload.unwrap_or_default();
     match format {
-        SourceFormat::Json => serde_json::from_slice(payload).map_err(invalid_json),
+        SourceFormat::Json => liveness::decode_json(payload, fields).map_err(invalid_json),
         SourceFormat::Text => match std::str::from_utf8(payload) {
             Ok(text) => Ok(single_value(Value::String(text.to_owned()))),
             Err(e) => Err(invalid_text(e)),
@@ -515,5 +622,73 @@ pub fn encode(format: SinkFormat, record: &Record) -> Vec<u8> {
             },
             other => key_text(other).into_bytes(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn compile(pipeline: &str) -> CompiledPipeline {
+        let stages: Vec<PipelineStage> = serde_yaml::from_str(pipeline).expect("pipeline");
+        CompiledPipeline::compile(&stages).expect("compiles")
+    }
+
+    fn only(fields: &[&str]) -> Fields {
+        Fields::Only(fields.iter().map(|f| f.to_string()).collect())
+    }
+
+    fn run(pipeline: &CompiledPipeline, fields: Value) -> Vec<Record> {
+        let record = Record { fields, key: Some("input-key".into()), timestamp_ms: 0 };
+        run_stateless(&pipeline.before_window, record).expect("runs")
+    }
+
+    #[test]
+    fn only_the_input_fields_some_stage_reads_are_decoded() {
+        let filter_then_select = compile(
+            "[{filter: {field: type, op: eq, value: click}}, {map: {select: [user, amount.value], set: {x: 1}}}]",
+        );
+        assert_eq!(filter_then_select.input_fields, only(&["amount", "type", "user"]));
+        let window = compile(
+            "[{keyBy: {field: user.id}}, {window: {size: 10s, timeField: ts, aggregate: {function: sum, field: n}}}]",
+        );
+        assert_eq!(window.input_fields, only(&["n", "ts", "user"]));
+        assert_eq!(compile("[{filter: {field: type, op: exists}}]").input_fields, Fields::All, "the sink writes all");
+        assert_eq!(compile("[{map: {rename: {a: b}}}]").input_fields, Fields::All);
+    }
+
+    #[test]
+    fn key_by_moves_a_value_into_the_key_only_when_no_later_stage_reads_it() {
+        let read_later = compile("[{keyBy: {field: user}}, {filter: {field: user, op: eq, value: a}}]");
+        let records = run(&read_later, json!({"user": "a", "n": 1}));
+        assert_eq!((records[0].key.as_deref(), &records[0].fields), (Some("a"), &json!({"user": "a", "n": 1})));
+
+        let counted = compile("[{keyBy: {field: user}}, {window: {size: 10s, aggregate: {function: count}}}]");
+        let records = run(&counted, json!({"user": 7, "n": 1}));
+        assert_eq!((records[0].key.as_deref(), &records[0].fields), (Some("7"), &json!({"n": 1})));
+        let missing = run_stateless(&counted.before_window, Record { fields: json!({"user": null}), ..Record::default() });
+        assert!(missing.is_err_and(|e| e.message == "keyBy field user is missing"));
+    }
+
+    #[test]
+    fn split_copies_the_other_fields_and_the_key_only_when_a_later_stage_reads_them() {
+        let summed = compile(
+            "[{split: {field: text}}, {keyBy: {field: text}}, {window: {size: 10s, aggregate: {function: sum, field: n}}}]",
+        );
+        let records = run(&summed, json!({"text": "a b", "n": 2, "other": true}));
+        let pieces: Vec<_> = records.iter().map(|r| (r.key.as_deref(), &r.fields)).collect();
+        assert_eq!(pieces, [(Some("a"), &json!({"n": 2, "other": true})), (Some("b"), &json!({"n": 2, "other": true}))]);
+
+        let counted =
+            compile("[{split: {field: text}}, {keyBy: {field: text}}, {window: {size: 10s, aggregate: {function: count}}}]");
+        assert_eq!(counted.before_window.len(), 1, "the split makes its pieces the keys itself");
+        let records = run(&counted, json!({"text": "a b", "n": 2}));
+        let pieces: Vec<_> = records.iter().map(|r| (r.key.as_deref(), &r.fields)).collect();
+        assert_eq!(pieces, [(Some("a"), &json!({})), (Some("b"), &json!({}))]);
+
+        let to_sink = compile("[{split: {field: text}}]");
+        let records = run(&to_sink, json!({"text": "a", "n": 2}));
+        assert_eq!((records[0].key.as_deref(), &records[0].fields), (Some("input-key"), &json!({"text": "a", "n": 2})));
     }
 }

@@ -29,6 +29,11 @@ impl FieldPath {
         &self.text
     }
 
+    /// The top-level field the path starts in.
+    pub fn top(&self) -> &str {
+        self.segments.first().map_or("", String::as_str)
+    }
+
     pub fn get<'v>(&self, value: &'v Value) -> Option<&'v Value> {
         self.segments.iter().try_fold(value, |current, segment| current.as_object()?.get(segment))
     }
