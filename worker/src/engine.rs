@@ -365,7 +365,9 @@ impl Engine {
         if self.forward_input {
             return self.forward_direct(index, input);
         }
-        let results = self.decode(input, &self.pipeline.input_fields).and_then(|r| pipeline::run_stateless(&self.pipeline.before_window, r));
+        let results = self
+            .decode(input, &self.pipeline.input_fields)
+            .and_then(|r| pipeline::run_stateless(&self.pipeline.before_window, r));
         match results {
             Ok(records) => {
                 let ticket = self.ticket(index, input.offset, input.timestamp_ms, Destination::Sink);
@@ -456,7 +458,10 @@ impl Engine {
             return;
         };
         self.send_reset_once(index, input.offset);
-        let keyed = match self.decode(input, &self.pipeline.input_fields).and_then(|r| pipeline::run_stateless(&self.pipeline.before_window, r)) {
+        let keyed = match self
+            .decode(input, &self.pipeline.input_fields)
+            .and_then(|r| pipeline::run_stateless(&self.pipeline.before_window, r))
+        {
             Ok(records) => records,
             Err(error) => return self.reject(index, input, &error, false),
         };
@@ -631,13 +636,11 @@ impl Engine {
                     return self.reject(index, input, &error, false);
                 }
                 progress.applied_through = progress.applied_through.max(to);
-                let segment = stage
-                    .windows
-                    .entry(start)
-                    .or_default()
-                    .segments
-                    .entry((src, from))
-                    .or_insert_with(|| Segment { first_input_offset: input.offset, keys: foldhash::HashMap::default() });
+                let segment =
+                    stage.windows.entry(start).or_default().segments.entry((src, from)).or_insert_with(|| Segment {
+                        first_input_offset: input.offset,
+                        keys: foldhash::HashMap::default(),
+                    });
                 segment.keys.entry(key).and_modify(|a| a.merge(&accumulator)).or_insert(accumulator);
             }
         }

@@ -138,9 +138,15 @@ mod tests {
     #[test]
     fn a_projected_decode_keeps_the_fields_asked_for_and_still_rejects_invalid_json() {
         let payload = br#" {"id": 1, "us\u0065r": {"n": "a"}, "type": "click", "page": [1, {"x": null}]}"#;
-        assert_eq!(decode_json(payload, &only(&["user", "type"])).ok(), Some(json!({"user": {"n": "a"}, "type": "click"})));
+        assert_eq!(
+            decode_json(payload, &only(&["user", "type"])).ok(),
+            Some(json!({"user": {"n": "a"}, "type": "click"}))
+        );
         assert_eq!(decode_json(payload, &Fields::All).ok(), serde_json::from_slice(payload).ok());
-        assert!(decode_json(br#"{"id": 1, "page": [1,]}"#, &only(&["id"])).is_err(), "a skipped field is still checked");
+        assert!(
+            decode_json(br#"{"id": 1, "page": [1,]}"#, &only(&["id"])).is_err(),
+            "a skipped field is still checked"
+        );
         assert!(decode_json(br#"{"id": 1} trailing"#, &only(&["id"])).is_err());
         assert_eq!(decode_json(b"[1, 2]", &only(&["id"])).ok(), Some(json!([1, 2])), "not an object: decoded whole");
     }

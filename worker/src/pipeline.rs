@@ -49,12 +49,8 @@ pub struct CompiledPipeline {
 
 impl CompiledPipeline {
     pub fn compile(stages: &[PipelineStage]) -> Result<Self, CompileError> {
-        let mut pipeline = Self {
-            before_window: Vec::new(),
-            window: None,
-            after_window: Vec::new(),
-            input_fields: Fields::All,
-        };
+        let mut pipeline =
+            Self { before_window: Vec::new(), window: None, after_window: Vec::new(), input_fields: Fields::All };
         for (index, stage) in stages.iter().enumerate() {
             let error = |message: String| CompileError::Stage { index, message };
             let operation = stage
@@ -393,7 +389,11 @@ impl Split {
         while let Some(piece) = pieces.next() {
             let piece = if self.lowercase { piece.to_lowercase() } else { piece.to_owned() };
             if self.pieces_become_keys {
-                out.push(Record { fields: Value::Object(Map::new()), key: Some(piece), timestamp_ms: record.timestamp_ms });
+                out.push(Record {
+                    fields: Value::Object(Map::new()),
+                    key: Some(piece),
+                    timestamp_ms: record.timestamp_ms,
+                });
                 continue;
             }
             let mut copy = if pieces.peek().is_some() { record.clone() } else { std::mem::take(&mut record) };
@@ -667,7 +667,8 @@ mod tests {
         let counted = compile("[{keyBy: {field: user}}, {window: {size: 10s, aggregate: {function: count}}}]");
         let records = run(&counted, json!({"user": 7, "n": 1}));
         assert_eq!((records[0].key.as_deref(), &records[0].fields), (Some("7"), &json!({"n": 1})));
-        let missing = run_stateless(&counted.before_window, Record { fields: json!({"user": null}), ..Record::default() });
+        let missing =
+            run_stateless(&counted.before_window, Record { fields: json!({"user": null}), ..Record::default() });
         assert!(missing.is_err_and(|e| e.message == "keyBy field user is missing"));
     }
 
@@ -678,10 +679,14 @@ mod tests {
         );
         let records = run(&summed, json!({"text": "a b", "n": 2, "other": true}));
         let pieces: Vec<_> = records.iter().map(|r| (r.key.as_deref(), &r.fields)).collect();
-        assert_eq!(pieces, [(Some("a"), &json!({"n": 2, "other": true})), (Some("b"), &json!({"n": 2, "other": true}))]);
+        assert_eq!(
+            pieces,
+            [(Some("a"), &json!({"n": 2, "other": true})), (Some("b"), &json!({"n": 2, "other": true}))]
+        );
 
-        let counted =
-            compile("[{split: {field: text}}, {keyBy: {field: text}}, {window: {size: 10s, aggregate: {function: count}}}]");
+        let counted = compile(
+            "[{split: {field: text}}, {keyBy: {field: text}}, {window: {size: 10s, aggregate: {function: count}}}]",
+        );
         assert_eq!(counted.before_window.len(), 1, "the split makes its pieces the keys itself");
         let records = run(&counted, json!({"text": "a b", "n": 2}));
         let pieces: Vec<_> = records.iter().map(|r| (r.key.as_deref(), &r.fields)).collect();
