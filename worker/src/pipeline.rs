@@ -360,6 +360,15 @@ impl Split {
         }
     }
 
+    /// The non-empty pieces of `text`: split at the separator, else at whitespace.
+    fn pieces<'a>(&'a self, text: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        let (at_whitespace, at_separator) = match &self.separator {
+            Some(separator) => (None, Some(text.split(separator.as_str()))),
+            None => (Some(text.split_whitespace()), None),
+        };
+        at_whitespace.into_iter().flatten().chain(at_separator.into_iter().flatten()).filter(|piece| !piece.is_empty())
+    }
+
     fn apply(&self, mut record: Record, out: &mut Vec<Record>) -> Result<(), StageError> {
         let text = match self.field.remove(&mut record.fields) {
             Some(Value::String(text)) => text,
@@ -379,15 +388,11 @@ impl Split {
         if !self.copy_key {
             record.key = None;
         }
-        let pieces: Box<dyn Iterator<Item = &str>> = match &self.separator {
-            Some(separator) => Box::new(text.split(separator.as_str())),
-            None => Box::new(text.split_whitespace()),
-        };
         // Each piece is the record with the field replaced; the record without the field is
         // what gets copied (for text sources, an empty object).
-        let mut pieces = pieces.filter(|p| !p.is_empty()).peekable();
+        let mut pieces = self.pieces(&text).peekable();
         while let Some(piece) = pieces.next() {
-            let piece = if self.lowercase { piece.to_lowercase() } else { piece.to_owned() };
+            let piece = if self.lowercase { lowercase(piece) } else { piece.to_owned() };
             if self.pieces_become_keys {
                 out.push(Record {
                     fields: Value::Object(Map::new()),
@@ -401,6 +406,14 @@ impl Split {
             out.push(copy);
         }
         Ok(())
+    }
+}
+
+fn lowercase(text: &str) -> String {
+    if text.is_ascii() {
+        text.to_ascii_lowercase()
+    } else {
+        text.to_lowercase()
     }
 }
 
@@ -670,6 +683,16 @@ mod tests {
         let missing =
             run_stateless(&counted.before_window, Record { fields: json!({"user": null}), ..Record::default() });
         assert!(missing.is_err_and(|e| e.message == "keyBy field user is missing"));
+    }
+
+    #[test]
+    fn split_drops_empty_pieces_and_lowercases_any_script() {
+        let at_commas = compile("[{split: {field: text, separator: ',', lowercase: true}}]");
+        let pieces: Vec<_> = run(&at_commas, json!({"text": "ÉTÉ,,Wind, x"})).into_iter().map(|r| r.fields).collect();
+        assert_eq!(pieces, [json!({"text": "été"}), json!({"text": "wind"}), json!({"text": " x"})]);
+        let at_whitespace = compile("[{split: {field: text}}]");
+        let pieces: Vec<_> = run(&at_whitespace, json!({"text": " A \t b\n"})).into_iter().map(|r| r.fields).collect();
+        assert_eq!(pieces, [json!({"text": "A"}), json!({"text": "b"})]);
     }
 
     #[test]
