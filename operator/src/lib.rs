@@ -5,7 +5,6 @@ pub mod builders;
 pub mod controller;
 pub mod dev;
 pub mod fake_api;
-pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod render;

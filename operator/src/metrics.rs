@@ -111,13 +111,10 @@ impl Metrics {
             self.reconcile_errors.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc();
         }
     }
+}
 
-    /// The OpenMetrics text exposition.
-    pub fn encode(&self) -> String {
-        let mut text = String::new();
-        match prometheus_client::encoding::text::encode(&mut text, &self.registry) {
-            Ok(()) => text,
-            Err(error) => format!("# encoding failed: {error}\n"),
-        }
+impl streamjob_worker::http::Exposition for Metrics {
+    fn registry(&self) -> &Registry {
+        &self.registry
     }
 }

@@ -17,9 +17,9 @@ use streamjob_crds::StreamJob;
 
 use crate::autoscaler::driver::Autoscaler;
 use crate::controller::{error_policy, reconcile, record_phases, Context, ScaleDecisions};
-use crate::http::{serve, HealthState};
 use crate::kafka::KafkaGroupDeleter;
 use crate::metrics::Metrics;
+use streamjob_worker::http::{serve, Health};
 
 /// Settings of `run`.
 #[derive(Clone, Debug)]
@@ -44,6 +44,8 @@ pub enum RunError {
     LeaderElection(String),
     #[error("lost the leader lease; exiting so that another replica takes over")]
     LostLeadership,
+    #[error("cannot listen on {address} for /healthz, /readyz and /metrics: {source}")]
+    Listen { address: std::net::SocketAddr, source: std::io::Error },
     #[error("the health server failed: {0}")]
     Server(#[from] std::io::Error),
 }
@@ -57,8 +59,11 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
 pub async fn run_with_client(client: Client, options: RunOptions) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
-    let health = HealthState { metrics: metrics.clone(), ready: ready.clone() };
-    let server = tokio::spawn(serve(options.metrics_addr, health, shutdown_signal()));
+    let health = Health { metrics: metrics.clone(), ready: ready.clone(), not_ready: "starting" };
+    let listener = tokio::net::TcpListener::bind(options.metrics_addr)
+        .await
+        .map_err(|source| RunError::Listen { address: options.metrics_addr, source })?;
+    let server = tokio::spawn(serve(listener, health, shutdown_signal()));
 
     let mut leadership = if options.leader_election {
         let manager = LeaseManagerBuilder::new(client.clone(), &options.lease_name)

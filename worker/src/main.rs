@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use streamjob_crds::worker_paths;
+use streamjob_worker::http::Health;
 use streamjob_worker::{Control, Overrides, WorkerConfig};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -79,7 +80,8 @@ fn main() -> anyhow::Result<()> {
         .block_on(tokio::net::TcpListener::bind(&args.http_address))
         .with_context(|| format!("cannot listen on {}", args.http_address))?;
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
-    runtime.spawn(streamjob_worker::http::serve(listener, control.clone(), async {
+    let health = Health { metrics: control.metrics.clone(), ready: control.ready.clone(), not_ready: "not consuming" };
+    runtime.spawn(streamjob_worker::http::serve(listener, health, async {
         let _ = stopped.await;
     }));
     let shutdown = control.shutdown.clone();

@@ -130,12 +130,8 @@ impl Default for WorkerMetrics {
     }
 }
 
-impl WorkerMetrics {
-    pub fn encode(&self) -> String {
-        let mut text = String::new();
-        if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
-            tracing::error!(%error, "could not encode metrics");
-        }
-        text
+impl crate::http::Exposition for WorkerMetrics {
+    fn registry(&self) -> &Registry {
+        &self.registry
     }
 }
