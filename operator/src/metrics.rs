@@ -8,6 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use streamjob_worker::metrics::registered;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -60,44 +61,55 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("streamjob_operator");
-        let reconciles = Counter::default();
-        registry.register("reconciles", "Reconciles run", reconciles.clone());
-        let reconcile_errors = Family::<ReasonLabel, Counter>::default();
-        registry.register("reconcile_errors", "Reconciles that failed, by reason", reconcile_errors.clone());
-        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
-        registry.register("reconcile_duration_seconds", "Time one reconcile takes", reconcile_duration.clone());
-        let jobs_by_phase = Family::<PhaseLabel, Gauge>::default();
-        registry.register("jobs", "StreamJobs by phase", jobs_by_phase.clone());
-        let leader = Gauge::default();
-        registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
-        let job_lag = Family::<JobLabels, Gauge>::default();
-        registry.register("job_lag_records", "Consumer-group lag of a job", job_lag.clone());
-        let partition_lag = Family::<PartitionLabels, Gauge>::default();
-        registry.register("partition_lag_records", "Consumer-group lag of one partition", partition_lag.clone());
-        let desired_replicas = Family::<JobLabels, Gauge>::default();
-        registry.register("desired_replicas", "Workers the operator wants", desired_replicas.clone());
-        let ready_replicas = Family::<JobLabels, Gauge>::default();
-        registry.register("ready_replicas", "Workers ready", ready_replicas.clone());
-        let scale_decisions = Family::<DecisionLabels, Counter>::default();
-        registry.register("scale_decisions", "Autoscaler decisions, by reason", scale_decisions.clone());
-        let probe_errors = Family::<JobLabels, Counter>::default();
-        registry.register("lag_probe_errors", "Failed lag measurements", probe_errors.clone());
-        let degraded_jobs = Family::<JobLabels, Gauge>::default();
-        registry.register("job_degraded", "1 while a job's Degraded condition is True", degraded_jobs.clone());
         Self {
+            reconciles: registered(&mut registry, "reconciles", "Reconciles run", Counter::default()),
+            reconcile_errors: registered(
+                &mut registry,
+                "reconcile_errors",
+                "Reconciles that failed, by reason",
+                Family::default(),
+            ),
+            reconcile_duration: registered(
+                &mut registry,
+                "reconcile_duration_seconds",
+                "Time one reconcile takes",
+                Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            ),
+            jobs_by_phase: registered(&mut registry, "jobs", "StreamJobs by phase", Family::default()),
+            leader: registered(
+                &mut registry,
+                "leader",
+                "1 while this replica holds the leader lease",
+                Gauge::default(),
+            ),
+            job_lag: registered(&mut registry, "job_lag_records", "Consumer-group lag of a job", Family::default()),
+            partition_lag: registered(
+                &mut registry,
+                "partition_lag_records",
+                "Consumer-group lag of one partition",
+                Family::default(),
+            ),
+            desired_replicas: registered(
+                &mut registry,
+                "desired_replicas",
+                "Workers the operator wants",
+                Family::default(),
+            ),
+            ready_replicas: registered(&mut registry, "ready_replicas", "Workers ready", Family::default()),
+            scale_decisions: registered(
+                &mut registry,
+                "scale_decisions",
+                "Autoscaler decisions, by reason",
+                Family::default(),
+            ),
+            probe_errors: registered(&mut registry, "lag_probe_errors", "Failed lag measurements", Family::default()),
+            degraded_jobs: registered(
+                &mut registry,
+                "job_degraded",
+                "1 while a job's Degraded condition is True",
+                Family::default(),
+            ),
             registry,
-            reconciles,
-            reconcile_errors,
-            reconcile_duration,
-            jobs_by_phase,
-            leader,
-            job_lag,
-            partition_lag,
-            desired_replicas,
-            ready_replicas,
-            scale_decisions,
-            probe_errors,
-            degraded_jobs,
         }
     }
 }

@@ -5,7 +5,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartitionLabels {
@@ -51,83 +51,91 @@ pub struct WorkerMetrics {
 impl Default for WorkerMetrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("streamjob_worker");
-        let records_in = Family::<PartitionLabels, Counter>::default();
-        registry.register("records_in", "Records read, by input topic and partition", records_in.clone());
-        let records_out = Family::<PartitionLabels, Counter>::default();
-        registry.register(
-            "records_out",
-            "Results acknowledged by the sink, by the input topic and partition they came from",
-            records_out.clone(),
-        );
-        let records_dead_lettered = Family::<PartitionLabels, Counter>::default();
-        registry.register(
-            "records_dead_lettered",
-            "Records sent to the dead-letter topic (failed or late)",
-            records_dead_lettered.clone(),
-        );
-        let records_skipped = Family::<PartitionLabels, Counter>::default();
-        registry.register(
-            "records_skipped",
-            "Records that failed or came late and were skipped: no dead-letter topic is set",
-            records_skipped.clone(),
-        );
-        let records_late = Family::<PartitionLabels, Counter>::default();
-        registry.register("records_late", "Records later than the window's allowed lateness", records_late.clone());
-        let replayed_partials_discarded = Family::<PartitionLabels, Counter>::default();
-        registry.register(
-            "replayed_partials_discarded",
-            "Partial aggregates replayed after a restart for windows already emitted",
-            replayed_partials_discarded.clone(),
-        );
-        let processing_latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        registry.register(
-            "processing_latency_seconds",
-            "From a record's input timestamp to its result acknowledged by the sink",
-            processing_latency.clone(),
-        );
-        let consumer_lag = Family::<PartitionLabels, Gauge>::default();
-        registry.register(
-            "consumer_lag_records",
-            "Lag of an assigned partition as this worker sees it",
-            consumer_lag.clone(),
-        );
-        let commits = Family::<ResultLabel, Counter>::default();
-        registry.register("commits", "Offset commits, by result", commits.clone());
-        let rebalances = Family::<KindLabel, Counter>::default();
-        registry.register("rebalances", "Partitions assigned or revoked, by kind", rebalances.clone());
-        let delivery_errors = Counter::default();
-        registry.register("delivery_errors", "Produce requests that failed for good", delivery_errors.clone());
-        let rewinds = Counter::default();
-        registry.register(
-            "rewinds",
-            "Times the worker went back to its committed offsets after an error",
-            rewinds.clone(),
-        );
-        let open_windows = Gauge::default();
-        registry.register("open_windows", "Windows not yet emitted", open_windows.clone());
-        let open_keys = Gauge::default();
-        registry.register("open_keys", "Keys held in open windows", open_keys.clone());
-        let assigned_partitions = Gauge::default();
-        registry.register("assigned_partitions", "Partitions assigned to this worker", assigned_partitions.clone());
         Self {
+            records_in: registered(
+                &mut registry,
+                "records_in",
+                "Records read, by input topic and partition",
+                Family::default(),
+            ),
+            records_out: registered(
+                &mut registry,
+                "records_out",
+                "Results acknowledged by the sink, by the input topic and partition they came from",
+                Family::default(),
+            ),
+            records_dead_lettered: registered(
+                &mut registry,
+                "records_dead_lettered",
+                "Records sent to the dead-letter topic (failed or late)",
+                Family::default(),
+            ),
+            records_skipped: registered(
+                &mut registry,
+                "records_skipped",
+                "Records that failed or came late and were skipped: no dead-letter topic is set",
+                Family::default(),
+            ),
+            records_late: registered(
+                &mut registry,
+                "records_late",
+                "Records later than the window's allowed lateness",
+                Family::default(),
+            ),
+            replayed_partials_discarded: registered(
+                &mut registry,
+                "replayed_partials_discarded",
+                "Partial aggregates replayed after a restart for windows already emitted",
+                Family::default(),
+            ),
+            processing_latency: registered(
+                &mut registry,
+                "processing_latency_seconds",
+                "From a record's input timestamp to its result acknowledged by the sink",
+                Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            ),
+            consumer_lag: registered(
+                &mut registry,
+                "consumer_lag_records",
+                "Lag of an assigned partition as this worker sees it",
+                Family::default(),
+            ),
+            commits: registered(&mut registry, "commits", "Offset commits, by result", Family::default()),
+            rebalances: registered(
+                &mut registry,
+                "rebalances",
+                "Partitions assigned or revoked, by kind",
+                Family::default(),
+            ),
+            delivery_errors: registered(
+                &mut registry,
+                "delivery_errors",
+                "Produce requests that failed for good",
+                Counter::default(),
+            ),
+            rewinds: registered(
+                &mut registry,
+                "rewinds",
+                "Times the worker went back to its committed offsets after an error",
+                Counter::default(),
+            ),
+            open_windows: registered(&mut registry, "open_windows", "Windows not yet emitted", Gauge::default()),
+            open_keys: registered(&mut registry, "open_keys", "Keys held in open windows", Gauge::default()),
+            assigned_partitions: registered(
+                &mut registry,
+                "assigned_partitions",
+                "Partitions assigned to this worker",
+                Gauge::default(),
+            ),
             registry,
-            records_in,
-            records_out,
-            records_dead_lettered,
-            records_skipped,
-            records_late,
-            replayed_partials_discarded,
-            processing_latency,
-            consumer_lag,
-            commits,
-            rebalances,
-            delivery_errors,
-            rewinds,
-            open_windows,
-            open_keys,
-            assigned_partitions,
         }
     }
+}
+
+/// Registers `metric` under `name` and hands it back, to be kept where the code updates it.
+pub fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 impl crate::http::Exposition for WorkerMetrics {
