@@ -25,7 +25,7 @@ use crate::pipeline::CompiledPipeline;
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 const TICK_INTERVAL: Duration = Duration::from_millis(50);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Records read between sending outputs and collecting delivery reports.
+/// Records (or consumer errors) read between sending outputs and collecting delivery reports.
 const READ_BATCH: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
@@ -573,13 +573,13 @@ fn consume_until_stopped(
     Ok(())
 }
 
-/// Reads what the consumer has ready, up to [`READ_BATCH`] records, waiting up to
-/// [`POLL_TIMEOUT`] for the first. The engine is locked per
-/// record, never across a poll: a poll may run the rebalance callback, which locks it too.
+/// Reads what the consumer has ready, up to [`READ_BATCH`] records or errors, waiting up to
+/// [`POLL_TIMEOUT`] for the first. The engine is locked per record, never across a poll: a
+/// poll may run the rebalance callback, which locks it too.
 fn read_batch(shared: &Shared, consumer: &WorkerConsumer) {
     let mut next = consumer.poll(POLL_TIMEOUT);
     let now_ms = now_ms();
-    let mut records_read = 0;
+    let mut events = 0;
     while let Some(result) = next.take() {
         match result {
             Ok(message) => {
@@ -592,12 +592,12 @@ fn read_batch(shared: &Shared, consumer: &WorkerConsumer) {
                     timestamp_ms: message.timestamp().to_millis(),
                 };
                 lock(&shared.engine).on_input(&input, now_ms);
-                records_read += 1;
             }
             Err(KafkaError::PartitionEOF(_)) => {}
             Err(error) => tracing::warn!(%error, "consumer error; librdkafka retries"),
         }
-        if records_read < READ_BATCH {
+        events += 1;
+        if events < READ_BATCH {
             next = consumer.poll(Duration::ZERO);
         }
     }
