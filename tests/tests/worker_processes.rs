@@ -2,15 +2,18 @@
 //! `streamjob-mock-broker` (librdkafka's mock cluster on local TCP ports), or the Kafka named by
 //! `STREAMJOB_TEST_BOOTSTRAP`. Word count, then a `kill -9` and a restart.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use streamjob_e2e::{broker, free_port, repo_root, unique, workspace_binary, ChildGuard};
-use streamjob_worker::topic_io::{produce_all, NewRecord, ReadRecord, TopicReader};
+use streamjob_worker::topic_io::{
+    expected_word_counts, final_word_counts, produce_all, word_count_differences, NewRecord, TopicReader,
+};
 
 const LIMIT: Duration = Duration::from_secs(120);
+/// The wordcount example's window size.
+const WINDOW_MS: i64 = 10_000;
 
 /// The wordcount example with its topics renamed, so a shared Kafka gets fresh ones.
 fn manifest(lines: &str, counts: &str) -> PathBuf {
@@ -46,30 +49,6 @@ fn lines(range: std::ops::Range<usize>, start_ms: i64) -> Vec<NewRecord> {
                 .join(" ")
                 .into_bytes(),
             timestamp_ms: Some(start_ms + (i as i64 % 300) * 3),
-        })
-        .collect()
-}
-
-fn expected(lines: &[NewRecord]) -> BTreeMap<(i64, String), i64> {
-    let mut counts = BTreeMap::new();
-    for line in lines {
-        let t = line.timestamp_ms.unwrap_or_default();
-        for word in String::from_utf8_lossy(&line.value).split_whitespace() {
-            *counts.entry((t - t.rem_euclid(10_000), word.to_lowercase())).or_insert(0) += 1;
-        }
-    }
-    counts
-}
-
-fn final_counts(records: &[ReadRecord]) -> BTreeMap<(i64, String), i64> {
-    records
-        .iter()
-        .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.value).ok())
-        .map(|v| {
-            let start = chrono::DateTime::parse_from_rfc3339(v["windowStart"].as_str().unwrap_or_default())
-                .map(|t| t.timestamp_millis())
-                .unwrap_or(-1);
-            ((start, v["key"].as_str().unwrap_or_default().to_owned()), v["count"].as_i64().unwrap_or(-1))
         })
         .collect()
 }
@@ -121,15 +100,10 @@ fn worker_processes_count_words_exactly_across_a_kill_9() {
     let second_half = lines(300..600, streamjob_worker::runner::now_ms());
     produce_all(&broker.bootstrap, &lines_topic, &second_half).expect("second half");
     let _second = worker(&manifest, &broker.bootstrap, &group, free_port().expect("a free port"));
-    let want = expected(&[first_half, second_half].concat());
+    let want = expected_word_counts(&[first_half, second_half].concat(), WINDOW_MS);
     let mut sink = TopicReader::new(&broker.bootstrap, &counts_topic, false).expect("reader");
-    let complete = sink.read_until(LIMIT, |records| final_counts(records) == want);
-    let got = final_counts(&sink.records);
-    let wrong: Vec<String> = want
-        .iter()
-        .filter(|(k, v)| got.get(*k) != Some(*v))
-        .map(|(k, v)| format!("{k:?}: want {v}, got {:?}", got.get(k)))
-        .take(10)
-        .collect();
+    let complete = sink.read_until(LIMIT, |records| final_word_counts(records).is_ok_and(|counts| counts == want));
+    let got = final_word_counts(&sink.records).unwrap_or_else(|error| panic!("{error}"));
+    let wrong = word_count_differences(&want, &got);
     assert!(complete, "counts after kill -9 and restart differ: {wrong:?}");
 }

@@ -1,7 +1,7 @@
 //! Plain producing and reading of whole topics: the load generator of `dev`, the tests, and
 //! the benchmark use these to feed a job and check what it wrote.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -160,4 +160,48 @@ pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<(), Kafk
         }
     }
     Ok(())
+}
+
+/// Word counts per (window start, lower-cased word), as a word-count job emits them.
+pub type WordCounts = BTreeMap<(i64, String), i64>;
+
+/// An independent word count of text `lines`: each word counted in the `window_ms` tumbling
+/// window of its line's timestamp.
+pub fn expected_word_counts(lines: &[NewRecord], window_ms: i64) -> WordCounts {
+    let mut counts = BTreeMap::new();
+    for line in lines {
+        let timestamp = line.timestamp_ms.unwrap_or_default();
+        let window = timestamp - timestamp.rem_euclid(window_ms);
+        for word in String::from_utf8_lossy(&line.value).split_whitespace() {
+            *counts.entry((window, word.to_lowercase())).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// The last count a word-count sink holds for each (window, word); a record that is not JSON
+/// is an error naming it.
+pub fn final_word_counts(records: &[ReadRecord]) -> Result<WordCounts, String> {
+    let mut counts = BTreeMap::new();
+    for record in records {
+        let value: serde_json::Value = serde_json::from_str(&record.value)
+            .map_err(|error| format!("sink record is not JSON ({error}): {}", record.value))?;
+        let start = value["windowStart"].as_str().unwrap_or_default();
+        let start = chrono::DateTime::parse_from_rfc3339(start).map(|t| t.timestamp_millis()).unwrap_or(-1);
+        let word = value["key"].as_str().unwrap_or_default().to_owned();
+        counts.insert((start, word), value["count"].as_i64().unwrap_or(-1));
+    }
+    Ok(counts)
+}
+
+/// Up to ten (window, word) counts that `actual` misses or gets wrong, for a failure message.
+pub fn word_count_differences(expected: &WordCounts, actual: &WordCounts) -> Vec<String> {
+    expected
+        .iter()
+        .filter(|(key, count)| actual.get(*key) != Some(*count))
+        .map(|((window, word), count)| {
+            format!("{window}/{word}: want {count}, got {:?}", actual.get(&(*window, word.clone())))
+        })
+        .take(10)
+        .collect()
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use streamjob_worker::mock_broker::MockBroker;
-use streamjob_worker::topic_io::{produce_all, TopicReader};
+use streamjob_worker::topic_io::{produce_all, word_count_differences, TopicReader, WordCounts};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -71,28 +71,15 @@ fn crash_and_restart(manifest: &str, group: &str) -> (Vec<streamjob_worker::topi
 }
 
 /// Reads `word-counts` until its final counts equal `expected`; fails showing what differs.
-fn read_until_counts_are(
-    bootstrap: &str,
-    read_committed: bool,
-    expected: &std::collections::BTreeMap<(i64, String), i64>,
-    when: &str,
-) -> TopicReader {
+fn read_until_counts_are(bootstrap: &str, read_committed: bool, expected: &WordCounts, when: &str) -> TopicReader {
     let mut sink = TopicReader::new(bootstrap, "word-counts", read_committed).expect("reader");
     let complete = sink.read_until(LIMIT, |records| final_word_counts(records) == *expected);
-    assert!(complete, "missing or wrong {when}: {:?}", diff(expected, &final_word_counts(&sink.records)));
+    assert!(
+        complete,
+        "missing or wrong {when}: {:?}",
+        word_count_differences(expected, &final_word_counts(&sink.records))
+    );
     sink
-}
-
-fn diff(
-    expected: &std::collections::BTreeMap<(i64, String), i64>,
-    actual: &std::collections::BTreeMap<(i64, String), i64>,
-) -> Vec<String> {
-    expected
-        .iter()
-        .filter(|(k, v)| actual.get(*k) != Some(*v))
-        .map(|((w, word), v)| format!("{w}/{word}: want {v}, got {:?}", actual.get(&(*w, word.clone()))))
-        .take(10)
-        .collect()
 }
 
 #[test]

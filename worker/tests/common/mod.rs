@@ -1,13 +1,12 @@
 //! Shared helpers for the worker's tests against librdkafka's mock cluster.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use streamjob_worker::topic_io::{NewRecord, ReadRecord};
+use streamjob_worker::topic_io::{self, NewRecord, ReadRecord, WordCounts};
 use streamjob_worker::{Control, Overrides, Timings, WorkerConfig, WorkerError};
 
 pub const WINDOW_MS: i64 = 10_000;
@@ -116,33 +115,14 @@ pub fn text_lines(count: usize, start_ms: i64, spacing_ms: i64) -> Vec<NewRecord
         .collect()
 }
 
-/// An independent word count: (window start, lower-cased word) → count.
-pub fn expected_word_counts(lines: &[NewRecord]) -> BTreeMap<(i64, String), i64> {
-    let mut counts = BTreeMap::new();
-    for line in lines {
-        let timestamp = line.timestamp_ms.unwrap_or_default();
-        let window = timestamp - timestamp.rem_euclid(WINDOW_MS);
-        for word in String::from_utf8_lossy(&line.value).split_whitespace() {
-            *counts.entry((window, word.to_lowercase())).or_insert(0) += 1;
-        }
-    }
-    counts
+/// An independent word count of `lines` in the jobs' 10 s windows.
+pub fn expected_word_counts(lines: &[NewRecord]) -> WordCounts {
+    topic_io::expected_word_counts(lines, WINDOW_MS)
 }
 
-/// The last count the sink holds for each (window, word).
-pub fn final_word_counts(records: &[ReadRecord]) -> BTreeMap<(i64, String), i64> {
-    let mut counts = BTreeMap::new();
-    for record in records {
-        let value: serde_json::Value = match serde_json::from_str(&record.value) {
-            Ok(value) => value,
-            Err(error) => panic!("sink record is not JSON ({error}): {}", record.value),
-        };
-        let start = value["windowStart"].as_str().unwrap_or_default();
-        let start = chrono::DateTime::parse_from_rfc3339(start).map(|t| t.timestamp_millis()).unwrap_or(-1);
-        let word = value["key"].as_str().unwrap_or_default().to_owned();
-        counts.insert((start, word), value["count"].as_i64().unwrap_or(-1));
-    }
-    counts
+/// The last count the sink holds for each (window, word); every sink record must be JSON.
+pub fn final_word_counts(records: &[ReadRecord]) -> WordCounts {
+    topic_io::final_word_counts(records).unwrap_or_else(|error| panic!("{error}"))
 }
 
 /// Every (window, word) emitted more than once.
