@@ -20,7 +20,7 @@ use streamjob_crds::{SinkFormat, SourceFormat};
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::liveness::{Fields, Liveness};
+use crate::liveness::Fields;
 use crate::metrics::{PartitionLabels, WorkerMetrics};
 use crate::offsets::PartitionProgress;
 use crate::pipeline::{self, Accumulator, CompiledPipeline, StageError, WindowOperator};
@@ -216,7 +216,7 @@ impl Engine {
     ) -> Self {
         Self {
             forward_input: forwards_input_unchanged(&pipeline, settings.source_format, settings.sink_format),
-            forward_fields: fields_read_by(&pipeline.before_window),
+            forward_fields: pipeline::fields_read_by(&pipeline.before_window),
             settings,
             pipeline,
             metrics,
@@ -880,12 +880,6 @@ fn forwards_input_unchanged(pipeline: &CompiledPipeline, source: SourceFormat, s
     same_format
         && pipeline.window.is_none()
         && pipeline.before_window.iter().all(|operator| matches!(operator, pipeline::Operator::Filter(_)))
-}
-
-/// The fields `operators` read, when nothing after them reads the record.
-fn fields_read_by(operators: &[pipeline::Operator]) -> Fields {
-    let nothing = Liveness { fields: Fields::none(), key: false };
-    operators.iter().rev().fold(nothing, |after, operator| operator.needs(after)).fields
 }
 
 /// A keyed record's event time and its contribution to the aggregate.

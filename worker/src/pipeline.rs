@@ -130,6 +130,12 @@ fn mark_liveness(operators: &mut [Operator], at_end: Liveness) -> Liveness {
     })
 }
 
+/// The fields `operators` read, when nothing after them reads the record.
+pub fn fields_read_by(operators: &[Operator]) -> Fields {
+    let nothing = Liveness { fields: Fields::none(), key: false };
+    operators.iter().rev().fold(nothing, |after, operator| operator.needs(after)).fields
+}
+
 fn operation_name(operation: &StageOperation<'_>) -> &'static str {
     match operation {
         StageOperation::Filter(_) => "filter",
@@ -155,7 +161,7 @@ pub enum Operator {
 
 impl Operator {
     /// What this operator and the ones after it (which read `after`) need of its input.
-    pub fn needs(&self, after: Liveness) -> Liveness {
+    fn needs(&self, after: Liveness) -> Liveness {
         match self {
             Self::Filter(filter) => Liveness { fields: after.fields.with(&filter.field), ..after },
             Self::Map(map) => Liveness { fields: map.needs(after.fields), ..after },
