@@ -7,12 +7,14 @@
 //! `cargo bench -p streamjob-worker --bench throughput -- [--records N] [--repeat R] [--bootstrap HOST:PORT]`
 //! Without `--bootstrap` the broker is librdkafka's mock cluster in this process.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseRecord, Producer};
 use streamjob_worker::mock_broker::MockBroker;
 use streamjob_worker::topic_io::{assign_from_beginning, producer, send_waiting};
@@ -90,24 +92,82 @@ fn produce(bootstrap: &str, topic: &str, records: usize, make: fn(usize) -> Stri
     Ok(())
 }
 
-/// (a): assign every partition from the beginning and count.
-fn raw_consumer(bootstrap: &str, topic: &str, records: usize) -> anyhow::Result<f64> {
+/// A consumer of every partition of `topic` from the beginning, outside any group's commits.
+fn assigned_consumer(bootstrap: &str, topic: &str, group: &str) -> anyhow::Result<BaseConsumer> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", "streamjob-bench-raw")
+        .set("group.id", group)
         .set("fetch.queue.backoff.ms", "10")
         .set("enable.auto.commit", "false")
         .create()?;
     assign_from_beginning(&consumer, topic)?;
+    Ok(consumer)
+}
+
+/// Reads `records` records of `topic`, handing each to `handle`; the rate from the first read to the last.
+fn consume(
+    bootstrap: &str,
+    topic: &str,
+    records: usize,
+    group: &str,
+    mut handle: impl FnMut(&BorrowedMessage<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    let consumer = assigned_consumer(bootstrap, topic, group)?;
     let mut count = 0;
     let mut first: Option<Instant> = None;
     while count < records {
-        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
             first.get_or_insert_with(Instant::now);
+            handle(&message)?;
             count += 1;
         }
     }
     Ok(rate(records, first))
+}
+
+/// (a): only counts.
+fn raw_consumer(bootstrap: &str, topic: &str, records: usize) -> anyhow::Result<f64> {
+    consume(bootstrap, topic, records, "streamjob-bench-raw", |_| Ok(()))
+}
+
+/// The same work as a case, written the way a hand-written rdkafka loop does it: no offset
+/// tracking, no dead-letter topic, no metrics. It bounds what the worker can reach on this
+/// machine and broker.
+fn hand_written(bootstrap: &str, case: char, records: usize) -> anyhow::Result<f64> {
+    let producer = producer(bootstrap)?;
+    let group = format!("streamjob-bench-hand-{case}");
+    let send = |topic: &str, key: Option<&[u8]>, payload: &[u8]| {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(payload);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        send_waiting(&producer, record)
+    };
+    let rate = match case {
+        'b' => consume(bootstrap, "bench-json", records, &group, |message| {
+            Ok(send("bench-hand-b", message.key(), message.payload().unwrap_or_default())?)
+        }),
+        'c' => consume(bootstrap, "bench-json", records, &group, |message| {
+            let event: serde_json::Value = serde_json::from_slice(message.payload().unwrap_or_default())?;
+            if event["type"] == "click" {
+                let out = serde_json::json!({"user": event["user"], "amount": event["amount"], "source": "web"});
+                send("bench-hand-c", message.key(), &serde_json::to_vec(&out)?)?;
+            }
+            Ok(())
+        }),
+        _ => {
+            let mut counts: HashMap<(i64, String), u64> = HashMap::new();
+            consume(bootstrap, "bench-text", records, &group, |message| {
+                let window = message.timestamp().to_millis().unwrap_or_default() / 10_000;
+                for word in std::str::from_utf8(message.payload().unwrap_or_default())?.split_whitespace() {
+                    *counts.entry((window, word.to_lowercase())).or_default() += 1;
+                }
+                Ok(())
+            })
+        }
+    }?;
+    producer.flush(Duration::from_secs(60))?;
+    Ok(rate)
 }
 
 /// Records the broker still holds (librdkafka's mock cluster keeps a bounded log per partition).
@@ -183,7 +243,7 @@ fn main() -> anyhow::Result<()> {
             for topic in ["bench-json", "bench-text"] {
                 mock.create_topic(topic, args.partitions)?;
             }
-            for topic in ["bench-out-b", "bench-out-c", "bench-out-d"] {
+            for topic in ["bench-out-b", "bench-out-c", "bench-out-d", "bench-hand-b", "bench-hand-c"] {
                 mock.create_topic(topic, args.partitions)?;
             }
             mock.bootstrap_servers()
@@ -221,12 +281,13 @@ fn main() -> anyhow::Result<()> {
             "bench-text",
         ),
     ];
-    let mut results = vec![("(a) raw rdkafka consumer, counting", raw)];
+    let mut results = vec![("(a) raw rdkafka consumer, counting", raw, None)];
     for (letter, case, manifest, topic) in cases.iter().filter(|(letter, ..)| args.cases.contains(*letter)) {
         let records = if *topic == "bench-json" { json_records } else { text_records };
         let rate =
             median_of(args.repeat, |run| worker_rate(&bootstrap, manifest, records, &format!("bench-{letter}-{run}")))?;
-        results.push((case, rate));
+        let hand = median_of(args.repeat, |_| hand_written(&bootstrap, *letter, records))?;
+        results.push((case, rate, Some(hand)));
     }
     println!(
         "\n{n} records, {} partitions, broker {}, median of {} runs",
@@ -234,9 +295,10 @@ fn main() -> anyhow::Result<()> {
         if args.bootstrap.is_some() { bootstrap.as_str() } else { "in-process mock cluster" },
         args.repeat.max(1)
     );
-    println!("{:<44} {:>12} {:>8}", "case", "records/s", "ratio");
-    for (case, value) in results {
-        println!("{case:<44} {value:>12.0} {:>8.2}", value / raw);
+    println!("{:<44} {:>12} {:>8}   {:>22}", "case", "records/s", "ratio", "hand-written loop");
+    for (case, value, hand) in results {
+        let hand = hand.map_or(String::new(), |h| format!("{h:>12.0} {:>8.2}", h / raw));
+        println!("{case:<44} {value:>12.0} {:>8.2}   {hand}", value / raw);
     }
     Ok(())
 }
