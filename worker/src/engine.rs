@@ -23,7 +23,7 @@ use prometheus_client::metrics::counter::Counter;
 use crate::liveness::Fields;
 use crate::metrics::{PartitionLabels, WorkerMetrics};
 use crate::offsets::PartitionProgress;
-use crate::pipeline::{self, Accumulator, CompiledPipeline, StageError, WindowOperator};
+use crate::pipeline::{self, Accumulator, CompiledPipeline, Emit, StageError, WindowOperator};
 use crate::record::Record;
 use crate::repartition::{partition_for, source_id, RepartitionMessage};
 
@@ -116,6 +116,8 @@ pub struct Engine {
     forward_input: bool,
     /// What the filters read of a record that is forwarded.
     forward_fields: Fields,
+    /// Reused from record to record by the source stage.
+    staged: StagedContributions,
 }
 
 struct Slot {
@@ -143,8 +145,11 @@ enum Role {
 #[derive(Default)]
 struct SourceStage {
     id: String,
-    /// Keyed by user data, so hashed with a seeded hasher: fast, and not open to collision floods.
-    partials: foldhash::HashMap<(i64, String), Accumulator>,
+    /// Window start → key → partial aggregate. Keys are user data, so hashed with a seeded
+    /// hasher: fast, and not open to collision floods.
+    partials: BTreeMap<i64, foldhash::HashMap<String, Accumulator>>,
+    /// The keys in `partials`, over all windows.
+    partial_count: usize,
     range_start: Option<i64>,
     range_end: i64,
     max_event_ms: Option<i64>,
@@ -227,6 +232,7 @@ impl Engine {
             outbox: Vec::new(),
             failure: None,
             last_flush_ms: 0,
+            staged: StagedContributions::default(),
         }
     }
 
@@ -458,62 +464,44 @@ impl Engine {
             return;
         };
         self.send_reset_once(index, input.offset);
-        let keyed = match self
-            .decode(input, &self.pipeline.input_fields)
-            .and_then(|r| pipeline::run_stateless(&self.pipeline.before_window, r))
-        {
-            Ok(records) => records,
-            Err(error) => return self.reject(index, input, &error, false),
+        let mut staged = std::mem::take(&mut self.staged);
+        staged.clear();
+        let result = self.decode(input, &self.pipeline.input_fields).and_then(|record| {
+            let mut stager = Stager { window: &window, staged: &mut staged };
+            pipeline::run_stateless_into(&self.pipeline.before_window, record, &mut stager)
+        });
+        let late = match (result, &mut self.slots[index].role) {
+            (Err(error), _) => {
+                self.staged = staged;
+                return self.reject(index, input, &error, false);
+            }
+            (Ok(()), Role::Source(source)) => {
+                source.last_record_ms = now_ms;
+                if source.idle {
+                    source.idle = false;
+                    source.progress_unsent = true;
+                }
+                let late = source.add_partials(&window, &staged);
+                source.range_start.get_or_insert(input.offset);
+                source.range_end = input.offset;
+                late
+            }
+            (Ok(()), _) => None,
         };
-        let mut contributions = Vec::with_capacity(keyed.len());
-        for record in &keyed {
-            match contribution(&window, record) {
-                Ok(c) => contributions.push(c),
-                Err(error) => return self.reject(index, input, &error, false),
-            }
-        }
-        let Role::Source(source) = &mut self.slots[index].role else {
-            return;
-        };
-        source.last_record_ms = now_ms;
-        if source.idle {
-            source.idle = false;
-            source.progress_unsent = true;
-        }
-        let watermark = source.max_event_ms.map(|m| m - window.allowed_lateness_ms);
-        let mut late = None;
-        for (record, (event_ms, accumulator)) in keyed.into_iter().zip(&contributions) {
-            let mut key = record.key.unwrap_or_default();
-            let mut open = window
-                .window_starts(*event_ms)
-                .filter(|start| watermark.is_none_or(|w| start + window.size_ms > w))
-                .peekable();
-            if open.peek().is_none() {
-                late = Some(*event_ms);
-                continue;
-            }
-            while let Some(start) = open.next() {
-                let key = if open.peek().is_some() { key.clone() } else { std::mem::take(&mut key) };
-                source.partials.entry((start, key)).and_modify(|a| a.merge(accumulator)).or_insert(*accumulator);
-            }
-            source.max_event_ms = Some(source.max_event_ms.map_or(*event_ms, |m| m.max(*event_ms)));
-            source.progress_unsent = true;
-        }
-        source.range_start.get_or_insert(input.offset);
-        source.range_end = input.offset;
-        let full = source.partials.len() >= self.settings.max_partials;
-        if let Some(event_ms) = late {
+        self.staged = staged;
+        if let Some((event_ms, watermark)) = late {
             let error = StageError {
                 stage: window.stage.clone(),
                 message: format!(
                     "late: event time {} is behind the partition's watermark {} by more than the allowed lateness",
                     pipeline::rfc3339(event_ms),
-                    pipeline::rfc3339(watermark.unwrap_or_default())
+                    pipeline::rfc3339(watermark)
                 ),
             };
             self.reject(index, input, &error, true);
         }
-        if full {
+        if matches!(&self.slots[index].role, Role::Source(source) if source.partial_count >= self.settings.max_partials)
+        {
             self.flush_source(index);
         }
     }
@@ -564,6 +552,7 @@ impl Engine {
         };
         let to = source.range_end;
         let partials = std::mem::take(&mut source.partials);
+        let partial_count = std::mem::take(&mut source.partial_count);
         let src = source.id.clone();
         let ticket = Ticket {
             slot: index,
@@ -572,8 +561,10 @@ impl Engine {
             input_timestamp_ms: None,
             destination: Destination::Repartition { partition: 0 },
         };
-        self.slots[index].progress.hold(from, partials.len() as u32);
-        for ((window, key), accumulator) in partials {
+        self.slots[index].progress.hold(from, partial_count as u32);
+        for (window, key, accumulator) in
+            partials.into_iter().flat_map(|(window, keys)| keys.into_iter().map(move |(key, a)| (window, key, a)))
+        {
             let payload = RepartitionMessage::Partial { src: src.clone(), from, to, window, accumulator }.encode();
             self.outbox.push(Output {
                 destination: Destination::Repartition { partition: partition_for(&key, partitions) },
@@ -885,6 +876,85 @@ fn forwards_input_unchanged(pipeline: &CompiledPipeline, source: SourceFormat, s
 /// A keyed record's event time and its contribution to the aggregate.
 fn contribution(window: &WindowOperator, record: &Record) -> Result<(i64, Accumulator), StageError> {
     Ok((window.event_time(record)?, window.accumulate(record)?))
+}
+
+/// One input record's keyed contributions, held back until every piece of it has gone through
+/// the stages, so a record that fails part way adds nothing. The keys share one string.
+#[derive(Default)]
+struct StagedContributions {
+    keys: String,
+    /// (end of the key in `keys`, event time, contribution)
+    entries: Vec<(usize, i64, Accumulator)>,
+}
+
+impl StagedContributions {
+    fn clear(&mut self) {
+        self.keys.clear();
+        self.entries.clear();
+    }
+
+    fn push(&mut self, key: &str, event_ms: i64, accumulator: Accumulator) {
+        self.keys.push_str(key);
+        self.entries.push((self.keys.len(), event_ms, accumulator));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, i64, &Accumulator)> {
+        let starts = std::iter::once(0).chain(self.entries.iter().map(|(end, ..)| *end));
+        starts.zip(&self.entries).map(|(start, (end, event_ms, a))| (&self.keys[start..*end], *event_ms, a))
+    }
+}
+
+/// Receives what the stateless stages make of a source record, for the window.
+struct Stager<'a> {
+    window: &'a WindowOperator,
+    staged: &'a mut StagedContributions,
+}
+
+impl Emit for Stager<'_> {
+    fn record(&mut self, record: Record) -> Result<(), StageError> {
+        let (event_ms, accumulator) = contribution(self.window, &record)?;
+        self.staged.push(record.key.as_deref().unwrap_or_default(), event_ms, accumulator);
+        Ok(())
+    }
+
+    fn key_only(&mut self, key: &str, timestamp_ms: i64) -> Result<(), StageError> {
+        let fields = serde_json::Value::Object(serde_json::Map::new());
+        let (event_ms, accumulator) = contribution(self.window, &Record { fields, key: None, timestamp_ms })?;
+        self.staged.push(key, event_ms, accumulator);
+        Ok(())
+    }
+}
+
+impl SourceStage {
+    /// Adds a record's contributions to the open windows; returns the event time and the
+    /// watermark when some contribution came too late for every window it falls in.
+    fn add_partials(&mut self, window: &WindowOperator, staged: &StagedContributions) -> Option<(i64, i64)> {
+        let watermark = self.max_event_ms.map(|m| m - window.allowed_lateness_ms);
+        let mut late = None;
+        for (key, event_ms, accumulator) in staged.iter() {
+            let mut open = window
+                .window_starts(event_ms)
+                .filter(|start| watermark.is_none_or(|w| start + window.size_ms > w))
+                .peekable();
+            if open.peek().is_none() {
+                late = Some((event_ms, watermark.unwrap_or_default()));
+                continue;
+            }
+            for start in open {
+                let keys = self.partials.entry(start).or_default();
+                match keys.get_mut(key) {
+                    Some(partial) => partial.merge(accumulator),
+                    None => {
+                        keys.insert(key.to_owned(), *accumulator);
+                        self.partial_count += 1;
+                    }
+                }
+            }
+            self.max_event_ms = Some(self.max_event_ms.map_or(event_ms, |m| m.max(event_ms)));
+            self.progress_unsent = true;
+        }
+        late
+    }
 }
 
 impl AggregateStage {

@@ -170,18 +170,20 @@ impl Operator {
         }
     }
 
-    fn apply(&self, mut record: Record, out: &mut Vec<Record>) -> Result<(), StageError> {
+    /// Applies this operator to `record` and passes what it makes through `rest` into `emit`.
+    fn apply(&self, mut record: Record, rest: &[Operator], emit: &mut impl Emit) -> Result<(), StageError> {
         match self {
             Self::Filter(filter) => {
                 if filter.matches(&record.fields)? {
-                    out.push(record);
+                    run_stateless_into(rest, record, emit)?;
                 }
+                Ok(())
             }
             Self::Map(map) => {
                 map.apply(&mut record.fields);
-                out.push(record);
+                run_stateless_into(rest, record, emit)
             }
-            Self::Split(split) => split.apply(record, out)?,
+            Self::Split(split) => split.apply(record, rest, emit),
             Self::KeyBy { field, take_value, stage } => {
                 let missing = || StageError::new(stage, format!("keyBy field {} is missing", field.as_str()));
                 let key = if *take_value {
@@ -194,26 +196,43 @@ impl Operator {
                     key_text(field.get(&record.fields).filter(|v| !v.is_null()).ok_or_else(missing)?)
                 };
                 record.key = Some(key);
-                out.push(record);
+                run_stateless_into(rest, record, emit)
             }
         }
+    }
+}
+
+/// Where the records that come out of a chain of stateless operators go.
+pub trait Emit {
+    fn record(&mut self, record: Record) -> Result<(), StageError>;
+
+    /// A record that is nothing but its key and timestamp (a split piece that became the key).
+    /// The key is lent, so a receiver that already holds it need not copy it.
+    fn key_only(&mut self, key: &str, timestamp_ms: i64) -> Result<(), StageError> {
+        self.record(Record { fields: Value::Object(Map::new()), key: Some(key.to_owned()), timestamp_ms })
+    }
+}
+
+impl Emit for Vec<Record> {
+    fn record(&mut self, record: Record) -> Result<(), StageError> {
+        self.push(record);
         Ok(())
     }
 }
 
-/// Runs `operators` over one record; a record may become none, one or many.
-pub fn run_stateless(operators: &[Operator], record: Record) -> Result<Vec<Record>, StageError> {
-    let mut records = vec![record];
-    for operator in operators {
-        let mut next = Vec::with_capacity(records.len());
-        for record in records {
-            operator.apply(record, &mut next)?;
-        }
-        if next.is_empty() {
-            return Ok(next);
-        }
-        records = next;
+/// Runs `operators` over one record; a record may become none, one or many. On an error, some
+/// records may already have been emitted: a receiver that must not keep them stages them.
+pub fn run_stateless_into(operators: &[Operator], record: Record, emit: &mut impl Emit) -> Result<(), StageError> {
+    match operators.split_first() {
+        Some((operator, rest)) => operator.apply(record, rest, emit),
+        None => emit.record(record),
     }
+}
+
+/// [`run_stateless_into`], collected: all the records, or the error.
+pub fn run_stateless(operators: &[Operator], record: Record) -> Result<Vec<Record>, StageError> {
+    let mut records = Vec::new();
+    run_stateless_into(operators, record, &mut records)?;
     Ok(records)
 }
 
@@ -375,7 +394,7 @@ impl Split {
         at_whitespace.into_iter().flatten().chain(at_separator.into_iter().flatten()).filter(|piece| !piece.is_empty())
     }
 
-    fn apply(&self, mut record: Record, out: &mut Vec<Record>) -> Result<(), StageError> {
+    fn apply(&self, mut record: Record, rest: &[Operator], emit: &mut impl Emit) -> Result<(), StageError> {
         let text = match self.field.remove(&mut record.fields) {
             Some(Value::String(text)) => text,
             Some(other) => {
@@ -394,33 +413,44 @@ impl Split {
         if !self.copy_key {
             record.key = None;
         }
+        let mut lowered = String::new();
         // Each piece is the record with the field replaced; the record without the field is
         // what gets copied (for text sources, an empty object).
         let mut pieces = self.pieces(&text).peekable();
         while let Some(piece) = pieces.next() {
-            let piece = if self.lowercase { lowercase(piece) } else { piece.to_owned() };
+            let piece = if self.lowercase { lowercase_into(piece, &mut lowered) } else { piece };
             if self.pieces_become_keys {
-                out.push(Record {
-                    fields: Value::Object(Map::new()),
-                    key: Some(piece),
-                    timestamp_ms: record.timestamp_ms,
-                });
+                match rest {
+                    [] => emit.key_only(piece, record.timestamp_ms)?,
+                    _ => {
+                        let keyed = Record {
+                            fields: Value::Object(Map::new()),
+                            key: Some(piece.to_owned()),
+                            timestamp_ms: record.timestamp_ms,
+                        };
+                        run_stateless_into(rest, keyed, emit)?
+                    }
+                }
                 continue;
             }
             let mut copy = if pieces.peek().is_some() { record.clone() } else { std::mem::take(&mut record) };
-            self.field.set(&mut copy.fields, Value::String(piece));
-            out.push(copy);
+            self.field.set(&mut copy.fields, Value::String(piece.to_owned()));
+            run_stateless_into(rest, copy, emit)?;
         }
         Ok(())
     }
 }
 
-fn lowercase(text: &str) -> String {
+/// `text` in lower case, written into `buffer` (reused from piece to piece).
+fn lowercase_into<'b>(text: &str, buffer: &'b mut String) -> &'b str {
+    buffer.clear();
     if text.is_ascii() {
-        text.to_ascii_lowercase()
+        buffer.push_str(text);
+        buffer.make_ascii_lowercase();
     } else {
-        text.to_lowercase()
+        buffer.push_str(&text.to_lowercase());
     }
+    buffer
 }
 
 /// A window stage: which windows a record falls in, and the aggregate it feeds.
