@@ -1094,6 +1094,36 @@ mod tests {
         assert_eq!(filtering.commits(true).first().map(|c| c.offset), Some(1), "and its offset is committable");
     }
 
+    /// A record is processed whole or not at all: when one of its pieces fails, none of the
+    /// others reach the window, and the record goes to the dead-letter topic.
+    #[test]
+    fn a_record_with_a_failing_piece_adds_nothing_to_its_window() {
+        let summed = "[{split: {field: value}}, {keyBy: {field: value}}, \
+                      {window: {size: 10s, aggregate: {function: sum, field: value}}}]";
+        let mut engine = engine(summed, SourceFormat::Text, Some(1), true);
+        engine.assign("lines", 0, None);
+        read(&mut engine, "lines", 0, None, b"1 2 x", 0);
+        read(&mut engine, "lines", 1, None, b"2 3", 0);
+        engine.flush_all();
+        let outputs = engine.take_outputs();
+        let dead: Vec<_> = outputs.iter().filter(|o| o.destination == Destination::DeadLetter).collect();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].payload, b"1 2 x");
+        let mut partials: Vec<(String, u64, f64)> = outputs
+            .iter()
+            .filter_map(|o| match serde_json::from_slice(&o.payload) {
+                Ok(RepartitionMessage::Partial { accumulator, .. }) => Some((
+                    String::from_utf8_lossy(o.key.as_deref().unwrap_or_default()).into_owned(),
+                    accumulator.count,
+                    accumulator.sum,
+                )),
+                _ => None,
+            })
+            .collect();
+        partials.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(partials, [("2".to_owned(), 1, 2.0), ("3".to_owned(), 1, 3.0)]);
+    }
+
     fn partial(src: &str, from: i64, to: i64, window: i64, count: u64) -> Vec<u8> {
         let accumulator = Accumulator { count, sum: count as f64, min: 1.0, max: 1.0 };
         RepartitionMessage::Partial { src: src.into(), from, to, window, accumulator }.encode()

@@ -387,11 +387,18 @@ impl Split {
 
     /// The non-empty pieces of `text`: split at the separator, else at whitespace.
     fn pieces<'a>(&'a self, text: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        let (at_whitespace, at_separator) = match &self.separator {
-            Some(separator) => (None, Some(text.split(separator.as_str()))),
-            None => (Some(text.split_whitespace()), None),
+        let (at_separator, at_ascii_whitespace, at_whitespace) = match &self.separator {
+            Some(separator) => (Some(text.split(separator.as_str())), None, None),
+            // The same pieces for ASCII text, found without decoding characters.
+            None if text.is_ascii() => (None, Some(text.split_ascii_whitespace()), None),
+            None => (None, None, Some(text.split_whitespace())),
         };
-        at_whitespace.into_iter().flatten().chain(at_separator.into_iter().flatten()).filter(|piece| !piece.is_empty())
+        at_separator
+            .into_iter()
+            .flatten()
+            .chain(at_ascii_whitespace.into_iter().flatten())
+            .chain(at_whitespace.into_iter().flatten())
+            .filter(|piece| !piece.is_empty())
     }
 
     fn apply(&self, mut record: Record, rest: &[Operator], emit: &mut impl Emit) -> Result<(), StageError> {
@@ -441,8 +448,12 @@ impl Split {
     }
 }
 
-/// `text` in lower case, written into `buffer` (reused from piece to piece).
-fn lowercase_into<'b>(text: &str, buffer: &'b mut String) -> &'b str {
+/// `text` in lower case: itself when it has no upper case, else written into `buffer`
+/// (reused from piece to piece).
+fn lowercase_into<'a>(text: &'a str, buffer: &'a mut String) -> &'a str {
+    if text.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
+        return text;
+    }
     buffer.clear();
     if text.is_ascii() {
         buffer.push_str(text);
@@ -729,6 +740,10 @@ mod tests {
         let at_whitespace = compile("[{split: {field: text}}]");
         let pieces: Vec<_> = run(&at_whitespace, json!({"text": " A \t b\n"})).into_iter().map(|r| r.fields).collect();
         assert_eq!(pieces, [json!({"text": "A"}), json!({"text": "b"})]);
+        let lowered = compile("[{split: {field: text, lowercase: true}}]");
+        let pieces: Vec<_> =
+            run(&lowered, json!({"text": "Été\u{3000}WIND already"})).into_iter().map(|r| r.fields).collect();
+        assert_eq!(pieces, [json!({"text": "été"}), json!({"text": "wind"}), json!({"text": "already"})]);
     }
 
     #[test]
