@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -16,7 +17,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseRecord, Producer};
+use streamjob_worker::engine::{Engine, EngineSettings, Input};
 use streamjob_worker::mock_broker::MockBroker;
+use streamjob_worker::pipeline::CompiledPipeline;
 use streamjob_worker::topic_io::{assign_from_beginning, producer, send_waiting};
 use streamjob_worker::{Control, Overrides, WorkerConfig};
 
@@ -37,6 +40,9 @@ struct Args {
     /// Runs of each case; the median is printed.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Only measure the engine alone, without Kafka.
+    #[arg(long)]
+    engine_only: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -225,6 +231,49 @@ fn worker_rate(bootstrap: &str, manifest: &str, records: usize, group: &str) -> 
     Ok(result)
 }
 
+/// The engine alone, without Kafka: records/s of `make`'s records through `manifest`'s
+/// pipeline, every output acknowledged at once. It shows the processing cost apart from the
+/// client and broker (and is steadier than the Kafka cases on a shared machine).
+fn engine_alone(manifest: &str, make: fn(usize) -> String, records: usize) -> anyhow::Result<f64> {
+    let job = streamjob_crds::parse_manifest(manifest).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pipeline = CompiledPipeline::compile(&job.spec.pipeline)?;
+    let settings = EngineSettings {
+        source_format: job.spec.source.format,
+        sink_format: job.spec.sink.format,
+        dead_letter: false,
+        repartition: pipeline.window.is_some().then(|| ("bench-repartition".to_owned(), 6)),
+        flush_interval_ms: 200,
+        idle_timeout_ms: 10_000,
+        max_partials: 100_000,
+    };
+    let mut engine = Engine::new(settings, pipeline, Arc::default(), Arc::default());
+    engine.assign("bench", 0, None);
+    let payloads: Vec<String> = (0..10_000).map(make).collect();
+    let started = Instant::now();
+    let now_ms = 1_700_000_000_000;
+    for offset in 0..records {
+        let payload = payloads[offset % payloads.len()].as_bytes();
+        let input = Input {
+            topic: "bench",
+            partition: 0,
+            offset: offset as i64,
+            key: Some(b"key"),
+            payload: Some(payload),
+            timestamp_ms: Some(now_ms),
+        };
+        engine.on_input(&input, now_ms);
+        if offset % 256 == 255 {
+            engine.on_tick(now_ms);
+            let outputs = engine.take_outputs();
+            for ticket in outputs.iter().filter_map(|output| output.ticket) {
+                engine.on_delivery(ticket, Ok(()), now_ms);
+            }
+            engine.recycle_outputs(outputs);
+        }
+    }
+    Ok(records as f64 / started.elapsed().as_secs_f64())
+}
+
 fn job(source_topic: &str, format: &str, pipeline: &str, sink: &str) -> String {
     format!(
         "apiVersion: streamjob.io/v1alpha1\nkind: StreamJob\nmetadata: {{name: bench}}\nspec:\n  source:\n    \
@@ -233,30 +282,9 @@ fn job(source_topic: &str, format: &str, pipeline: &str, sink: &str) -> String {
     )
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let mock;
-    let bootstrap = match &args.bootstrap {
-        Some(bootstrap) => bootstrap.clone(),
-        None => {
-            mock = MockBroker::start(1)?;
-            for topic in ["bench-json", "bench-text"] {
-                mock.create_topic(topic, args.partitions)?;
-            }
-            for topic in ["bench-out-b", "bench-out-c", "bench-out-d", "bench-hand-b", "bench-hand-c"] {
-                mock.create_topic(topic, args.partitions)?;
-            }
-            mock.bootstrap_servers()
-        }
-    };
-    let n = args.records;
-    produce(&bootstrap, "bench-json", n, json_record)?;
-    produce(&bootstrap, "bench-text", n, text_record)?;
-
-    let (json_records, text_records) = (retained(&bootstrap, "bench-json")?, retained(&bootstrap, "bench-text")?);
-    println!("retained by the broker: {json_records} JSON, {text_records} text records");
-    let raw = median_of(args.repeat, |_| raw_consumer(&bootstrap, "bench-json", json_records))?;
-    let cases = [
+/// (letter, description, job manifest, input topic)
+fn cases() -> [(char, &'static str, String, &'static str); 3] {
+    [
         ('b', "(b) worker, passthrough (json in, json out)", job("bench-json", "json", "[]", "bench-out-b"), "bench-json"),
         (
             'c',
@@ -280,14 +308,52 @@ fn main() -> anyhow::Result<()> {
             ),
             "bench-text",
         ),
-    ];
+    ]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let selected = |letter: &char| args.cases.contains(*letter);
+    if args.engine_only {
+        println!("{:<44} {:>12}", "engine alone (no Kafka)", "records/s");
+        for (letter, case, manifest, topic) in cases().iter().filter(|(letter, ..)| selected(letter)) {
+            let make = if *topic == "bench-json" { json_record } else { text_record };
+            let alone = median_of(args.repeat, |_| engine_alone(manifest, make, args.records))?;
+            println!("{case:<44} {alone:>12.0}   ({letter})");
+        }
+        return Ok(());
+    }
+    let mock;
+    let bootstrap = match &args.bootstrap {
+        Some(bootstrap) => bootstrap.clone(),
+        None => {
+            mock = MockBroker::start(1)?;
+            for topic in ["bench-json", "bench-text"] {
+                mock.create_topic(topic, args.partitions)?;
+            }
+            for topic in ["bench-out-b", "bench-out-c", "bench-out-d", "bench-hand-b", "bench-hand-c"] {
+                mock.create_topic(topic, args.partitions)?;
+            }
+            mock.bootstrap_servers()
+        }
+    };
+    let n = args.records;
+    produce(&bootstrap, "bench-json", n, json_record)?;
+    produce(&bootstrap, "bench-text", n, text_record)?;
+
+    let (json_records, text_records) = (retained(&bootstrap, "bench-json")?, retained(&bootstrap, "bench-text")?);
+    println!("retained by the broker: {json_records} JSON, {text_records} text records");
+    let raw = median_of(args.repeat, |_| raw_consumer(&bootstrap, "bench-json", json_records))?;
+    let cases = cases();
     let mut results = vec![("(a) raw rdkafka consumer, counting", raw, None)];
-    for (letter, case, manifest, topic) in cases.iter().filter(|(letter, ..)| args.cases.contains(*letter)) {
+    for (letter, case, manifest, topic) in cases.iter().filter(|(letter, ..)| selected(letter)) {
         let records = if *topic == "bench-json" { json_records } else { text_records };
         let rate =
             median_of(args.repeat, |run| worker_rate(&bootstrap, manifest, records, &format!("bench-{letter}-{run}")))?;
         let hand = median_of(args.repeat, |_| hand_written(&bootstrap, *letter, records))?;
-        results.push((case, rate, Some(hand)));
+        let make = if *topic == "bench-json" { json_record } else { text_record };
+        let alone = median_of(args.repeat, |_| engine_alone(manifest, make, n))?;
+        results.push((case, rate, Some((hand, alone))));
     }
     println!(
         "\n{n} records, {} partitions, broker {}, median of {} runs",
@@ -295,10 +361,14 @@ fn main() -> anyhow::Result<()> {
         if args.bootstrap.is_some() { bootstrap.as_str() } else { "in-process mock cluster" },
         args.repeat.max(1)
     );
-    println!("{:<44} {:>12} {:>8}   {:>22}", "case", "records/s", "ratio", "hand-written loop");
-    for (case, value, hand) in results {
-        let hand = hand.map_or(String::new(), |h| format!("{h:>12.0} {:>8.2}", h / raw));
-        println!("{case:<44} {value:>12.0} {:>8.2}   {hand}", value / raw);
+    println!(
+        "{:<44} {:>12} {:>8}   {:>21}   {:>12}",
+        "case", "records/s", "ratio", "hand-written loop", "engine alone"
+    );
+    for (case, value, others) in results {
+        let others =
+            others.map_or(String::new(), |(hand, alone)| format!("{hand:>12.0} {:>8.2}   {alone:>12.0}", hand / raw));
+        println!("{case:<44} {value:>12.0} {:>8.2}   {others}", value / raw);
     }
     Ok(())
 }

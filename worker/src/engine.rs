@@ -883,8 +883,14 @@ fn contribution(window: &WindowOperator, record: &Record) -> Result<(i64, Accumu
 #[derive(Default)]
 struct StagedContributions {
     keys: String,
-    /// (end of the key in `keys`, event time, contribution)
-    entries: Vec<(usize, i64, Accumulator)>,
+    entries: Vec<StagedContribution>,
+}
+
+struct StagedContribution {
+    /// Where the key ends in `keys`; it starts where the one before ends.
+    key_end: usize,
+    event_ms: i64,
+    accumulator: Accumulator,
 }
 
 impl StagedContributions {
@@ -895,12 +901,18 @@ impl StagedContributions {
 
     fn push(&mut self, key: &str, event_ms: i64, accumulator: Accumulator) {
         self.keys.push_str(key);
-        self.entries.push((self.keys.len(), event_ms, accumulator));
+        self.entries.push(StagedContribution { key_end: self.keys.len(), event_ms, accumulator });
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&str, i64, &Accumulator)> {
-        let starts = std::iter::once(0).chain(self.entries.iter().map(|(end, ..)| *end));
-        starts.zip(&self.entries).map(|(start, (end, event_ms, a))| (&self.keys[start..*end], *event_ms, a))
+    fn key(&self, index: usize) -> &str {
+        let start = index.checked_sub(1).map_or(0, |before| self.entries[before].key_end);
+        &self.keys[start..self.entries[index].key_end]
+    }
+
+    /// The end of the run of entries from `start` on that share its event time.
+    fn same_time_run_end(&self, start: usize) -> usize {
+        let event_ms = self.entries[start].event_ms;
+        start + self.entries[start..].iter().take_while(|entry| entry.event_ms == event_ms).count()
     }
 }
 
@@ -918,8 +930,7 @@ impl Emit for Stager<'_> {
     }
 
     fn key_only(&mut self, key: &str, timestamp_ms: i64) -> Result<(), StageError> {
-        let fields = serde_json::Value::Object(serde_json::Map::new());
-        let (event_ms, accumulator) = contribution(self.window, &Record { fields, key: None, timestamp_ms })?;
+        let (event_ms, accumulator) = self.window.key_only_contribution(timestamp_ms)?;
         self.staged.push(key, event_ms, accumulator);
         Ok(())
     }
@@ -931,27 +942,35 @@ impl SourceStage {
     fn add_partials(&mut self, window: &WindowOperator, staged: &StagedContributions) -> Option<(i64, i64)> {
         let watermark = self.max_event_ms.map(|m| m - window.allowed_lateness_ms);
         let mut late = None;
-        for (key, event_ms, accumulator) in staged.iter() {
+        let mut run_start = 0;
+        // The pieces of one record mostly share its event time: their windows are found once.
+        while run_start < staged.entries.len() {
+            let run_end = staged.same_time_run_end(run_start);
+            let event_ms = staged.entries[run_start].event_ms;
             let mut open = window
                 .window_starts(event_ms)
                 .filter(|start| watermark.is_none_or(|w| start + window.size_ms > w))
                 .peekable();
             if open.peek().is_none() {
                 late = Some((event_ms, watermark.unwrap_or_default()));
-                continue;
-            }
-            for start in open {
-                let keys = self.partials.entry(start).or_default();
-                match keys.get_mut(key) {
-                    Some(partial) => partial.merge(accumulator),
-                    None => {
-                        keys.insert(key.to_owned(), *accumulator);
-                        self.partial_count += 1;
+            } else {
+                for start in open {
+                    let keys = self.partials.entry(start).or_default();
+                    for index in run_start..run_end {
+                        let accumulator = &staged.entries[index].accumulator;
+                        match keys.get_mut(staged.key(index)) {
+                            Some(partial) => partial.merge(accumulator),
+                            None => {
+                                keys.insert(staged.key(index).to_owned(), *accumulator);
+                                self.partial_count += 1;
+                            }
+                        }
                     }
                 }
+                self.max_event_ms = Some(self.max_event_ms.map_or(event_ms, |m| m.max(event_ms)));
+                self.progress_unsent = true;
             }
-            self.max_event_ms = Some(self.max_event_ms.map_or(event_ms, |m| m.max(event_ms)));
-            self.progress_unsent = true;
+            run_start = run_end;
         }
         late
     }

@@ -386,19 +386,13 @@ impl Split {
     }
 
     /// The non-empty pieces of `text`: split at the separator, else at whitespace.
-    fn pieces<'a>(&'a self, text: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        let (at_separator, at_ascii_whitespace, at_whitespace) = match &self.separator {
-            Some(separator) => (Some(text.split(separator.as_str())), None, None),
+    fn pieces<'a>(&'a self, text: &'a str) -> PiecesAt<'a> {
+        match &self.separator {
+            Some(separator) => PiecesAt::Separator(text.split(separator.as_str())),
             // The same pieces for ASCII text, found without decoding characters.
-            None if text.is_ascii() => (None, Some(text.split_ascii_whitespace()), None),
-            None => (None, None, Some(text.split_whitespace())),
-        };
-        at_separator
-            .into_iter()
-            .flatten()
-            .chain(at_ascii_whitespace.into_iter().flatten())
-            .chain(at_whitespace.into_iter().flatten())
-            .filter(|piece| !piece.is_empty())
+            None if text.is_ascii() => PiecesAt::AsciiWhitespace(text.split_ascii_whitespace()),
+            None => PiecesAt::Whitespace(text.split_whitespace()),
+        }
     }
 
     fn apply(&self, mut record: Record, rest: &[Operator], emit: &mut impl Emit) -> Result<(), StageError> {
@@ -445,6 +439,25 @@ impl Split {
             run_stateless_into(rest, copy, emit)?;
         }
         Ok(())
+    }
+}
+
+/// The pieces of a text, split at what a split stage names.
+enum PiecesAt<'a> {
+    Separator(std::str::Split<'a, &'a str>),
+    AsciiWhitespace(std::str::SplitAsciiWhitespace<'a>),
+    Whitespace(std::str::SplitWhitespace<'a>),
+}
+
+impl<'a> Iterator for PiecesAt<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        match self {
+            Self::Separator(pieces) => pieces.find(|piece| !piece.is_empty()),
+            Self::AsciiWhitespace(pieces) => pieces.next(),
+            Self::Whitespace(pieces) => pieces.next(),
+        }
     }
 }
 
@@ -538,6 +551,15 @@ impl WindowOperator {
             .map(move |i| first_start + i * self.slide_ms)
             .take_while(move |start| *start <= last_start)
             .filter(move |start| start + self.size_ms > event_time)
+    }
+
+    /// The event time and contribution of a record that is only a key and a timestamp.
+    pub fn key_only_contribution(&self, timestamp_ms: i64) -> Result<(i64, Accumulator), StageError> {
+        if self.time_field.is_none() && self.field.is_none() {
+            return Ok((timestamp_ms, Accumulator::one(0.0)));
+        }
+        let record = Record { fields: Value::Object(Map::new()), key: None, timestamp_ms };
+        Ok((self.event_time(&record)?, self.accumulate(&record)?))
     }
 
     /// The aggregate's contribution of one record.
