@@ -363,7 +363,7 @@ impl Engine {
     /// Decodes the record's value; of a JSON object, only the `fields` some stage reads.
     fn decode(&self, input: &Input<'_>, fields: &Fields) -> Result<Record, StageError> {
         let fields = pipeline::decode(self.settings.source_format, input.payload, fields)?;
-        let key = input.key.map(|k| String::from_utf8_lossy(k).into_owned());
+        let key = input.key.map(<[u8]>::to_vec);
         Ok(Record { fields, key, timestamp_ms: input.timestamp_ms.unwrap_or_default() })
     }
 
@@ -379,7 +379,7 @@ impl Engine {
                 let ticket = self.ticket(index, input.offset, input.timestamp_ms, Destination::Sink);
                 self.slots[index].progress.hold(input.offset, records.len() as u32);
                 for record in records {
-                    self.send_result(&record, ticket);
+                    self.send_result(record, ticket);
                 }
             }
             Err(error) => self.reject(index, input, &error, false),
@@ -413,11 +413,11 @@ impl Engine {
         }
     }
 
-    fn send_result(&mut self, record: &Record, ticket: Ticket) {
+    fn send_result(&mut self, record: Record, ticket: Ticket) {
         self.outbox.push(Output {
             destination: Destination::Sink,
-            key: record.key.clone().map(String::into_bytes),
-            payload: pipeline::encode(self.settings.sink_format, record),
+            payload: pipeline::encode(self.settings.sink_format, &record),
+            key: record.key,
             headers: Vec::new(),
             ticket: Some(ticket),
         });
@@ -755,7 +755,7 @@ impl Engine {
             stage.emitted.push((start + window.size_ms, hold));
         }
         for record in results {
-            self.send_result(&record, ticket);
+            self.send_result(record, ticket);
         }
     }
 
@@ -925,7 +925,8 @@ struct Stager<'a> {
 impl Emit for Stager<'_> {
     fn record(&mut self, record: Record) -> Result<(), StageError> {
         let (event_ms, accumulator) = contribution(self.window, &record)?;
-        self.staged.push(record.key.as_deref().unwrap_or_default(), event_ms, accumulator);
+        let key = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default());
+        self.staged.push(&key, event_ms, accumulator);
         Ok(())
     }
 
@@ -1111,6 +1112,28 @@ mod tests {
         read(&mut filtering, "events", 0, Some("k0"), br#"{"type": "view"}"#, 0);
         assert!(filtering.take_outputs().is_empty(), "a filtered-out record is not sent");
         assert_eq!(filtering.commits(true).first().map(|c| c.offset), Some(1), "and its offset is committable");
+    }
+
+    /// A key that is not text (a serialized number, say) keeps its bytes through stages that
+    /// change the value, so the sink partitions it as the source did.
+    #[test]
+    fn an_input_key_leaves_byte_for_byte() {
+        let mut engine = direct_engine("[{map: {set: {seen: true}}}]");
+        engine.assign("events", 0, None);
+        let key = [0xff, 0x00, 0x80, b'k'];
+        let input = Input {
+            topic: "events",
+            partition: 0,
+            offset: 0,
+            key: Some(&key),
+            payload: Some(b"{}"),
+            timestamp_ms: None,
+        };
+        engine.on_input(&input, 0);
+        let outputs = engine.take_outputs();
+        assert_eq!(outputs.len(), 1);
+        assert_eq!(outputs[0].key.as_deref(), Some(&key[..]));
+        assert_eq!(outputs[0].payload, br#"{"seen":true}"#);
     }
 
     /// A record is processed whole or not at all: when one of its pieces fails, none of the

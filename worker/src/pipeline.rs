@@ -195,7 +195,7 @@ impl Operator {
                 } else {
                     key_text(field.get(&record.fields).filter(|v| !v.is_null()).ok_or_else(missing)?)
                 };
-                record.key = Some(key);
+                record.key = Some(key.into_bytes());
                 run_stateless_into(rest, record, emit)
             }
         }
@@ -209,7 +209,7 @@ pub trait Emit {
     /// A record that is nothing but its key and timestamp (a split piece that became the key).
     /// The key is lent, so a receiver that already holds it need not copy it.
     fn key_only(&mut self, key: &str, timestamp_ms: i64) -> Result<(), StageError> {
-        self.record(Record { fields: Value::Object(Map::new()), key: Some(key.to_owned()), timestamp_ms })
+        self.record(Record { fields: Value::Object(Map::new()), key: Some(key.as_bytes().to_vec()), timestamp_ms })
     }
 }
 
@@ -426,7 +426,7 @@ impl Split {
                     _ => {
                         let keyed = Record {
                             fields: Value::Object(Map::new()),
-                            key: Some(piece.to_owned()),
+                            key: Some(piece.as_bytes().to_vec()),
                             timestamp_ms: record.timestamp_ms,
                         };
                         run_stateless_into(rest, keyed, emit)?
@@ -641,7 +641,11 @@ pub fn window_result(window: &WindowOperator, key: &str, start_ms: i64, accumula
     fields.insert("windowStart".into(), Value::String(rfc3339(start_ms)));
     fields.insert("windowEnd".into(), Value::String(rfc3339(start_ms + window.size_ms)));
     fields.insert(function_name(window.function).into(), accumulator.result(window.function));
-    Record { fields: Value::Object(fields), key: Some(key.to_owned()), timestamp_ms: start_ms + window.size_ms - 1 }
+    Record {
+        fields: Value::Object(fields),
+        key: Some(key.as_bytes().to_vec()),
+        timestamp_ms: start_ms + window.size_ms - 1,
+    }
 }
 
 pub fn rfc3339(epoch_ms: i64) -> String {
@@ -722,8 +726,12 @@ mod tests {
     }
 
     fn run(pipeline: &CompiledPipeline, fields: Value) -> Vec<Record> {
-        let record = Record { fields, key: Some("input-key".into()), timestamp_ms: 0 };
+        let record = Record { fields, key: Some(b"input-key".to_vec()), timestamp_ms: 0 };
         run_stateless(&pipeline.before_window, record).expect("runs")
+    }
+
+    fn key_of(record: &Record) -> Option<&str> {
+        record.key.as_deref().map(|key| std::str::from_utf8(key).expect("text key"))
     }
 
     #[test]
@@ -744,11 +752,11 @@ mod tests {
     fn key_by_moves_a_value_into_the_key_only_when_no_later_stage_reads_it() {
         let read_later = compile("[{keyBy: {field: user}}, {filter: {field: user, op: eq, value: a}}]");
         let records = run(&read_later, json!({"user": "a", "n": 1}));
-        assert_eq!((records[0].key.as_deref(), &records[0].fields), (Some("a"), &json!({"user": "a", "n": 1})));
+        assert_eq!((key_of(&records[0]), &records[0].fields), (Some("a"), &json!({"user": "a", "n": 1})));
 
         let counted = compile("[{keyBy: {field: user}}, {window: {size: 10s, aggregate: {function: count}}}]");
         let records = run(&counted, json!({"user": 7, "n": 1}));
-        assert_eq!((records[0].key.as_deref(), &records[0].fields), (Some("7"), &json!({"n": 1})));
+        assert_eq!((key_of(&records[0]), &records[0].fields), (Some("7"), &json!({"n": 1})));
         let missing =
             run_stateless(&counted.before_window, Record { fields: json!({"user": null}), ..Record::default() });
         assert!(missing.is_err_and(|e| e.message == "keyBy field user is missing"));
@@ -774,7 +782,7 @@ mod tests {
             "[{split: {field: text}}, {keyBy: {field: text}}, {window: {size: 10s, aggregate: {function: sum, field: n}}}]",
         );
         let records = run(&summed, json!({"text": "a b", "n": 2, "other": true}));
-        let pieces: Vec<_> = records.iter().map(|r| (r.key.as_deref(), &r.fields)).collect();
+        let pieces: Vec<_> = records.iter().map(|r| (key_of(r), &r.fields)).collect();
         assert_eq!(
             pieces,
             [(Some("a"), &json!({"n": 2, "other": true})), (Some("b"), &json!({"n": 2, "other": true}))]
@@ -785,11 +793,11 @@ mod tests {
         );
         assert_eq!(counted.before_window.len(), 1, "the split makes its pieces the keys itself");
         let records = run(&counted, json!({"text": "a b", "n": 2}));
-        let pieces: Vec<_> = records.iter().map(|r| (r.key.as_deref(), &r.fields)).collect();
+        let pieces: Vec<_> = records.iter().map(|r| (key_of(r), &r.fields)).collect();
         assert_eq!(pieces, [(Some("a"), &json!({})), (Some("b"), &json!({}))]);
 
         let to_sink = compile("[{split: {field: text}}]");
         let records = run(&to_sink, json!({"text": "a", "n": 2}));
-        assert_eq!((records[0].key.as_deref(), &records[0].fields), (Some("input-key"), &json!({"text": "a", "n": 2})));
+        assert_eq!((key_of(&records[0]), &records[0].fields), (Some("input-key"), &json!({"text": "a", "n": 2})));
     }
 }

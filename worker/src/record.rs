@@ -7,8 +7,8 @@ use serde_json::{Map, Value};
 pub struct Record {
     /// The decoded value: a JSON object for `json` sources, `{"value": ...}` for text and bytes.
     pub fields: Value,
-    /// The key set by `keyBy`, else the input's Kafka key.
-    pub key: Option<String>,
+    /// The key set by `keyBy` (text), else the input's Kafka key, byte for byte.
+    pub key: Option<Vec<u8>>,
     /// Event time in epoch milliseconds: the Kafka timestamp until a window reads `timeField`.
     pub timestamp_ms: i64,
 }
