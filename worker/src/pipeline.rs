@@ -311,14 +311,22 @@ fn compare(a: &Value, b: &Value) -> std::cmp::Ordering {
 #[derive(Debug)]
 pub struct MapOperator {
     select: Option<Vec<FieldPath>>,
+    /// No selected path lies in another: each value can move out instead of being copied.
+    select_moves: bool,
     rename: Vec<(FieldPath, FieldPath)>,
     set: Vec<(FieldPath, Value)>,
 }
 
 impl MapOperator {
     fn compile(spec: &MapStage, _stage: String) -> Self {
+        let select: Option<Vec<FieldPath>> =
+            spec.select.as_ref().map(|paths| paths.iter().map(|p| FieldPath::parse(p)).collect());
+        let select_moves = select
+            .as_ref()
+            .is_some_and(|paths| paths.iter().enumerate().all(|(i, a)| paths[i + 1..].iter().all(|b| !a.overlaps(b))));
         Self {
-            select: spec.select.as_ref().map(|paths| paths.iter().map(|p| FieldPath::parse(p)).collect()),
+            select,
+            select_moves,
             rename: spec
                 .rename
                 .iter()
@@ -341,8 +349,9 @@ impl MapOperator {
         if let Some(select) = &self.select {
             let mut selected = Value::Object(Map::new());
             for path in select {
-                if let Some(value) = path.get(fields) {
-                    path.set(&mut selected, value.clone());
+                let value = if self.select_moves { path.remove(fields) } else { path.get(fields).cloned() };
+                if let Some(value) = value {
+                    path.set(&mut selected, value);
                 }
             }
             *fields = selected;
@@ -760,6 +769,18 @@ mod tests {
         let missing =
             run_stateless(&counted.before_window, Record { fields: json!({"user": null}), ..Record::default() });
         assert!(missing.is_err_and(|e| e.message == "keyBy field user is missing"));
+    }
+
+    #[test]
+    fn select_keeps_exactly_the_selected_paths_whether_or_not_they_overlap() {
+        let input = json!({"user": {"id": 1, "name": "x", "age": 3}, "amount": 2, "z": 0});
+        let disjoint = compile("[{map: {select: [user.id, user.name, amount, missing], set: {source: web}}}]");
+        assert_eq!(
+            run(&disjoint, input.clone())[0].fields,
+            json!({"user": {"id": 1, "name": "x"}, "amount": 2, "source": "web"})
+        );
+        let overlapping = compile("[{map: {select: [user.id, user]}}]");
+        assert_eq!(run(&overlapping, input)[0].fields, json!({"user": {"id": 1, "name": "x", "age": 3}}));
     }
 
     #[test]

@@ -34,6 +34,11 @@ impl FieldPath {
         self.segments.first().map_or("", String::as_str)
     }
 
+    /// Whether one path is the other or lies inside it (`a` and `a.b`).
+    pub fn overlaps(&self, other: &FieldPath) -> bool {
+        self.segments.iter().zip(&other.segments).all(|(a, b)| a == b)
+    }
+
     pub fn get<'v>(&self, value: &'v Value) -> Option<&'v Value> {
         self.segments.iter().try_fold(value, |current, segment| current.as_object()?.get(segment))
     }
@@ -93,6 +98,16 @@ mod tests {
         assert_eq!(path.remove(&mut value), Some(json!(7)));
         assert_eq!(path.get(&value), None);
         assert_eq!(FieldPath::parse("n.deeper").get(&value), None);
+    }
+
+    #[test]
+    fn paths_overlap_when_one_is_the_other_or_inside_it() {
+        let path = FieldPath::parse;
+        assert!(path("a").overlaps(&path("a")));
+        assert!(path("a").overlaps(&path("a.b")));
+        assert!(path("a.b").overlaps(&path("a")));
+        assert!(!path("a.b").overlaps(&path("a.c")));
+        assert!(!path("a").overlaps(&path("ab")));
     }
 
     #[test]
