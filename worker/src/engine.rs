@@ -745,6 +745,8 @@ impl Engine {
             ) {
                 Ok(records) => results.extend(records),
                 Err(error) => {
+                    self.metrics.records_skipped.get_or_create(&self.slots[index].labels).inc();
+                    self.totals.skipped.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(stage = %error.stage, error = %error.message, key, "window result dropped by a later stage's error")
                 }
             }
@@ -1112,6 +1114,22 @@ mod tests {
         read(&mut filtering, "events", 0, Some("k0"), br#"{"type": "view"}"#, 0);
         assert!(filtering.take_outputs().is_empty(), "a filtered-out record is not sent");
         assert_eq!(filtering.commits(true).first().map(|c| c.offset), Some(1), "and its offset is committable");
+    }
+
+    /// A window result that a later stage rejects is counted as skipped, not lost unseen.
+    #[test]
+    fn a_window_result_a_later_stage_rejects_is_counted() {
+        let pipeline = "[{split: {field: value}}, {keyBy: {field: value}}, \
+                        {window: {size: 10s, aggregate: {function: count}}}, {keyBy: {field: absent}}]";
+        let mut engine = engine(pipeline, SourceFormat::Text, Some(1), false);
+        engine.assign(REPARTITION, 0, None);
+        let window = 1_000 * SECOND;
+        let now = window + 60 * SECOND;
+        read(&mut engine, REPARTITION, 0, Some("fox"), &partial("lines/0", 0, 9, window, 2), now);
+        read(&mut engine, REPARTITION, 1, None, &progress("lines/0", window + 20 * SECOND, true), now);
+        engine.on_tick(now);
+        assert!(sink_counts(&engine.take_outputs()).is_empty());
+        assert_eq!(engine.totals.skipped.load(Ordering::Relaxed), 1);
     }
 
     /// A key that is not text (a serialized number, say) keeps its bytes through stages that
