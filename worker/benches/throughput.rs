@@ -2,9 +2,10 @@
 //! (a) a raw rdkafka consumer that only counts, (b) the worker with a passthrough pipeline,
 //! (c) a JSON filter + map, (d) word count with a 10 s tumbling window, each as records/s and
 //! as a ratio to (a). Each rate is timed from the first record read to the N-th, so group
-//! joins do not count.
+//! joins do not count. Beside each case it prints the same work as a hand-written rdkafka loop,
+//! and the worker's engine alone, without Kafka.
 //!
-//! `cargo bench -p streamjob-worker --bench throughput -- [--records N] [--repeat R] [--bootstrap HOST:PORT]`
+//! `cargo bench -p streamjob-worker --bench throughput -- [--records N] [--repeat R] [--bootstrap HOST:PORT] [--engine-only]`
 //! Without `--bootstrap` the broker is librdkafka's mock cluster in this process.
 
 use std::collections::HashMap;
