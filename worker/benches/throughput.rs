@@ -138,8 +138,8 @@ fn raw_consumer(bootstrap: &str, topic: &str, records: usize) -> anyhow::Result<
 }
 
 /// The same work as a case, written the way a hand-written rdkafka loop does it: no offset
-/// tracking, no dead-letter topic, no metrics. It bounds what the worker can reach on this
-/// machine and broker.
+/// tracking, no dead-letter topic, no metrics: what this machine and broker allow for the
+/// same work.
 fn hand_written(bootstrap: &str, case: char, records: usize) -> anyhow::Result<f64> {
     let producer = producer(bootstrap)?;
     let group = format!("streamjob-bench-hand-{case}");
@@ -233,8 +233,8 @@ fn worker_rate(bootstrap: &str, manifest: &str, records: usize, group: &str) -> 
 }
 
 /// The engine alone, without Kafka: records/s of `make`'s records through `manifest`'s
-/// pipeline, every output acknowledged at once. It shows the processing cost apart from the
-/// client and broker (and is steadier than the Kafka cases on a shared machine).
+/// pipeline, every output acknowledged at once: the processing cost apart from the client and
+/// the broker.
 fn engine_alone(manifest: &str, make: fn(usize) -> String, records: usize) -> anyhow::Result<f64> {
     let job = streamjob_crds::parse_manifest(manifest).map_err(|e| anyhow::anyhow!("{e}"))?;
     let pipeline = CompiledPipeline::compile(&job.spec.pipeline)?;
