@@ -18,9 +18,10 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseRecord, Producer};
-use streamjob_worker::engine::{Engine, EngineSettings, Input};
+use streamjob_worker::engine::{Engine, Input};
 use streamjob_worker::mock_broker::MockBroker;
 use streamjob_worker::pipeline::CompiledPipeline;
+use streamjob_worker::runner::engine_settings;
 use streamjob_worker::topic_io::{assign_from_beginning, producer, send_waiting};
 use streamjob_worker::{Control, Overrides, WorkerConfig};
 
@@ -237,16 +238,10 @@ fn worker_rate(bootstrap: &str, manifest: &str, records: usize, group: &str) -> 
 /// the broker.
 fn engine_alone(manifest: &str, make: fn(usize) -> String, records: usize) -> anyhow::Result<f64> {
     let job = streamjob_crds::parse_manifest(manifest).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let pipeline = CompiledPipeline::compile(&job.spec.pipeline)?;
-    let settings = EngineSettings {
-        source_format: job.spec.source.format,
-        sink_format: job.spec.sink.format,
-        dead_letter: false,
-        repartition: pipeline.window.is_some().then(|| ("bench-repartition".to_owned(), 6)),
-        flush_interval_ms: 200,
-        idle_timeout_ms: 10_000,
-        max_partials: 100_000,
-    };
+    let config = WorkerConfig::from_job(job, &Overrides::default(), |_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pipeline = CompiledPipeline::compile(&config.job.spec.pipeline)?;
+    let repartition = pipeline.window.is_some().then(|| (config.repartition_topic(), 6));
+    let settings = engine_settings(&config, repartition);
     let mut engine = Engine::new(settings, pipeline, Arc::default(), Arc::default());
     engine.assign("bench", 0, None);
     let payloads: Vec<String> = (0..10_000).map(make).collect();

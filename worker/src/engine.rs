@@ -875,11 +875,6 @@ fn forwards_input_unchanged(pipeline: &CompiledPipeline, source: SourceFormat, s
         && pipeline.before_window.iter().all(|operator| matches!(operator, pipeline::Operator::Filter(_)))
 }
 
-/// A keyed record's event time and its contribution to the aggregate.
-fn contribution(window: &WindowOperator, record: &Record) -> Result<(i64, Accumulator), StageError> {
-    Ok((window.event_time(record)?, window.accumulate(record)?))
-}
-
 /// One input record's keyed contributions, held back until every piece of it has gone through
 /// the stages, so a record that fails part way adds nothing. The keys share one string.
 #[derive(Default)]
@@ -926,7 +921,7 @@ struct Stager<'a> {
 
 impl Emit for Stager<'_> {
     fn record(&mut self, record: Record) -> Result<(), StageError> {
-        let (event_ms, accumulator) = contribution(self.window, &record)?;
+        let (event_ms, accumulator) = self.window.contribution(&record)?;
         let key = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default());
         self.staged.push(&key, event_ms, accumulator);
         Ok(())

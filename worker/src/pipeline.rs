@@ -209,7 +209,7 @@ pub trait Emit {
     /// A record that is nothing but its key and timestamp (a split piece that became the key).
     /// The key is lent, so a receiver that already holds it need not copy it.
     fn key_only(&mut self, key: &str, timestamp_ms: i64) -> Result<(), StageError> {
-        self.record(Record { fields: Value::Object(Map::new()), key: Some(key.as_bytes().to_vec()), timestamp_ms })
+        self.record(Record::key_only(Some(key), timestamp_ms))
     }
 }
 
@@ -432,14 +432,7 @@ impl Split {
             if self.pieces_become_keys {
                 match rest {
                     [] => emit.key_only(piece, record.timestamp_ms)?,
-                    _ => {
-                        let keyed = Record {
-                            fields: Value::Object(Map::new()),
-                            key: Some(piece.as_bytes().to_vec()),
-                            timestamp_ms: record.timestamp_ms,
-                        };
-                        run_stateless_into(rest, keyed, emit)?
-                    }
+                    _ => run_stateless_into(rest, Record::key_only(Some(piece), record.timestamp_ms), emit)?,
                 }
                 continue;
             }
@@ -562,13 +555,18 @@ impl WindowOperator {
             .filter(move |start| start + self.size_ms > event_time)
     }
 
-    /// The event time and contribution of a record that is only a key and a timestamp.
+    /// A keyed record's event time and its contribution to the aggregate.
+    pub fn contribution(&self, record: &Record) -> Result<(i64, Accumulator), StageError> {
+        Ok((self.event_time(record)?, self.accumulate(record)?))
+    }
+
+    /// [`Self::contribution`] of a record that is only a key and a timestamp, without building it
+    /// when the window reads no field.
     pub fn key_only_contribution(&self, timestamp_ms: i64) -> Result<(i64, Accumulator), StageError> {
         if self.time_field.is_none() && self.field.is_none() {
             return Ok((timestamp_ms, Accumulator::one(0.0)));
         }
-        let record = Record { fields: Value::Object(Map::new()), key: None, timestamp_ms };
-        Ok((self.event_time(&record)?, self.accumulate(&record)?))
+        self.contribution(&Record::key_only(None, timestamp_ms))
     }
 
     /// The aggregate's contribution of one record.

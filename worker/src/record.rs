@@ -13,6 +13,13 @@ pub struct Record {
     pub timestamp_ms: i64,
 }
 
+impl Record {
+    /// A record with no fields: only a key (text) and a timestamp.
+    pub fn key_only(key: Option<&str>, timestamp_ms: i64) -> Self {
+        Self { fields: Value::Object(Map::new()), key: key.map(|k| k.as_bytes().to_vec()), timestamp_ms }
+    }
+}
+
 /// A dotted path (`user.id`) split once into its segments.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldPath {

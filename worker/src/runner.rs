@@ -450,6 +450,20 @@ fn create_consumer(config: &WorkerConfig, shared: Arc<Shared>) -> Result<WorkerC
         .map_err(|source| WorkerError::Client { client: "consumer", source })
 }
 
+/// The engine's settings for `config`'s job; `repartition` is the repartition topic and its
+/// partition count, for windowed jobs.
+pub fn engine_settings(config: &WorkerConfig, repartition: Option<(String, i32)>) -> EngineSettings {
+    EngineSettings {
+        source_format: config.job.spec.source.format,
+        sink_format: config.job.spec.sink.format,
+        dead_letter: config.job.spec.sink.dead_letter_topic.is_some(),
+        repartition,
+        flush_interval_ms: config.timings.flush_interval.as_millis() as i64,
+        idle_timeout_ms: config.timings.idle_timeout.as_millis() as i64,
+        max_partials: 100_000,
+    }
+}
+
 /// Runs the worker until `control.shutdown` (drain, commit, leave) or `control.abandon`.
 pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
     let pipeline = CompiledPipeline::compile(&config.job.spec.pipeline)?;
@@ -460,15 +474,7 @@ pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
     } else {
         None
     };
-    let settings = EngineSettings {
-        source_format: config.job.spec.source.format,
-        sink_format: config.job.spec.sink.format,
-        dead_letter: config.job.spec.sink.dead_letter_topic.is_some(),
-        repartition: repartition.clone(),
-        flush_interval_ms: config.timings.flush_interval.as_millis() as i64,
-        idle_timeout_ms: config.timings.idle_timeout.as_millis() as i64,
-        max_partials: 100_000,
-    };
+    let settings = engine_settings(&config, repartition.clone());
     let engine = Engine::new(settings, pipeline, control.metrics.clone(), control.totals.clone());
     let exactly_once = config.exactly_once();
     let producer = create_producer(&config, &config.source_bootstrap, exactly_once)?;
