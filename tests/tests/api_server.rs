@@ -9,40 +9,17 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, CustomResourceExt, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 use streamjob_crds::{parse_manifest, Phase, StreamJob};
-use streamjob_e2e::{api_server, eventually, free_port, repo_root, workspace_binary, ChildGuard};
+use streamjob_e2e::{
+    api_server, eventually, free_port, fresh_namespace, install_crd, repo_root, workspace_binary, ChildGuard,
+};
 use streamjob_operator::run::{run_with_client, RunOptions};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn install_crd(client: &Client) -> anyhow::Result<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        "streamjobs.streamjob.io",
-        &PatchParams::apply("streamjob-e2e").force(),
-        &Patch::Apply(StreamJob::crd()),
-    )
-    .await?;
-    eventually(WAIT, "the CRD to be Established", || async {
-        let crd = crds.get("streamjobs.streamjob.io").await.ok()?;
-        let established = crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
-        established.then_some(())
-    })
-    .await
-}
-
-async fn fresh_namespace(client: &Client, prefix: &str) -> anyhow::Result<String> {
-    let name = format!("{prefix}-{}", std::process::id());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
-    namespaces.create(&PostParams::default(), &namespace).await?;
-    Ok(name)
-}
 
 fn example(file: &str) -> anyhow::Result<StreamJob> {
     let text = std::fs::read_to_string(repo_root().join("examples").join(file))?;
@@ -86,7 +63,11 @@ async fn operator_reconciles_jobs_on_a_real_api_server() -> anyhow::Result<()> {
     );
 
     let controller = tokio::spawn(run_with_client(client.clone(), run_options("e2e", false, &namespace)));
-    let created = jobs.create(&PostParams::default(), &example("wordcount.yaml")?).await?;
+    // A fixed-size job: spec.replicas (and the scale subresource) size it.
+    let mut fixed_size = example("wordcount.yaml")?;
+    fixed_size.spec.autoscaling = None;
+    fixed_size.spec.replicas = 2;
+    let created = jobs.create(&PostParams::default(), &fixed_size).await?;
     let uid = created.uid().expect("uid");
 
     // Children within 5 s, owned by the job.
@@ -141,14 +122,12 @@ async fn operator_reconciles_jobs_on_a_real_api_server() -> anyhow::Result<()> {
     })
     .await?;
 
-    // Deletion: children carry the owner reference; a full cluster's garbage collector removes them.
+    // Deletion: children carry the owner reference; the garbage collector removes them.
     jobs.delete("wordcount", &DeleteParams::default()).await?;
-    if env.full_cluster {
-        eventually(Duration::from_secs(60), "children garbage-collected", || async {
-            sets.get_opt("wordcount").await.ok()?.is_none().then_some(())
-        })
-        .await?;
-    }
+    eventually(Duration::from_secs(60), "children garbage-collected", || async {
+        sets.get_opt("wordcount").await.ok()?.is_none().then_some(())
+    })
+    .await?;
     eventually(WAIT, "the job gone", || async { jobs.get_opt("wordcount").await.ok()?.is_none().then_some(()) })
         .await?;
     controller.abort();

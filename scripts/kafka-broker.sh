@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# A real Apache Kafka cluster (KRaft, each node broker and controller) on loopback, for the
+# tests. The jars come from Maven Central through tests/broker/pom.xml and are cached outside
+# the clone.
+#
+#   scripts/kafka-broker.sh start DIR [NODES]   format and start NODES (default 1) nodes in DIR;
+#                                               prints STREAMJOB_TEST_BOOTSTRAP=host:port,...
+#   scripts/kafka-broker.sh stop DIR            stop them
+#   scripts/kafka-broker.sh libs                resolve the jars; prints their folder
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+pom="$root/tests/broker/pom.xml"
+
+libs() {
+  local version pins dir
+  version=$(sed -n 's|.*<kafka.version>\(.*\)</kafka.version>.*|\1|p' "$pom")
+  pins=$(sha256sum "$pom" | cut -c1-12)
+  dir="${STREAMJOB_CACHE:-$HOME/.cache/streamjob}/kafka/$version-$pins"
+  if [ ! -f "$dir/complete" ]; then
+    echo "== resolving Apache Kafka $version from Maven Central into $dir" >&2
+    rm -rf "$dir" && mkdir -p "$dir/libs"
+    mvn -q -B -f "$pom" dependency:copy-dependencies -DincludeScope=runtime \
+      -DoutputDirectory="$dir/libs" >&2
+    touch "$dir/complete"
+  fi
+  echo "$dir/libs"
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+start() {
+  local dir="$1" nodes="${2:-1}" classpath cluster_id voters="" bootstrap="" replication
+  classpath="$(libs)/*"
+  mkdir -p "$dir"
+  dir="$(cd "$dir" && pwd)"
+  cluster_id=$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
+  replication=$(( nodes < 3 ? nodes : 3 ))
+  local -a client_ports controller_ports
+  for node in $(seq 1 "$nodes"); do
+    client_ports[node]=$(free_port)
+    controller_ports[node]=$(free_port)
+    voters+="${voters:+,}$node@127.0.0.1:${controller_ports[node]}"
+    bootstrap+="${bootstrap:+,}127.0.0.1:${client_ports[node]}"
+  done
+  for node in $(seq 1 "$nodes"); do
+    local home="$dir/node-$node"
+    rm -rf "$home" && mkdir -p "$home"
+    cat >"$home/server.properties" <<PROPERTIES
+process.roles=broker,controller
+node.id=$node
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://127.0.0.1:${client_ports[node]},CONTROLLER://127.0.0.1:${controller_ports[node]}
+advertised.listeners=PLAINTEXT://127.0.0.1:${client_ports[node]}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$home/data
+num.partitions=1
+default.replication.factor=$replication
+min.insync.replicas=$(( replication > 1 ? 2 : 1 ))
+offsets.topic.replication.factor=$replication
+transaction.state.log.replication.factor=$replication
+transaction.state.log.min.isr=$(( replication > 1 ? 2 : 1 ))
+group.initial.rebalance.delay.ms=0
+group.min.session.timeout.ms=1000
+auto.create.topics.enable=false
+PROPERTIES
+    java -cp "$classpath" kafka.tools.StorageTool format --ignore-formatted -t "$cluster_id" \
+      -c "$home/server.properties" >"$home/format.log" 2>&1 ||
+      { cat "$home/format.log" >&2; exit 1; }
+    KAFKA_NODE_HOME="$home" nohup java -Xms256m -Xmx768m -XX:+UseG1GC \
+      -Dlog4j2.configurationFile="$root/tests/broker/log4j2.yaml" -cp "$classpath" \
+      kafka.Kafka "$home/server.properties" >"$home/broker.log" 2>&1 &
+    echo $! >"$home/pid"
+  done
+  for node in $(seq 1 "$nodes"); do
+    local home="$dir/node-$node" waited=0
+    until grep -q "Kafka Server started" "$home/broker.log" 2>/dev/null; do
+      if ! kill -0 "$(cat "$home/pid")" 2>/dev/null || [ $waited -ge 120 ]; then
+        echo "Kafka node $node did not start; its log ($home/broker.log) ends:" >&2
+        tail -20 "$home/broker.log" >&2
+        stop "$dir"
+        exit 1
+      fi
+      sleep 1
+      waited=$(( waited + 1 ))
+    done
+  done
+  echo "$bootstrap" >"$dir/bootstrap"
+  echo "STREAMJOB_TEST_BOOTSTRAP=$bootstrap"
+}
+
+stop() {
+  local dir="$1"
+  for pid_file in "$dir"/node-*/pid; do
+    [ -f "$pid_file" ] || continue
+    kill "$(cat "$pid_file")" 2>/dev/null || true
+  done
+  for pid_file in "$dir"/node-*/pid; do
+    [ -f "$pid_file" ] || continue
+    local pid waited=0
+    pid=$(cat "$pid_file")
+    while kill -0 "$pid" 2>/dev/null && [ $waited -lt 30 ]; do sleep 1; waited=$(( waited + 1 )); done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$pid_file"
+  done
+}
+
+case "${1:-}" in
+  start) start "${2:?start DIR [NODES]}" "${3:-1}" ;;
+  stop) stop "${2:?stop DIR}" ;;
+  libs) libs ;;
+  *) echo "usage: $0 start DIR [NODES] | stop DIR | libs" >&2; exit 2 ;;
+esac
