@@ -10,6 +10,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
 
 /// A record as read back from a topic.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,7 +62,7 @@ pub fn send_waiting<'a>(producer: &BaseProducer, mut record: BaseRecord<'a, [u8]
                 producer.poll(Duration::ZERO);
                 return Ok(());
             }
-            Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), returned)) => {
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                 record = returned;
                 producer.poll(Duration::from_millis(10));
             }
@@ -142,24 +143,83 @@ fn read_record(message: &rdkafka::message::BorrowedMessage<'_>) -> ReadRecord {
     }
 }
 
-/// Creates topics with the admin API; existing topics are fine.
-pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<(), KafkaError> {
+/// Why [`create_topics`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateTopicsError {
+    #[error("Kafka client: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("creating topic {topic}: {code}")]
+    Create { topic: String, code: RDKafkaErrorCode },
+    #[error("topic {topic} was not ready with {wanted} within {waited:?} (last seen: {seen})")]
+    NotReady { topic: String, wanted: String, waited: Duration, seen: String },
+}
+
+/// How long [`create_topics`] waits for the broker's metadata to show the topics.
+const TOPIC_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Creates topics with the admin API and waits until the broker's metadata shows each one
+/// with a leader for every partition. A topic that already exists is kept as it is (with the
+/// partitions it has); it is only waited for.
+pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<(), CreateTopicsError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
 
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
     let new_topics: Vec<NewTopic<'_>> =
         topics.iter().map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(-1))).collect();
-    let results = futures::executor::block_on(
-        admin.create_topics(&new_topics, &AdminOptions::new().request_timeout(Some(Duration::from_secs(15)))),
-    )?;
-    for result in results {
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(15)));
+    let results = futures::executor::block_on(admin.create_topics(&new_topics, &options))?;
+    let mut expected = Vec::with_capacity(topics.len());
+    for (result, (name, partitions)) in results.into_iter().zip(topics) {
         match result {
-            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => return Err(KafkaError::AdminOp(code)),
+            Ok(_) => expected.push((*name, Some(*partitions))),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => expected.push((*name, None)),
+            Err((topic, code)) => return Err(CreateTopicsError::Create { topic, code }),
         }
     }
+    // The controller has created them; the broker's metadata follows asynchronously.
+    let checker: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("allow.auto.create.topics", "false").create()?;
+    for (topic, partitions) in expected {
+        wait_until_ready(&checker, topic, partitions)?;
+    }
     Ok(())
+}
+
+/// Waits until `topic` has `partitions` partitions (any number when `None`), each with a leader.
+fn wait_until_ready(checker: &BaseConsumer, topic: &str, partitions: Option<i32>) -> Result<(), CreateTopicsError> {
+    let deadline = Instant::now() + TOPIC_READY_TIMEOUT;
+    loop {
+        let Some(seen) = not_ready_because(checker, topic, partitions) else { return Ok(()) };
+        if Instant::now() >= deadline {
+            let wanted = partitions.map_or("a leader for each partition".to_owned(), |n| format!("{n} led partitions"));
+            return Err(CreateTopicsError::NotReady {
+                topic: topic.to_owned(),
+                wanted,
+                waited: TOPIC_READY_TIMEOUT,
+                seen,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What the broker's metadata shows that keeps `topic` from being ready; `None` once it is.
+fn not_ready_because(checker: &BaseConsumer, topic: &str, partitions: Option<i32>) -> Option<String> {
+    let metadata = match checker.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+        Ok(metadata) => metadata,
+        Err(error) => return Some(error.to_string()),
+    };
+    let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Some("not in the metadata".to_owned());
+    };
+    if let Some(error) = found.error() {
+        return Some(RDKafkaErrorCode::from(error).to_string());
+    }
+    let count = found.partitions().len() as i32;
+    let led = found.partitions().iter().all(|p| p.error().is_none() && p.leader() >= 0);
+    let ready = led && count > 0 && partitions.is_none_or(|wanted| wanted == count);
+    (!ready).then(|| format!("{count} partitions, all with a leader: {led}"))
 }
 
 /// Word counts per (window start, lower-cased word), as a word-count job emits them.

@@ -1,15 +1,19 @@
-//! Shared helpers for the worker's tests against librdkafka's mock cluster.
+//! Shared helpers for the worker's tests: the real Kafka broker they run against, unique
+//! names on it, workers in threads, and deterministic input with its expected output.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use streamjob_worker::topic_io::{self, NewRecord, ReadRecord, WordCounts};
+use streamjob_worker::topic_io::{self, NewRecord, ReadRecord, TopicReader, WordCounts};
 use streamjob_worker::{Control, Overrides, Timings, WorkerConfig, WorkerError};
 
 pub const WINDOW_MS: i64 = 10_000;
+
+/// How long a test waits for a worker's output.
+pub const LIMIT: Duration = Duration::from_secs(90);
 
 pub fn example(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("examples").join(name)
@@ -25,16 +29,78 @@ pub fn fast_timings() -> Timings {
     }
 }
 
-pub fn config(manifest: &str, bootstrap: &str, group: &str, instance: &str) -> WorkerConfig {
+/// The real Kafka broker named by `STREAMJOB_TEST_BOOTSTRAP` (host:port). Unset, a test that
+/// needs it fails under `CI=true` and is skipped elsewhere, saying so on one line.
+pub fn real_broker() -> Option<String> {
+    if let Some(bootstrap) = std::env::var("STREAMJOB_TEST_BOOTSTRAP").ok().filter(|b| !b.is_empty()) {
+        init_logs();
+        return Some(bootstrap);
+    }
+    let in_ci = std::env::var("CI").is_ok_and(|ci| ci.eq_ignore_ascii_case("true") || ci == "1");
+    assert!(
+        !in_ci,
+        "CI=true but STREAMJOB_TEST_BOOTSTRAP is unset: this test needs a real Kafka broker (scripts/test.sh starts one)"
+    );
+    eprintln!("skipping: no real Kafka broker (set STREAMJOB_TEST_BOOTSTRAP)");
+    None
+}
+
+/// `name` made unique to this test run (process id, time, sequence): the broker is shared and
+/// keeps topics, groups and transactional ids across runs.
+pub fn unique(name: &str) -> String {
+    static SEQUENCE: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{name}-{}-{nanos}-{}", std::process::id(), SEQUENCE.fetch_add(1, Ordering::Relaxed))
+}
+
+/// One test's names on the broker: its job's topics, consumer group and member ids.
+pub struct JobNames {
+    pub source: String,
+    pub sink: String,
+    pub dead_letter: String,
+    pub group: String,
+}
+
+impl JobNames {
+    pub fn new(test: &str) -> Self {
+        let id = unique(test);
+        Self {
+            source: format!("{id}-in"),
+            sink: format!("{id}-out"),
+            dead_letter: format!("{id}-dlq"),
+            group: format!("{id}-group"),
+        }
+    }
+
+    /// The worker's instance id (its transactional id under exactly-once) for `member`.
+    pub fn instance(&self, member: &str) -> String {
+        format!("{}-{member}", self.group)
+    }
+}
+
+/// Creates `topics` with the admin API, waiting until the broker shows them.
+pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
+    if let Err(error) = topic_io::create_topics(bootstrap, topics) {
+        panic!("creating {topics:?} on {bootstrap}: {error}");
+    }
+}
+
+/// `manifest`'s job on `bootstrap`, reading and writing the topics of `names`, as `member`.
+pub fn config(manifest: &str, bootstrap: &str, names: &JobNames, member: &str) -> WorkerConfig {
     let overrides = Overrides {
         bootstrap_servers: Some(bootstrap.to_owned()),
-        consumer_group: Some(group.to_owned()),
-        instance_id: Some(instance.to_owned()),
+        consumer_group: Some(names.group.clone()),
+        instance_id: Some(names.instance(member)),
     };
     let mut config = match WorkerConfig::load(&example(manifest), &overrides, |_| None) {
         Ok(config) => config,
         Err(error) => panic!("{manifest}: {error}"),
     };
+    config.job.spec.source.topics = vec![names.source.clone()];
+    config.job.spec.sink.topic = names.sink.clone();
+    if config.job.spec.sink.dead_letter_topic.is_some() {
+        config.job.spec.sink.dead_letter_topic = Some(names.dead_letter.clone());
+    }
     config.timings = fast_timings();
     config
 }
@@ -155,4 +221,34 @@ pub fn init_logs() {
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .with_test_writer()
         .try_init();
+}
+
+/// Polls `condition` every 50 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, condition: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Reads `topic` until its final word counts equal `expected`; fails showing what differs.
+pub fn read_until_counts_are(
+    bootstrap: &str,
+    topic: &str,
+    read_committed: bool,
+    expected: &WordCounts,
+    when: &str,
+) -> TopicReader {
+    let mut sink = TopicReader::new(bootstrap, topic, read_committed).expect("reader");
+    let complete = sink.read_until(LIMIT, |records| final_word_counts(records) == *expected);
+    assert!(
+        complete,
+        "missing or wrong {when}: {:?}",
+        topic_io::word_count_differences(expected, &final_word_counts(&sink.records))
+    );
+    sink
 }
