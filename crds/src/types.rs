@@ -388,9 +388,12 @@ pub type FieldPath = String;
 /// A filter condition: `<field> <op> <value>`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// `string(v) == v` tests that `v` is a string: kube's client-side CEL has no `type()`, and the
+// API server compares a string with an int as unequal.
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.op == 'exists' || has(self.value)", "message": "filter.value is required unless filter.op is exists"},
-    {"rule": "self.op != 'matches' || type(self.value) == string", "message": "filter.value must be a regular expression string when filter.op is matches"}
+    {"rule": "self.op == 'exists' || has(self.value) || has(self.numberValue) || has(self.boolValue)", "message": "filter.value is required unless filter.op is exists"},
+    {"rule": "self.op != 'matches' || !(has(self.numberValue) || has(self.boolValue) || (has(self.value) && string(self.value) != self.value))", "message": "filter.value must be a regular expression string when filter.op is matches"},
+    {"rule": "[has(self.value), has(self.numberValue), has(self.boolValue)].filter(x, x).size() <= 1", "message": "filter sets at most one of value, numberValue, boolValue"}
 ]))]
 pub struct FilterStage {
     /// The field the condition reads (dotted path).
@@ -400,10 +403,27 @@ pub struct FilterStage {
     /// not a number); `contains` tests a substring or list element; `matches` a regular
     /// expression; `exists` that the field is present and not null.
     pub op: FilterOperator,
-    /// The value to compare with (a string, number or boolean).
+    /// The value to compare with: a string or a whole number. For a fractional number use
+    /// `numberValue`, for a boolean `boolValue`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "crate::schema::any_scalar")]
+    #[schemars(schema_with = "crate::schema::int_or_string")]
     pub value: Option<serde_json::Value>,
+    /// The value to compare with, as a number such as `0.5`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number_value: Option<serde_json::Number>,
+    /// The value to compare with, as a boolean.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bool_value: Option<bool>,
+}
+
+impl FilterStage {
+    /// The value the condition compares with, from whichever of `value`, `numberValue`,
+    /// `boolValue` is set.
+    pub fn comparison_value(&self) -> Option<serde_json::Value> {
+        let number = self.number_value.clone().map(serde_json::Value::Number);
+        let boolean = self.bool_value.map(serde_json::Value::Bool);
+        self.value.clone().or(number).or(boolean)
+    }
 }
 
 /// Filter comparison operators.

@@ -59,19 +59,39 @@ pub fn validate_value(value: &Value) -> Result<StreamJob, ManifestErrors> {
     let mut errors = check_identity(value);
     check_structure(openapi_schema(), value, "", &mut errors);
     if !errors.is_empty() {
-        return Err(ManifestErrors(errors));
+        return Err(ManifestErrors(only_unknown_fields_if_any(errors)));
     }
-    if let Err(failures) = Validator::new().validate_compiled(compiled_schema(), value, None) {
+    if let Err(failures) = Validator::new().validate_compiled(compiled_schema(), &without_nulls(value), None) {
         let messages = failures
             .iter()
-            .map(|failure| {
-                format!("{}: Invalid value: \"object\": {}", display_path(&failure.field_path), failure.message)
-            })
+            .map(|failure| format!("{}: Invalid value: {}", display_path(&failure.field_path), failure.message))
             .collect();
         return Err(ManifestErrors(messages));
     }
     let defaulted = kube::core::cel::apply_defaults(openapi_schema(), value);
     serde_json::from_value(defaulted).map_err(|error| ManifestErrors(vec![format!("cannot decode StreamJob: {error}")]))
+}
+
+/// The API server's strict decoding refuses unknown fields before any schema check runs, so
+/// they are all it reports.
+fn only_unknown_fields_if_any(errors: Vec<String>) -> Vec<String> {
+    let unknown: Vec<String> = errors.iter().filter(|e| e.starts_with("unknown field ")).cloned().collect();
+    if unknown.is_empty() {
+        errors
+    } else {
+        unknown
+    }
+}
+
+/// The value as the API server's CEL sees it: a field set to null is absent (`has()` is false).
+fn without_nulls(value: &Value) -> Value {
+    match value {
+        Value::Object(fields) => Value::Object(
+            fields.iter().filter(|(_, field)| !field.is_null()).map(|(k, v)| (k.clone(), without_nulls(v))).collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(without_nulls).collect()),
+        other => other.clone(),
+    }
 }
 
 fn display_path(path: &str) -> &str {
@@ -152,11 +172,15 @@ fn check_structure(schema: &Value, value: &Value, path: &str, errors: &mut Vec<S
         return;
     }
     if flag(schema, "x-kubernetes-int-or-string") {
-        if !(value.is_string() || value.is_i64() || value.is_u64()) {
-            errors.push(format!(
-                "{path}: Invalid value: \"{}\": {path} in body must be of type int-or-string",
-                json_type_name(value)
-            ));
+        match value {
+            Value::String(text) => check_string(schema, text, path, errors),
+            _ if value.is_i64() || value.is_u64() => {}
+            _ => {
+                let got = json_type_name(value);
+                errors.push(format!(
+                    "{path}: Invalid value: \"{got}\": {path} in body must be of type integer,string: \"{got}\""
+                ))
+            }
         }
         return;
     }

@@ -105,6 +105,14 @@ fn every_cel_rule_compiles_and_fits_the_cost_budget() {
     }
 }
 
+/// kube's client-side CEL is untyped; the API server compiles each rule against the type it
+/// derives from the schema and refuses the CRD when a rule reads a field that type lacks.
+#[test]
+fn every_cel_rule_reads_only_fields_the_api_server_types() {
+    let problems = streamjob_crds::cel_fields::undefined_field_references(openapi_schema());
+    assert!(problems.is_empty(), "the API server would refuse these rules:\n  {}", problems.join("\n  "));
+}
+
 /// Variables bound by CEL macros such as `list.filter(s, ...)`, and CEL's type names: in scope,
 /// though the analyzer only knows the root variables.
 fn comprehension_variables(rule: &str) -> Vec<String> {
@@ -202,4 +210,42 @@ fn every_invalid_manifest_is_rejected_with_its_message() {
             ),
         }
     }
+}
+
+fn one_stage_job(stage: &str) -> String {
+    format!(
+        "apiVersion: streamjob.io/v1alpha1\nkind: StreamJob\nmetadata: {{name: s}}\nspec:\n  \
+         source: {{bootstrapServers: 'k:9092', topics: [a]}}\n  sink: {{topic: b}}\n  pipeline:\n    - {stage}\n"
+    )
+}
+
+#[test]
+fn a_filter_compares_with_whichever_typed_value_is_set() {
+    let cases = [
+        ("{field: a, op: eq, value: click}", serde_json::json!("click")),
+        ("{field: a, op: gt, value: 1700000000000}", serde_json::json!(1_700_000_000_000_i64)),
+        ("{field: a, op: gt, numberValue: 0.5}", serde_json::json!(0.5)),
+        ("{field: a, op: eq, boolValue: false}", serde_json::json!(false)),
+    ];
+    for (filter, expected) in cases {
+        let job = parse_manifest(&one_stage_job(&format!("filter: {filter}")))
+            .unwrap_or_else(|errors| panic!("{filter} is rejected: {errors}"));
+        let stage = job.spec.pipeline[0].filter.as_ref().expect("a filter stage");
+        assert_eq!(stage.comparison_value(), Some(expected), "{filter}");
+    }
+}
+
+#[test]
+fn map_set_keeps_any_json_value() {
+    let job = parse_manifest(&one_stage_job("map: {set: {seen: true, score: 0.5, tag: web, at: {a: [1, null]}}}"))
+        .unwrap_or_else(|errors| panic!("map.set is rejected: {errors}"));
+    let set = job.spec.pipeline[0].map.as_ref().and_then(|m| m.set.clone()).expect("map.set");
+    let expected = serde_json::json!({"seen": true, "score": 0.5, "tag": "web", "at": {"a": [1, null]}});
+    assert_eq!(serde_json::to_value(set).expect("serializable"), expected);
+}
+
+#[test]
+fn a_null_filter_value_counts_as_absent_as_on_the_api_server() {
+    let errors = parse_manifest(&one_stage_job("filter: {field: a, op: eq, value: null}")).expect_err("rejected");
+    assert!(errors.mentions("filter.value is required unless filter.op is exists"), "{errors}");
 }

@@ -247,7 +247,7 @@ pub struct Filter {
 
 impl Filter {
     fn compile(spec: &FilterStage, stage: String) -> Result<Self, String> {
-        let value = spec.value.clone().unwrap_or(Value::Null);
+        let value = spec.comparison_value().unwrap_or(Value::Null);
         let regex = match (spec.op, &value) {
             (FilterOperator::Matches, Value::String(pattern)) => {
                 Some(Regex::new(pattern).map_err(|e| format!("filter.value is not a valid regular expression: {e}"))?)
