@@ -1,5 +1,5 @@
-//! The autoscaler on a job: lag from librdkafka's mock cluster, the job and its StatefulSet in
-//! the in-memory API server. Scale-up within a poll of the lag crossing the threshold, scale-down
+//! The autoscaler on a job: lag from the real Kafka broker named by `STREAMJOB_TEST_BOOTSTRAP`,
+//! the job and its StatefulSet in the in-memory API server. Scale-up within a poll of the lag crossing the threshold, scale-down
 //! only after the stabilisation window, the event and `status.lastScale`, and a failing probe
 //! that holds the replicas.
 
@@ -11,15 +11,15 @@ use common::*;
 use streamjob_crds::StreamJob;
 use streamjob_operator::autoscaler::driver::Autoscaler;
 use streamjob_worker::http::Exposition;
-use streamjob_worker::mock_broker::MockBroker;
 
 const PARTITIONS: i32 = 4;
 
-/// The wordcount example, autoscaled on the mock cluster's `lines` topic.
+/// The wordcount example, autoscaled on `topic`, with a consumer group unique to this run.
 fn autoscaled_job(bootstrap: &str, topic: &str) -> StreamJob {
     let mut job = example("wordcount.yaml");
     job.spec.source.bootstrap_servers = bootstrap.to_owned();
     job.spec.source.topics = vec![topic.to_owned()];
+    job.spec.source.consumer_group = Some(unique("wordcount"));
     job.spec.autoscaling = Some(
         serde_json::from_value(serde_json::json!({
             "minReplicas": 1, "maxReplicas": 8, "lagThreshold": 100, "pollIntervalSeconds": 10,
@@ -38,11 +38,11 @@ fn last_scale(h: &Harness) -> (i32, i32, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn scales_up_on_lag_and_down_only_after_the_stabilisation_window() {
-    let broker = MockBroker::start(1).expect("mock cluster");
-    let bootstrap = broker.bootstrap_servers();
-    broker.create_topic("lines", PARTITIONS).expect("topic");
+    let Some(bootstrap) = real_broker() else { return };
+    let lines = unique("lines");
+    create_topics(&bootstrap, &[(&lines, PARTITIONS)]);
     let h = harness();
-    h.api.create(JOBS, &autoscaled_job(&bootstrap, "lines"));
+    h.api.create(JOBS, &autoscaled_job(&bootstrap, &lines));
     let spec_replicas = h.job("wordcount").spec.replicas;
     h.reconcile("wordcount").await.expect("reconcile");
     assert_eq!(h.replicas("wordcount"), 1, "minReplicas before the first decision");
@@ -54,7 +54,7 @@ async fn scales_up_on_lag_and_down_only_after_the_stabilisation_window() {
     };
 
     // Below the threshold: 1 worker is enough.
-    fill(&bootstrap, "lines", &[20; PARTITIONS as usize]);
+    fill(&bootstrap, &lines, &[20; PARTITIONS as usize]);
     poll(0.0).await;
     poll(10.0).await;
     assert_eq!(h.replicas("wordcount"), 1);
@@ -64,7 +64,7 @@ async fn scales_up_on_lag_and_down_only_after_the_stabilisation_window() {
     assert!(status.last_scale.is_none());
 
     // The lag crosses the threshold: the next poll scales up, capped at the partition count.
-    fill(&bootstrap, "lines", &[200; PARTITIONS as usize]);
+    fill(&bootstrap, &lines, &[200; PARTITIONS as usize]);
     poll(15.0).await;
     assert_eq!(h.replicas("wordcount"), 1, "not due before pollIntervalSeconds");
     poll(20.0).await;
@@ -83,7 +83,7 @@ async fn scales_up_on_lag_and_down_only_after_the_stabilisation_window() {
     // The workers catch up; no lag. Scale-down waits for the 120 s window.
     h.workers_ready("wordcount", 4);
     let caught_up: Vec<(i32, i64)> = (0..PARTITIONS).map(|p| (p, 220)).collect();
-    commit(&bootstrap, &h.job("wordcount").consumer_group(), "lines", &caught_up);
+    commit(&bootstrap, &h.job("wordcount").consumer_group(), &lines, &caught_up);
     for t in [30.0, 40.0, 50.0, 100.0, 130.0] {
         poll(t).await;
         assert_eq!(h.replicas("wordcount"), 4, "still inside the stabilisation window at {t}");
@@ -108,10 +108,10 @@ async fn scales_up_on_lag_and_down_only_after_the_stabilisation_window() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_probe_holds_the_replicas_and_says_so() {
-    let broker = MockBroker::start(1).expect("mock cluster");
-    let bootstrap = broker.bootstrap_servers();
+    let Some(bootstrap) = real_broker() else { return };
+    let missing = unique("missing-topic");
     let h = harness();
-    h.api.create(JOBS, &autoscaled_job(&bootstrap, "missing-topic"));
+    h.api.create(JOBS, &autoscaled_job(&bootstrap, &missing));
     h.reconcile("wordcount").await.expect("reconcile");
     h.workers_ready("wordcount", 1);
     let autoscaler = Autoscaler::new(h.context.clone());
@@ -121,7 +121,7 @@ async fn a_failing_probe_holds_the_replicas_and_says_so() {
     assert_eq!(h.replicas("wordcount"), 1, "no scaling without a measurement");
     let (status, reason, message) = h.condition("wordcount", "AutoscalerDegraded");
     assert_eq!((status.as_str(), reason.as_str()), ("True", "LagProbeFailed"));
-    assert!(message.contains("missing-topic"), "{message}");
+    assert!(message.contains(&missing), "{message}");
     let warnings: Vec<_> = h.events().into_iter().filter(|(r, _)| r == "AutoscalerDegraded").collect();
     assert_eq!(warnings.len(), 1, "one event per failure streak: {warnings:?}");
     assert!(h.job("wordcount").status.expect("status").lag.is_none(), "no lag reported from missing data");

@@ -1,11 +1,12 @@
-//! The lag probe against librdkafka's mock cluster, with known committed offsets and
-//! watermarks.
+//! The lag probe against the real Kafka broker named by `STREAMJOB_TEST_BOOTSTRAP`, with
+//! committed offsets and watermarks the test sets; a dead broker is librdkafka's mock cluster
+//! taken down (fault injection).
 
 use std::time::Duration;
 
 mod common;
 
-use common::{commit, fill};
+use common::{commit, create_topics, fill, real_broker, unique};
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::ClientConfig;
 use streamjob_crds::StartFrom;
@@ -25,49 +26,55 @@ fn sample(topic: &str, partition: i32, high: i64, committed: Option<i64>) -> Par
 
 #[tokio::test(flavor = "multi_thread")]
 async fn committed_offsets_and_watermarks_give_the_lag_per_partition() {
-    let broker = MockBroker::start(1).expect("mock cluster");
-    let bootstrap = broker.bootstrap_servers();
-    broker.create_topic("orders", 3).expect("topic");
-    broker.create_topic("refunds", 1).expect("topic");
-    fill(&bootstrap, "orders", &[10, 20, 30]);
-    fill(&bootstrap, "refunds", &[5]);
-    commit(&bootstrap, "billing", "orders", &[(0, 4), (1, 20)]);
-    commit(&bootstrap, "billing", "refunds", &[(0, 2)]);
+    let Some(bootstrap) = real_broker() else { return };
+    let (orders, refunds, group) = (unique("orders"), unique("refunds"), unique("billing"));
+    create_topics(&bootstrap, &[(&orders, 3), (&refunds, 1)]);
+    fill(&bootstrap, &orders, &[10, 20, 30]);
+    fill(&bootstrap, &refunds, &[5]);
+    commit(&bootstrap, &group, &orders, &[(0, 4), (1, 20)]);
+    commit(&bootstrap, &group, &refunds, &[(0, 2)]);
 
     let probe = LagProbe::default();
-    let samples = probe.measure(&target(&bootstrap, "billing", &["orders", "refunds"])).await.expect("probe");
+    let samples =
+        probe.measure(&target(&bootstrap, &group, &[orders.as_str(), refunds.as_str()])).await.expect("probe");
     assert_eq!(
         samples,
         vec![
-            sample("orders", 0, 10, Some(4)),
-            sample("orders", 1, 20, Some(20)),
-            sample("orders", 2, 30, None),
-            sample("refunds", 0, 5, Some(2)),
+            sample(&orders, 0, 10, Some(4)),
+            sample(&orders, 1, 20, Some(20)),
+            sample(&orders, 2, 30, None),
+            sample(&refunds, 0, 5, Some(2)),
         ]
     );
     let lags: Vec<i64> = samples.iter().map(|s| s.lag(StartFrom::Earliest)).collect();
-    assert_eq!(lags, vec![6, 0, 30, 3], "no commit on orders/2: earliest reads all 30 retained records");
+    assert_eq!(lags, vec![10 - 4, 20 - 20, 30, 5 - 2], "no commit on orders/2: earliest reads all 30 retained records");
     let lags: Vec<i64> = samples.iter().map(|s| s.lag(StartFrom::Latest)).collect();
-    assert_eq!(lags, vec![6, 0, 0, 3], "no commit on orders/2: latest skips them");
+    assert_eq!(lags, vec![10 - 4, 20 - 20, 0, 5 - 2], "no commit on orders/2: latest skips them");
 
     // The same client is reused, and sees progress.
-    commit(&bootstrap, "billing", "orders", &[(2, 25)]);
-    fill(&bootstrap, "orders", &[0, 7, 0]);
-    let samples = probe.measure(&target(&bootstrap, "billing", &["orders"])).await.expect("second probe");
-    assert_eq!(samples[1], sample("orders", 1, 27, Some(20)));
-    assert_eq!(samples[2], sample("orders", 2, 30, Some(25)));
+    commit(&bootstrap, &group, &orders, &[(2, 25)]);
+    fill(&bootstrap, &orders, &[0, 7, 0]);
+    let samples = probe.measure(&target(&bootstrap, &group, &[orders.as_str()])).await.expect("second probe");
+    assert_eq!(samples[1], sample(&orders, 1, 27, Some(20)));
+    assert_eq!(samples[2], sample(&orders, 2, 30, Some(25)));
+    assert_eq!(samples[1].lag(StartFrom::Earliest), 27 - 20);
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_missing_topic_or_a_dead_broker_is_an_error_not_zero_lag() {
+async fn a_missing_topic_is_an_error_not_zero_lag() {
+    let Some(bootstrap) = real_broker() else { return };
+    let missing = unique("no-such-topic");
+    let probe = LagProbe::default();
+    let result = probe.measure(&target(&bootstrap, &unique("billing"), &[missing.as_str()])).await;
+    assert!(matches!(result, Err(ProbeError::Topic { ref topic, .. }) if *topic == missing), "{result:?}");
+}
+
+/// Fault injection: the mock cluster can take its broker down on cue.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_broker_is_an_error_not_zero_lag() {
     let broker = MockBroker::start(1).expect("mock cluster");
     let bootstrap = broker.bootstrap_servers();
     broker.create_topic("orders", 2).expect("topic");
-
-    let probe = LagProbe::default();
-    let missing = probe.measure(&target(&bootstrap, "billing", &["no-such-topic"])).await;
-    assert!(matches!(missing, Err(ProbeError::Topic { ref topic, .. }) if topic == "no-such-topic"), "{missing:?}");
-
     broker.cluster().broker_down(1).expect("broker down");
     let consumer: BaseConsumer =
         ClientConfig::new().set("bootstrap.servers", &bootstrap).set("group.id", "billing").create().expect("consumer");

@@ -1,9 +1,10 @@
-//! The in-memory API server harness shared by the controller and autoscaler tests.
+//! The in-memory API server harness shared by the controller and autoscaler tests, and the
+//! real Kafka broker the lag tests run against.
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use http::Method;
@@ -131,6 +132,36 @@ impl Harness {
 
     pub fn status_writes(&self) -> usize {
         self.api.count_requests(&Method::PATCH, "/status")
+    }
+}
+
+/// The real Kafka broker named by `STREAMJOB_TEST_BOOTSTRAP` (host:port). Unset, a test that
+/// needs it fails under `CI=true` and is skipped elsewhere, saying so on one line.
+pub fn real_broker() -> Option<String> {
+    if let Some(bootstrap) = std::env::var("STREAMJOB_TEST_BOOTSTRAP").ok().filter(|b| !b.is_empty()) {
+        return Some(bootstrap);
+    }
+    let in_ci = std::env::var("CI").is_ok_and(|ci| ci.eq_ignore_ascii_case("true") || ci == "1");
+    assert!(
+        !in_ci,
+        "CI=true but STREAMJOB_TEST_BOOTSTRAP is unset: this test needs a real Kafka broker (scripts/test.sh starts one)"
+    );
+    eprintln!("skipping: no real Kafka broker (set STREAMJOB_TEST_BOOTSTRAP)");
+    None
+}
+
+/// `name` made unique to this test run (process id, time, sequence): the broker is shared and
+/// keeps topics and groups across runs.
+pub fn unique(name: &str) -> String {
+    static SEQUENCE: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{name}-{}-{nanos}-{}", std::process::id(), SEQUENCE.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Creates `topics` with the admin API, waiting until the broker shows them.
+pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
+    if let Err(error) = streamjob_worker::topic_io::create_topics(bootstrap, topics) {
+        panic!("creating {topics:?} on {bootstrap}: {error}");
     }
 }
 
