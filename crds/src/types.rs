@@ -757,6 +757,7 @@ pub struct StreamJobStatus {
     pub last_scale: Option<ScaleEvent>,
     /// Ready, Progressing, Degraded, ConfigValid, Suspended, AutoscalerDegraded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 

@@ -23,7 +23,7 @@ use crate::builders::{
     build_children, desired_replicas, selector_string, BuildContext, CONFIG_CHECKSUM_ANNOTATION, FIELD_MANAGER,
 };
 use crate::metrics::{JobLabels, Metrics, PhaseLabel};
-use crate::status::{compute_status, condition_is_true, paused_status, Observation, DEGRADED};
+use crate::status::{compute_status, condition_is_true, paused_status, reconciler_part, Observation, DEGRADED};
 use crate::PAUSE_ANNOTATION;
 
 /// Finalizer added only while `deletionPolicy: DeleteConsumerGroup` has work to do at deletion.
@@ -288,14 +288,27 @@ fn record_job_metrics(context: &Context, job: &StreamJob, status: &StreamJobStat
     context.metrics.degraded_jobs.get_or_create(&labels).set(i64::from(degraded));
 }
 
-/// Writes the status only when it differs from what the job carries, so the operator's own
-/// writes do not cause further work.
+/// Writes the reconciler's part of the status, only when it differs from what the job carries,
+/// so the operator's own writes do not cause further work.
 async fn write_status(jobs: &Api<StreamJob>, job: &StreamJob, status: StreamJobStatus) -> Result<(), Error> {
-    if job.status.as_ref() == Some(&status) {
+    let wanted = reconciler_part(&status);
+    if job.status.as_ref().map(reconciler_part).as_ref() == Some(&wanted) {
         return Ok(());
     }
-    let patch = json!({ "status": status });
-    jobs.patch_status(&job.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    apply_status(jobs, &job.name_any(), FIELD_MANAGER, json!(wanted)).await?;
+    Ok(())
+}
+
+/// Server-side applies `status` as `manager`: the fields it sends are that manager's, the
+/// others' stay as they are (conditions are a list map keyed by `type`).
+pub(crate) async fn apply_status(
+    jobs: &Api<StreamJob>,
+    name: &str,
+    manager: &str,
+    status: serde_json::Value,
+) -> Result<(), kube::Error> {
+    let patch = json!({ "apiVersion": "streamjob.io/v1alpha1", "kind": "StreamJob", "status": status });
+    jobs.patch_status(name, &PatchParams::apply(manager).force(), &Patch::Apply(&patch)).await?;
     Ok(())
 }
 

@@ -34,6 +34,9 @@ struct State {
     uid: u64,
     faults: Vec<Fault>,
     requests: Vec<(Method, String)>,
+    /// What each field manager last applied of each object's status: its fields, and
+    /// `conditions/<type>` for its conditions.
+    status_owners: BTreeMap<(Key, String), Vec<String>>,
 }
 
 /// The fake server. Clones share state.
@@ -261,7 +264,7 @@ impl FakeApiServer {
             (Method::GET, None) => list_objects(&state, &target, query),
             (Method::POST, None) => create_object(&mut state, &target, patch),
             (Method::PATCH, Some(name)) if content_type.contains("apply-patch") => {
-                apply_object(&mut state, &target, name, patch)
+                apply_object(&mut state, &target, name, patch, &field_manager(query))
             }
             (Method::PATCH, Some(name)) => merge_object(&mut state, &target, name, &patch),
             (Method::DELETE, Some(name)) => delete_object(&mut state, &target, name),
@@ -329,7 +332,7 @@ fn create_object(state: &mut State, target: &Target, mut object: Value) -> (u16,
 
 /// Server-side apply, simplified: the applier owns every field it sends, so those replace
 /// what is stored; metadata maps are merged.
-fn apply_object(state: &mut State, target: &Target, name: &str, patch: Value) -> (u16, Value) {
+fn apply_object(state: &mut State, target: &Target, name: &str, patch: Value, manager: &str) -> (u16, Value) {
     let key = key_of(target, name);
     let Some(existing) = state.objects.get(&key).cloned() else {
         let mut created = patch;
@@ -338,6 +341,14 @@ fn apply_object(state: &mut State, target: &Target, name: &str, patch: Value) ->
         return (201, created);
     };
     let mut updated = existing.clone();
+    if target.subresource.as_deref() == Some("status") {
+        let owned = applied_status_paths(&patch["status"]);
+        let before = state.status_owners.insert((key.clone(), manager.to_owned()), owned.clone()).unwrap_or_default();
+        let dropped: Vec<&String> = before.iter().filter(|path| !owned.contains(path)).collect();
+        remove_status_paths(&mut updated["status"], &dropped);
+        apply_status_fields(&mut updated["status"], &patch["status"]);
+        return store_if_changed(state, key, &existing, updated);
+    }
     if let (Some(fields), Some(target_fields)) = (patch.as_object(), updated.as_object_mut()) {
         for (field, value) in fields {
             if field == "metadata" {
@@ -350,6 +361,64 @@ fn apply_object(state: &mut State, target: &Target, name: &str, patch: Value) ->
         }
     }
     store_if_changed(state, key, &existing, updated)
+}
+
+fn field_manager(query: &str) -> String {
+    query.split('&').find_map(|pair| pair.strip_prefix("fieldManager=")).unwrap_or_default().to_owned()
+}
+
+/// The status paths an apply sets: its fields, and `conditions/<type>` per condition.
+fn applied_status_paths(applied: &Value) -> Vec<String> {
+    let mut paths = Vec::new();
+    for (field, value) in applied.as_object().into_iter().flatten() {
+        if field == "conditions" {
+            let types = value.as_array().into_iter().flatten().filter_map(|c| c["type"].as_str());
+            paths.extend(types.map(|t| format!("conditions/{t}")));
+        } else {
+            paths.push(field.clone());
+        }
+    }
+    paths
+}
+
+/// Removes what a manager applied before and no longer applies, as server-side apply does.
+fn remove_status_paths(status: &mut Value, paths: &[&String]) {
+    for path in paths {
+        match path.strip_prefix("conditions/") {
+            Some(type_) => {
+                if let Some(conditions) = status["conditions"].as_array_mut() {
+                    conditions.retain(|c| c["type"] != type_);
+                }
+            }
+            None => {
+                if let Some(fields) = status.as_object_mut() {
+                    fields.remove(path.as_str());
+                }
+            }
+        }
+    }
+}
+
+/// Server-side apply of a status, simplified: each field sent replaces the stored one, and
+/// `conditions` (a list map keyed by `type`) replaces only the conditions of the types sent.
+fn apply_status_fields(status: &mut Value, applied: &Value) {
+    if !status.is_object() {
+        *status = json!({});
+    }
+    for (field, value) in applied.as_object().into_iter().flatten() {
+        if field != "conditions" {
+            status[field] = value.clone();
+            continue;
+        }
+        let mut conditions: Vec<Value> = status["conditions"].as_array().cloned().unwrap_or_default();
+        for condition in value.as_array().into_iter().flatten() {
+            match conditions.iter_mut().find(|c| c["type"] == condition["type"]) {
+                Some(existing) => *existing = condition.clone(),
+                None => conditions.push(condition.clone()),
+            }
+        }
+        status["conditions"] = Value::Array(conditions);
+    }
 }
 
 fn store_if_changed(state: &mut State, key: Key, existing: &Value, mut updated: Value) -> (u16, Value) {

@@ -107,9 +107,12 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> Result<(), 
     ));
     let scopes: Vec<Option<String>> =
         if options.namespaces.is_empty() { vec![None] } else { options.namespaces.iter().cloned().map(Some).collect() };
-    let autoscaler = Arc::new(Autoscaler::new(context.clone()));
+    let controllers: Vec<(Option<String>, JobController)> =
+        scopes.into_iter().map(|ns| (ns.clone(), job_controller(&client, ns.as_deref()))).collect();
+    let stores = controllers.iter().map(|(_, controller)| controller.store()).collect();
+    let autoscaling = tokio::spawn(Arc::new(Autoscaler::new(context.clone())).run(stores));
     let controllers = futures::future::join_all(
-        scopes.into_iter().map(|ns| run_controller(client.clone(), ns, context.clone(), autoscaler.clone())),
+        controllers.into_iter().map(|(ns, controller)| run_controller(controller, ns, context.clone())),
     );
 
     let outcome = match leadership.as_mut() {
@@ -122,21 +125,26 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> Result<(), 
             Ok(())
         }
     };
+    autoscaling.abort();
     metrics.leader.set(0);
     server.abort();
     outcome
 }
 
-async fn run_controller(client: Client, namespace: Option<String>, context: Arc<Context>, autoscaler: Arc<Autoscaler>) {
-    let scope = namespace.as_deref();
-    let controller = Controller::new(scoped_api::<StreamJob>(&client, scope), watcher::Config::default())
-        .owns(scoped_api::<StatefulSet>(&client, scope), watcher::Config::default())
-        .owns(scoped_api::<ConfigMap>(&client, scope), watcher::Config::default())
-        .owns(scoped_api::<Service>(&client, scope), watcher::Config::default())
-        .owns(scoped_api::<PodDisruptionBudget>(&client, scope), watcher::Config::default())
-        .shutdown_on_signal();
+type JobController = Controller<StreamJob>;
+
+/// The StreamJob controller of one scope (a namespace, or all), watching the children it owns.
+fn job_controller(client: &Client, scope: Option<&str>) -> JobController {
+    Controller::new(scoped_api::<StreamJob>(client, scope), watcher::Config::default())
+        .owns(scoped_api::<StatefulSet>(client, scope), watcher::Config::default())
+        .owns(scoped_api::<ConfigMap>(client, scope), watcher::Config::default())
+        .owns(scoped_api::<Service>(client, scope), watcher::Config::default())
+        .owns(scoped_api::<PodDisruptionBudget>(client, scope), watcher::Config::default())
+        .shutdown_on_signal()
+}
+
+async fn run_controller(controller: JobController, namespace: Option<String>, context: Arc<Context>) {
     let store = controller.store();
-    let autoscaling = tokio::spawn(autoscaler.run(store.clone()));
     let metrics = context.metrics.clone();
     let phase_gauge = tokio::spawn(async move {
         loop {
@@ -155,7 +163,6 @@ async fn run_controller(client: Client, namespace: Option<String>, context: Arc<
         })
         .await;
     phase_gauge.abort();
-    autoscaling.abort();
 }
 
 /// The API of `K` in one namespace, or in all.

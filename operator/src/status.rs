@@ -38,6 +38,36 @@ pub struct Observation<'a> {
     pub desired_replicas: i32,
 }
 
+/// The part of a status the reconciler writes (field manager `streamjob-operator`): all but
+/// what the autoscaler measures and decides (`lag`, `partitions`, `throughput`, `lastScale` and
+/// the `AutoscalerDegraded` condition), which it writes under its own field manager. Each field
+/// has one writer, so neither puts back an old copy of the other's.
+pub fn reconciler_part(status: &StreamJobStatus) -> StreamJobStatus {
+    let mut part = status.clone();
+    (part.lag, part.partitions, part.throughput, part.last_scale) = (None, None, None, None);
+    part.conditions.retain(|c| c.type_ != AUTOSCALER_DEGRADED);
+    part
+}
+
+/// The part of a status the autoscaler writes (see [`reconciler_part`]), as applied.
+pub fn autoscaler_part(status: &StreamJobStatus) -> serde_json::Value {
+    let conditions: Vec<&Condition> = status.conditions.iter().filter(|c| c.type_ == AUTOSCALER_DEGRADED).collect();
+    let mut part = serde_json::json!({ "conditions": conditions });
+    let fields = [
+        ("partitions", serde_json::to_value(status.partitions)),
+        ("lag", serde_json::to_value(&status.lag)),
+        ("throughput", serde_json::to_value(status.throughput)),
+        ("lastScale", serde_json::to_value(&status.last_scale)),
+    ];
+    for (name, value) in fields {
+        match value {
+            Ok(value) if !value.is_null() => part[name] = value,
+            _ => {}
+        }
+    }
+    part
+}
+
 /// Sets a condition, keeping `lastTransitionTime` unless its status changes.
 pub fn set_condition(
     conditions: &mut Vec<Condition>,

@@ -129,7 +129,6 @@ pub fn unique(name: &str) -> String {
 }
 
 /// The repository root.
-
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -171,4 +170,58 @@ pub fn broker(topics: &[(&str, i32)]) -> Broker {
     BufReader::new(stdout).read_line(&mut first_line).expect("broker prints its address");
     let bootstrap = first_line.trim().strip_prefix("bootstrap=").expect("bootstrap=<address>").to_owned();
     Broker { bootstrap, _process: Some(ChildGuard(child)) }
+}
+
+/// The kubelet's part, for a control plane without nodes: every Pod matching `selector` in
+/// `namespace` is reported Running and Ready through the status subresource, as a kubelet whose
+/// containers started would, until the task is aborted.
+pub fn kubelet_marks_pods_ready(client: Client, namespace: &str, selector: &str) -> tokio::task::JoinHandle<()> {
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client, namespace);
+    let params = kube::api::ListParams::default().labels(selector);
+    tokio::spawn(async move {
+        loop {
+            for pod in pods.list(&params).await.map(|list| list.items).unwrap_or_default() {
+                let ready = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|conditions| conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                if ready || pod.metadata.deletion_timestamp.is_some() {
+                    continue;
+                }
+                let name = kube::ResourceExt::name_any(&pod);
+                let _ = pods
+                    .patch_status(
+                        &name,
+                        &kube::api::PatchParams::default(),
+                        &kube::api::Patch::Merge(pod_ready_status(&pod)),
+                    )
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+fn pod_ready_status(pod: &k8s_openapi::api::core::v1::Pod) -> serde_json::Value {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let containers: Vec<serde_json::Value> = pod
+        .spec
+        .iter()
+        .flat_map(|spec| &spec.containers)
+        .map(|c| {
+            serde_json::json!({
+                "name": c.name, "image": c.image.clone().unwrap_or_default(), "imageID": "", "ready": true,
+                "started": true, "restartCount": 0, "state": {"running": {"startedAt": now}}
+            })
+        })
+        .collect();
+    let condition = |type_: &str| serde_json::json!({"type": type_, "status": "True", "lastTransitionTime": now});
+    serde_json::json!({"status": {
+        "phase": "Running",
+        "podIP": "127.0.0.1",
+        "startTime": now,
+        "conditions": [condition("PodScheduled"), condition("Initialized"), condition("ContainersReady"), condition("Ready")],
+        "containerStatuses": containers,
+    }})
 }

@@ -19,10 +19,13 @@ use streamjob_crds::{LagStatus, PartitionLag, ScaleEvent, StreamJob, StreamJobSt
 use super::policy::{decide, observe, rates, Decision, History, LagSample, PartitionSample, Settings, Workers};
 use super::probe::{LagProbe, ProbeTarget};
 use crate::builders::FIELD_MANAGER;
-use crate::controller::{publish, reconciliation_paused, Context};
+use crate::controller::{apply_status, publish, reconciliation_paused, Context};
 use crate::kafka::source_client_config;
 use crate::metrics::{DecisionLabels, JobLabels, PartitionLabels};
-use crate::status::{set_condition, AUTOSCALER_DEGRADED};
+use crate::status::{autoscaler_part, set_condition, AUTOSCALER_DEGRADED};
+
+/// The field manager of the status fields the autoscaler writes.
+pub const AUTOSCALER_FIELD_MANAGER: &str = "streamjob-autoscaler";
 
 /// Most partitions listed in `status.lag.perPartition`.
 const MAX_PARTITIONS_IN_STATUS: usize = 64;
@@ -41,6 +44,8 @@ struct JobScaling {
     history: History,
     next_poll_at: f64,
     degraded: bool,
+    /// The cluster, credentials and group the job was last measured with: its probe client.
+    probe_target: Option<ProbeTarget>,
 }
 
 /// The autoscaler of every job in one operator.
@@ -81,22 +86,26 @@ impl Autoscaler {
         Self { context, probe: LagProbe::default(), jobs: Mutex::default() }
     }
 
-    /// Polls the jobs in `store` as they fall due, until the task is dropped.
-    pub async fn run(self: Arc<Self>, store: Store<StreamJob>) {
+    /// Polls the jobs of every watched scope (one store per watched namespace, or one for all)
+    /// as they fall due, until the task is dropped. One loop sees every job, so forgetting the
+    /// jobs that are gone never forgets another namespace's.
+    pub async fn run(self: Arc<Self>, stores: Vec<Store<StreamJob>>) {
         let started = Instant::now();
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let jobs: Vec<Arc<StreamJob>> = store.state();
+            let jobs: Vec<Arc<StreamJob>> = stores.iter().flat_map(Store::state).collect();
             self.poll_due(&jobs, started.elapsed().as_secs_f64()).await;
         }
     }
 
     /// Polls every autoscaled job whose poll interval has passed, concurrently; forgets jobs
-    /// that are gone or no longer autoscaled.
+    /// that are gone or no longer autoscaled, and the probe clients no job uses any more.
     pub async fn poll_due(&self, jobs: &[Arc<StreamJob>], now: f64) {
         let due: Vec<&StreamJob> = {
             let mut states = self.states();
             states.retain(|key, _| jobs.iter().any(|job| job_key(job) == *key && autoscaled(job)));
+            let targets: Vec<ProbeTarget> = states.values().filter_map(|s| s.probe_target.clone()).collect();
+            self.probe.retain(&targets);
             jobs.iter()
                 .map(Arc::as_ref)
                 .filter(|job| autoscaled(job))
@@ -166,13 +175,14 @@ impl Autoscaler {
             let note = format!("lag measured again on {partitions} partitions; autoscaling resumed");
             publish(&self.context, job, EventType::Normal, "AutoscalerRecovered", "Autoscale", note).await;
         }
-        self.write_status(job, &decision, partitions, lag, throughput, last_scale).await?;
+        self.write_status(job, partitions, lag, throughput, last_scale).await?;
         Ok(decision)
     }
 
     async fn measure(&self, job: &StreamJob) -> Result<Vec<PartitionSample>, String> {
         let connection = source_client_config(&self.context.client, job).await?;
         let target = ProbeTarget { connection, group: job.consumer_group(), topics: job.spec.source.topics.clone() };
+        self.states().entry(job_key(job)).or_default().probe_target = Some(target.clone());
         self.probe.measure(&target).await.map_err(|e| e.to_string())
     }
 
@@ -248,17 +258,12 @@ impl Autoscaler {
     async fn write_status(
         &self,
         job: &StreamJob,
-        decision: &Decision,
         partitions: i32,
         lag: LagStatus,
         throughput: Option<f64>,
         last_scale: Option<ScaleEvent>,
     ) -> Result<(), AutoscalerError> {
-        let mut status = json!({
-            "desiredReplicas": decision.replicas,
-            "partitions": partitions,
-            "lag": lag,
-        });
+        let mut status = json!({ "partitions": partitions, "lag": lag });
         if let Some(throughput) = throughput {
             status["throughput"] = json!((throughput * 10.0).round() / 10.0);
         }
@@ -280,31 +285,32 @@ impl Autoscaler {
         self.patch_status(job, json!({}), update).await
     }
 
-    /// Merges `fields` into the job's status, with its conditions as `update` leaves them. The
-    /// conditions are read fresh, since the reconciler writes them too.
+    /// Applies the autoscaler's part of the status (see [`autoscaler_part`]) as its own field
+    /// manager: what it has now from `fields`, the rest of its part as the job carries it, and
+    /// its condition as `update` leaves it. Nothing is written when nothing changes.
     async fn patch_status(
         &self,
         job: &StreamJob,
-        mut fields: serde_json::Value,
+        fields: serde_json::Value,
         update: impl FnOnce(&mut Vec<Condition>, Option<i64>, &Time),
     ) -> Result<(), AutoscalerError> {
         let (namespace, name) = job_key(job);
         let jobs: Api<StreamJob> = Api::namespaced(self.context.client.clone(), &namespace);
         let Some(fresh) = jobs.get_opt(&name).await? else { return Ok(()) };
         let status: StreamJobStatus = fresh.status.clone().unwrap_or_default();
+        let current = autoscaler_part(&status);
         let mut conditions = status.conditions.clone();
         update(&mut conditions, fresh.metadata.generation, &Time(Timestamp::now()));
-        fields["conditions"] = json!(conditions);
-        let changed = match serde_json::to_value(&status) {
-            Ok(serde_json::Value::Object(current)) => {
-                fields.as_object().is_none_or(|wanted| wanted.iter().any(|(k, v)| current.get(k) != Some(v)))
-            }
-            _ => true,
-        };
-        if !changed {
+        let mut wanted = current.clone();
+        for (field, value) in fields.as_object().into_iter().flatten() {
+            wanted[field] = value.clone();
+        }
+        conditions.retain(|c| c.type_ == AUTOSCALER_DEGRADED);
+        wanted["conditions"] = json!(conditions);
+        if wanted == current {
             return Ok(());
         }
-        jobs.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({ "status": fields }))).await?;
+        apply_status(&jobs, &name, AUTOSCALER_FIELD_MANAGER, wanted).await?;
         Ok(())
     }
 }

@@ -45,6 +45,7 @@ impl ProbeTarget {
     /// same group.
     fn client_key(&self) -> u64 {
         let mut hasher = DefaultHasher::new();
+        // config_map() is sorted but masks secrets; get() has the real values.
         for key in self.connection.config_map().keys() {
             key.hash(&mut hasher);
             self.connection.get(key).hash(&mut hasher);
@@ -142,4 +143,43 @@ pub fn measure_blocking(
     }
     samples.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
     Ok(samples)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(properties: &[(&str, &str)], group: &str) -> ProbeTarget {
+        let mut connection = ClientConfig::new();
+        for (key, value) in properties {
+            connection.set(*key, *value);
+        }
+        ProbeTarget { connection, group: group.to_owned(), topics: vec!["in".to_owned()] }
+    }
+
+    #[test]
+    fn the_same_connection_built_in_any_order_reuses_one_client() {
+        let many: Vec<(String, String)> = (0..32).map(|i| (format!("p{i}"), format!("v{i}"))).collect();
+        let forward: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let backward: Vec<(&str, &str)> = forward.iter().rev().copied().collect();
+        assert_eq!(target(&forward, "g").client_key(), target(&backward, "g").client_key());
+        assert_ne!(target(&forward, "g").client_key(), target(&forward, "other").client_key());
+        let rotated = [("bootstrap.servers", "k:9092"), ("sasl.password", "new")];
+        assert_ne!(
+            target(&[("bootstrap.servers", "k:9092"), ("sasl.password", "old")], "g").client_key(),
+            target(&rotated, "g").client_key()
+        );
+    }
+
+    #[test]
+    fn retain_drops_the_clients_no_job_uses() {
+        let probe = LagProbe::default();
+        let (kept, dropped) =
+            (target(&[("bootstrap.servers", "a:9092")], "g"), target(&[("bootstrap.servers", "b:9092")], "g"));
+        probe.client_for(&kept).expect("client");
+        probe.client_for(&dropped).expect("client");
+        probe.retain(std::slice::from_ref(&kept));
+        let clients = probe.clients.lock().expect("lock");
+        assert_eq!(clients.keys().copied().collect::<Vec<_>>(), vec![kept.client_key()]);
+    }
 }
