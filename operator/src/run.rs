@@ -9,13 +9,15 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{watcher, Controller};
-use kube::{Api, Client};
+use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
+use kube::{Api, Client, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use streamjob_crds::StreamJob;
 
 use crate::autoscaler::driver::Autoscaler;
+use crate::builders::{FIELD_MANAGER, MANAGED_BY_LABEL};
 use crate::controller::{error_policy, reconcile, record_phases, Context, ScaleDecisions};
 use crate::kafka::KafkaGroupDeleter;
 use crate::metrics::Metrics;
@@ -59,7 +61,11 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
 pub async fn run_with_client(client: Client, options: RunOptions) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
-    let health = Health { metrics: metrics.clone(), ready: ready.clone(), not_ready: "starting" };
+    let health = Health {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+        not_ready: "starting, or cannot reach the Kubernetes API server",
+    };
     let listener = tokio::net::TcpListener::bind(options.metrics_addr)
         .await
         .map_err(|source| RunError::Listen { address: options.metrics_addr, source })?;
@@ -79,8 +85,9 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> Result<(), 
     } else {
         None
     };
-    // A standby replica is healthy and ready: it serves probes while it waits for the lease.
-    ready.store(true, Ordering::Relaxed);
+    // A standby replica is ready too: it serves probes while it waits for the lease. Either is
+    // not ready while the API server cannot be reached.
+    let reachability = tokio::spawn(follow_api_reachability(client.clone(), ready.clone()));
 
     if let Some(receiver) = leadership.as_mut() {
         tracing::info!(identity = %options.identity, lease = %options.lease_name, "waiting for the leader lease");
@@ -126,21 +133,114 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> Result<(), 
         }
     };
     autoscaling.abort();
+    reachability.abort();
     metrics.leader.set(0);
     server.abort();
     outcome
 }
 
+/// How often `/readyz` checks that the API server answers, and how long it waits for it.
+const REACHABILITY_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Keeps `ready` true exactly while the API server answers.
+async fn follow_api_reachability(client: Client, ready: Arc<AtomicBool>) {
+    loop {
+        let reachable =
+            matches!(tokio::time::timeout(REACHABILITY_INTERVAL, client.apiserver_version()).await, Ok(Ok(_)));
+        if ready.swap(reachable, Ordering::Relaxed) != reachable {
+            if reachable {
+                tracing::info!("the Kubernetes API server answers again");
+            } else {
+                tracing::warn!("cannot reach the Kubernetes API server; /readyz says not ready");
+            }
+        }
+        tokio::time::sleep(REACHABILITY_INTERVAL).await;
+    }
+}
+
+/// Retry delays of the watches after an error: 250 ms doubling to at most 4 s, so that once an
+/// API server is back (after a restart or an upgrade) the operator hears of changes within
+/// seconds. kube's default grows to 30 s and, with the reconcile backoff behind it, left the
+/// operator deaf for minutes.
+#[derive(Clone, Debug, Default)]
+struct WatchBackoff {
+    failures: u32,
+}
+
+const WATCH_BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(4);
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = WATCH_BACKOFF_FIRST.saturating_mul(1 << self.failures.min(8));
+        self.failures = self.failures.saturating_add(1);
+        Some(delay.min(WATCH_BACKOFF_MAX))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// The controller's backoff over all its watches together: none, since each watch has its own.
+struct NoWait;
+
+impl Iterator for NoWait {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+impl kube::runtime::utils::Backoff for NoWait {
+    fn reset(&mut self) {}
+}
+
 type JobController = Controller<StreamJob>;
 
-/// The StreamJob controller of one scope (a namespace, or all), watching the children it owns.
+/// The StreamJob controller of one scope (a namespace, or all), woken by changes to the jobs and
+/// to the children it owns. Each watch backs off on its own ([`WatchBackoff`]): one shared
+/// backoff made every watch wait out every other's error after an API server restart. The job
+/// cache keeps no `managedFields`; the children are watched by label, metadata only, uncached.
 fn job_controller(client: &Client, scope: Option<&str>) -> JobController {
-    Controller::new(scoped_api::<StreamJob>(client, scope), watcher::Config::default())
-        .owns(scoped_api::<StatefulSet>(client, scope), watcher::Config::default())
-        .owns(scoped_api::<ConfigMap>(client, scope), watcher::Config::default())
-        .owns(scoped_api::<Service>(client, scope), watcher::Config::default())
-        .owns(scoped_api::<PodDisruptionBudget>(client, scope), watcher::Config::default())
+    let (jobs, writer) = reflector::store();
+    let job_changes = watcher(scoped_api::<StreamJob>(client, scope), watcher::Config::default())
+        .backoff(WatchBackoff::default())
+        .modify(|job| job.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects();
+    Controller::for_stream(job_changes, jobs)
+        .owns_stream(child_changes::<StatefulSet>(client, scope))
+        .owns_stream(child_changes::<ConfigMap>(client, scope))
+        .owns_stream(child_changes::<Service>(client, scope))
+        .owns_stream(child_changes::<PodDisruptionBudget>(client, scope))
+        .trigger_backoff(NoWait)
         .shutdown_on_signal()
+}
+
+/// Changes to the `K`s the operator manages (by their `managed-by` label), metadata only.
+fn child_changes<K>(
+    client: &Client,
+    scope: Option<&str>,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let selector = format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}");
+    watcher(scoped_api::<PartialObjectMeta<K>>(client, scope), watcher::Config::default().labels(&selector))
+        .backoff(WatchBackoff::default())
+        .touched_objects()
 }
 
 async fn run_controller(controller: JobController, namespace: Option<String>, context: Arc<Context>) {
@@ -173,6 +273,20 @@ where
     match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_retries_start_fast_and_stay_within_four_seconds_until_reset() {
+        let mut backoff = WatchBackoff::default();
+        let delays: Vec<u64> = backoff.by_ref().take(7).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(delays, [250, 500, 1000, 2000, 4000, 4000, 4000]);
+        kube::runtime::utils::Backoff::reset(&mut backoff);
+        assert_eq!(backoff.next(), Some(WATCH_BACKOFF_FIRST));
     }
 }
 
