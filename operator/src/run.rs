@@ -276,20 +276,6 @@ where
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn watch_retries_start_fast_and_stay_within_four_seconds_until_reset() {
-        let mut backoff = WatchBackoff::default();
-        let delays: Vec<u64> = backoff.by_ref().take(7).map(|d| d.as_millis() as u64).collect();
-        assert_eq!(delays, [250, 500, 1000, 2000, 4000, 4000, 4000]);
-        kube::runtime::utils::Backoff::reset(&mut backoff);
-        assert_eq!(backoff.next(), Some(WATCH_BACKOFF_FIRST));
-    }
-}
-
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -309,5 +295,19 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_retries_start_fast_and_stay_within_four_seconds_until_reset() {
+        let mut backoff = WatchBackoff::default();
+        let delays: Vec<u64> = backoff.by_ref().take(7).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(delays, [250, 500, 1000, 2000, 4000, 4000, 4000]);
+        kube::runtime::utils::Backoff::reset(&mut backoff);
+        assert_eq!(backoff.next(), Some(WATCH_BACKOFF_FIRST));
     }
 }
