@@ -1094,6 +1094,27 @@ mod tests {
         assert_eq!(outputs[0].payload, br#"{"seen":true}"#);
     }
 
+    /// A source partition commits only where a range of partials starts: a reset drops the
+    /// ranges from its offset on, so a commit inside one would have the replay count its first
+    /// records twice. A dead-lettered record inside a range holds the range's start.
+    #[test]
+    fn a_dead_lettered_record_holds_its_ranges_start_not_its_own_offset() {
+        let summed = "[{split: {field: value}}, {keyBy: {field: value}}, \
+                      {window: {size: 10s, aggregate: {function: sum, field: value}}}]";
+        let mut engine = engine(summed, SourceFormat::Text, Some(1), true);
+        engine.assign("lines", 0, None);
+        read(&mut engine, "lines", 0, None, b"1", 0);
+        read(&mut engine, "lines", 1, None, b"x", 0);
+        read(&mut engine, "lines", 2, None, b"2", 0);
+        engine.flush_all();
+        for output in engine.take_outputs() {
+            if let (Some(ticket), false) = (output.ticket, output.destination == Destination::DeadLetter) {
+                engine.on_delivery(ticket, Ok(()), 0);
+            }
+        }
+        assert_eq!(engine.commits(true).first().map(|c| c.offset), Some(0), "the dead letter is not acknowledged");
+    }
+
     /// A record is processed whole or not at all: when one of its pieces fails, none of the
     /// others reach the window, and the record goes to the dead-letter topic.
     #[test]
