@@ -1,6 +1,7 @@
 //! The worker as separate `streamjob-worker` processes against a broker in its own process:
 //! `streamjob-mock-broker` (librdkafka's mock cluster on local TCP ports), or the Kafka named by
-//! `STREAMJOB_TEST_BOOTSTRAP`. Word count, then a `kill -9` and a restart.
+//! `STREAMJOB_TEST_BOOTSTRAP`. Word count, then a `kill -9` and a restart; and two workers
+//! counting a live stream while one of them is killed at different points of a window.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -27,10 +28,22 @@ fn manifest(lines: &str, counts: &str) -> PathBuf {
 }
 
 fn worker(manifest: &std::path::Path, bootstrap: &str, group: &str, port: u16) -> ChildGuard {
+    let timings = ["--commit-interval", "200ms", "--idle-timeout", "4s", "--session-timeout", "3s"];
+    worker_with(manifest, bootstrap, group, ("wordcount-0", port), &timings)
+}
+
+/// A `streamjob-worker` process as `instance` with its HTTP port, and `timings` arguments.
+fn worker_with(
+    manifest: &std::path::Path,
+    bootstrap: &str,
+    group: &str,
+    (instance, port): (&str, u16),
+    timings: &[&str],
+) -> ChildGuard {
     let child = Command::new(workspace_binary("streamjob-worker"))
         .args(["--config", &manifest.display().to_string(), "--bootstrap", bootstrap, "--group", group])
-        .args(["--instance-id", "wordcount-0", "--http-address", &format!("127.0.0.1:{port}"), "--log-format", "text"])
-        .args(["--commit-interval", "200ms", "--idle-timeout", "4s", "--session-timeout", "3s"])
+        .args(["--instance-id", instance, "--http-address", &format!("127.0.0.1:{port}"), "--log-format", "text"])
+        .args(timings)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -53,21 +66,30 @@ fn lines(range: std::ops::Range<usize>, start_ms: i64) -> Vec<NewRecord> {
         .collect()
 }
 
-/// The sum of `streamjob_worker_records_in_total` for `topic`, read from the worker's /metrics.
-fn records_in(port: u16, topic: &str) -> u64 {
+/// The response to `GET path` from the worker's HTTP port, empty when it does not answer.
+fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
     let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return 0;
+        return String::new();
     };
-    let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    let _ = stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes());
     let mut body = String::new();
     let _ = stream.read_to_string(&mut body);
-    body.lines()
-        .filter(|line| {
-            line.starts_with("streamjob_worker_records_in_total") && line.contains(&format!("topic=\"{topic}\""))
-        })
+    body
+}
+
+/// The sum of a counter's samples whose labels contain `labels`, read from the worker's /metrics.
+fn counter(port: u16, name: &str, labels: &str) -> u64 {
+    http_get(port, "/metrics")
+        .lines()
+        .filter(|line| line.starts_with(name) && line.contains(labels))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
+}
+
+/// The sum of `streamjob_worker_records_in_total` for `topic`, read from the worker's /metrics.
+fn records_in(port: u16, topic: &str) -> u64 {
+    counter(port, "streamjob_worker_records_in_total", &format!("topic=\"{topic}\""))
 }
 
 fn wait_for(condition: impl Fn() -> bool) -> bool {
@@ -106,4 +128,149 @@ fn worker_processes_count_words_exactly_across_a_kill_9() {
     let got = final_word_counts(&sink.records).unwrap_or_else(|error| panic!("{error}"));
     let wrong = word_count_differences(&want, &got);
     assert!(complete, "counts after kill -9 and restart differ: {wrong:?}");
+}
+
+/// Session timeout of the live-stream test: the real broker's minimum is 6 s by default.
+const SESSION_TIMEOUT: &str = "10s";
+/// Shorter than the session timeout: a dead worker's partitions are silent for longer than
+/// this before they move, and that silence must not close a window.
+const IDLE_TIMEOUT: &str = "3s";
+/// How long the live stream runs. It writes [`LINES_PER_BURST`] lines every [`BURST_EVERY_MS`]
+/// of the wall clock, a quiet longer than the idle timeout in between: between bursts the
+/// source partitions are idle, and what a burst writes while a worker is dead waits for it.
+const STREAM: Duration = Duration::from_secs(40);
+const LINES_PER_BURST: usize = 1000;
+const BURST_EVERY_MS: i64 = 5_000;
+/// When in each [`BURST_EVERY_MS`] a burst is written: 1 s before a window ends, after a
+/// quiet longer than the idle timeout, so a worker killed 1.5 s before the end has its
+/// partitions idle, and the burst lands in them while they have no reader.
+const BURST_AT_MS: i64 = 4_000;
+const WORDS: usize = 800;
+
+/// A line of 2-5 of the words w000..w799, and its timestamp.
+fn live_line(i: usize) -> NewRecord {
+    NewRecord {
+        key: Some(format!("line-{i}")),
+        value: (0..(2 + i % 4))
+            .map(|j| format!("w{:03}", (i * 7 + j * 13) % WORDS))
+            .collect::<Vec<_>>()
+            .join(" ")
+            .into_bytes(),
+        timestamp_ms: Some(streamjob_worker::runner::now_ms()),
+    }
+}
+
+/// Writes bursts of lines stamped with the wall clock for [`STREAM`], and returns them.
+fn write_live_stream(bootstrap: String, topic: String) -> std::thread::JoinHandle<Vec<NewRecord>> {
+    std::thread::spawn(move || {
+        let mut written = Vec::new();
+        let end = Instant::now() + STREAM;
+        while Instant::now() < end {
+            let now = streamjob_worker::runner::now_ms();
+            let wait = (BURST_AT_MS - now).rem_euclid(BURST_EVERY_MS);
+            std::thread::sleep(Duration::from_millis(wait as u64));
+            let burst: Vec<NewRecord> = (written.len()..written.len() + LINES_PER_BURST).map(live_line).collect();
+            produce_all(&bootstrap, &topic, &burst).expect("lines written");
+            written.extend(burst);
+        }
+        written
+    })
+}
+
+/// Which worker a test kills: one that aggregates (reads the repartition topic) or one that
+/// reads the source topic. The assignment decides which is which; often each does both.
+#[derive(Debug, Clone, Copy)]
+enum Victim {
+    Aggregator,
+    Source,
+}
+
+/// The index `find` returns, once it returns one within [`LIMIT`].
+fn wait_for_index(find: impl Fn() -> Option<usize>) -> Option<usize> {
+    let deadline = Instant::now() + LIMIT;
+    while Instant::now() < deadline {
+        if let Some(index) = find() {
+            return Some(index);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+/// Two workers count a live stream; at `before_window_end` before the end of a window some
+/// seconds in, the `victim` is killed with SIGKILL and started again at once. Its partitions
+/// have no reader for the session timeout, longer than the idle timeout, and a burst lands in
+/// them meanwhile: every count must still be exact, and the surviving worker and the restarted
+/// one count nothing late or skipped.
+fn count_a_live_stream_across_a_kill_9(victim: Victim, before_window_end: Duration) {
+    let (lines_topic, counts_topic) = (unique("live-lines"), unique("live-counts"));
+    let group = unique("live-wordcount");
+    // Created here too, so that each worker surely aggregates some of its partitions.
+    let repartition_topic = format!("{group}-repartition");
+    let broker = broker(&[(&lines_topic, 4), (&counts_topic, 4), (&repartition_topic, 4)]);
+    let manifest = manifest(&lines_topic, &counts_topic);
+    let timings = ["--commit-interval", "500ms", "--idle-timeout", IDLE_TIMEOUT, "--session-timeout", SESSION_TIMEOUT];
+    let ports = [free_port().expect("a free port"), free_port().expect("a free port")];
+    let mut workers = [
+        Some(worker_with(&manifest, &broker.bootstrap, &group, ("live-0", ports[0]), &timings)),
+        Some(worker_with(&manifest, &broker.bootstrap, &group, ("live-1", ports[1]), &timings)),
+    ];
+    assert!(wait_for(|| ports.iter().all(|port| http_get(*port, "/readyz").contains("200 OK"))), "workers not ready");
+
+    let writer = write_live_stream(broker.bootstrap.clone(), lines_topic.clone());
+    let victim_topic = match victim {
+        Victim::Aggregator => &repartition_topic,
+        Victim::Source => &lines_topic,
+    };
+    let doomed = wait_for_index(|| ports.iter().position(|port| records_in(*port, victim_topic) > 0))
+        .expect("no worker reads the victim's topic");
+    let mut doomed_process = workers[doomed].take().expect("the doomed worker");
+    let survivor_port = ports[1 - doomed];
+    let now = streamjob_worker::runner::now_ms();
+    let window_end = now + 12_000 - (now + 12_000).rem_euclid(WINDOW_MS) + WINDOW_MS;
+    let kill_at = window_end - before_window_end.as_millis() as i64;
+    std::thread::sleep(Duration::from_millis((kill_at - streamjob_worker::runner::now_ms()).max(0) as u64));
+    doomed_process.0.kill().expect("kill -9");
+    let _ = doomed_process.0.wait();
+    let restarted_port = free_port().expect("a free port");
+    let instance = format!("live-{doomed}");
+    let _restarted = worker_with(&manifest, &broker.bootstrap, &group, (&instance, restarted_port), &timings);
+    eprintln!(
+        "killed the {victim:?} worker {} ms before the window ending at {window_end}",
+        before_window_end.as_millis()
+    );
+
+    let written = writer.join().expect("the writer finished");
+    let want = expected_word_counts(&written, WINDOW_MS);
+    let mut sink = TopicReader::new(&broker.bootstrap, &counts_topic, false).expect("reader");
+    let complete = sink.read_until(LIMIT, |records| final_word_counts(records).is_ok_and(|counts| counts == want));
+    let got = final_word_counts(&sink.records).unwrap_or_else(|error| panic!("{error}"));
+    let wrong = word_count_differences(&want, &got);
+    let exact = want.iter().filter(|(key, count)| got.get(*key) == Some(*count)).count();
+    assert!(complete, "{exact} of {} counts exact after kill -9 and restart; wrong: {wrong:?}", want.len());
+    for port in [survivor_port, restarted_port] {
+        for name in ["streamjob_worker_records_late_total", "streamjob_worker_records_skipped_total"] {
+            assert_eq!(counter(port, name, ""), 0, "{name} of the worker on port {port}");
+        }
+    }
+}
+
+#[test]
+fn an_aggregator_killed_just_before_a_window_ends_loses_no_record() {
+    count_a_live_stream_across_a_kill_9(Victim::Aggregator, Duration::from_millis(1500));
+}
+
+#[test]
+fn a_source_reader_killed_just_before_a_window_ends_loses_no_record() {
+    count_a_live_stream_across_a_kill_9(Victim::Source, Duration::from_millis(1500));
+}
+
+#[test]
+fn an_aggregator_killed_in_the_middle_of_a_window_loses_no_record() {
+    count_a_live_stream_across_a_kill_9(Victim::Aggregator, Duration::from_millis(5000));
+}
+
+#[test]
+fn a_source_reader_killed_just_after_a_window_starts_loses_no_record() {
+    count_a_live_stream_across_a_kill_9(Victim::Source, Duration::from_millis(9500));
 }

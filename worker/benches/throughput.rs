@@ -6,7 +6,9 @@
 //! and the worker's engine alone, without Kafka.
 //!
 //! `cargo bench -p streamjob-worker --bench throughput -- [--records N] [--repeat R] [--bootstrap HOST:PORT] [--engine-only]`
-//! Without `--bootstrap` the broker is librdkafka's mock cluster in this process.
+//! Without `--bootstrap` the broker is librdkafka's mock cluster in this process. Each run makes
+//! its own topics and groups (the broker may be shared and keeps them), and reports no case
+//! whose input the broker did not keep whole.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -22,15 +24,15 @@ use streamjob_worker::engine::{Engine, Input};
 use streamjob_worker::mock_broker::MockBroker;
 use streamjob_worker::pipeline::CompiledPipeline;
 use streamjob_worker::runner::engine_settings;
-use streamjob_worker::topic_io::{assign_from_beginning, producer, send_waiting};
+use streamjob_worker::topic_io::{assign_from_beginning, create_topics, producer, send_waiting};
 use streamjob_worker::{Control, Overrides, WorkerConfig};
 
 #[derive(Parser)]
 struct Args {
     /// Records per input topic.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 200_000)]
     records: usize,
-    /// Partitions of the input topics (mock broker only).
+    /// Partitions of the topics the bench creates.
     #[arg(long, default_value_t = 6)]
     partitions: i32,
     /// A Kafka to measure against instead of the in-process mock cluster.
@@ -134,16 +136,17 @@ fn consume(
 }
 
 /// (a): only counts.
-fn raw_consumer(bootstrap: &str, topic: &str, records: usize) -> anyhow::Result<f64> {
-    consume(bootstrap, topic, records, "streamjob-bench-raw", |_| Ok(()))
+fn raw_consumer(bootstrap: &str, run: &str, records: usize) -> anyhow::Result<f64> {
+    consume(bootstrap, &Feed::Json.topic(run), records, &format!("{run}-raw"), |_| Ok(()))
 }
 
 /// The same work as a case, written the way a hand-written rdkafka loop does it: no offset
 /// tracking, no dead-letter topic, no metrics: what this machine and broker allow for the
 /// same work.
-fn hand_written(bootstrap: &str, case: char, records: usize) -> anyhow::Result<f64> {
+fn hand_written(bootstrap: &str, run: &str, case: char, records: usize) -> anyhow::Result<f64> {
     let producer = producer(bootstrap)?;
-    let group = format!("streamjob-bench-hand-{case}");
+    let group = format!("{run}-hand-{case}");
+    let (json, text, hand_topic) = (Feed::Json.topic(run), Feed::Text.topic(run), format!("{run}-hand-{case}"));
     let send = |topic: &str, key: Option<&[u8]>, payload: &[u8]| {
         let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(payload);
         if let Some(key) = key {
@@ -152,20 +155,20 @@ fn hand_written(bootstrap: &str, case: char, records: usize) -> anyhow::Result<f
         send_waiting(&producer, record)
     };
     let rate = match case {
-        'b' => consume(bootstrap, "bench-json", records, &group, |message| {
-            Ok(send("bench-hand-b", message.key(), message.payload().unwrap_or_default())?)
+        'b' => consume(bootstrap, &json, records, &group, |message| {
+            Ok(send(&hand_topic, message.key(), message.payload().unwrap_or_default())?)
         }),
-        'c' => consume(bootstrap, "bench-json", records, &group, |message| {
+        'c' => consume(bootstrap, &json, records, &group, |message| {
             let event: serde_json::Value = serde_json::from_slice(message.payload().unwrap_or_default())?;
             if event["type"] == "click" {
                 let out = serde_json::json!({"user": event["user"], "amount": event["amount"], "source": "web"});
-                send("bench-hand-c", message.key(), &serde_json::to_vec(&out)?)?;
+                send(&hand_topic, message.key(), &serde_json::to_vec(&out)?)?;
             }
             Ok(())
         }),
         _ => {
             let mut counts: HashMap<(i64, String), u64> = HashMap::new();
-            consume(bootstrap, "bench-text", records, &group, |message| {
+            consume(bootstrap, &text, records, &group, |message| {
                 let window = message.timestamp().to_millis().unwrap_or_default() / 10_000;
                 for word in std::str::from_utf8(message.payload().unwrap_or_default())?.split_whitespace() {
                     *counts.entry((window, word.to_lowercase())).or_default() += 1;
@@ -178,16 +181,17 @@ fn hand_written(bootstrap: &str, case: char, records: usize) -> anyhow::Result<f
     Ok(rate)
 }
 
-/// Records the broker still holds (librdkafka's mock cluster keeps a bounded log per partition).
-fn retained(bootstrap: &str, topic: &str) -> anyhow::Result<usize> {
+/// Why the broker does not hold all `produced` records of `topic` (its watermarks span fewer:
+/// librdkafka's mock cluster keeps a bounded log per partition), or `None` when it does.
+fn not_kept_whole(bootstrap: &str, topic: &str, produced: usize) -> anyhow::Result<Option<String>> {
     let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut total = 0;
+    let mut kept = 0;
     for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
         let (low, high) = consumer.fetch_watermarks(topic, partition.id(), Duration::from_secs(10))?;
-        total += (high - low) as usize;
+        kept += (high - low) as usize;
     }
-    Ok(total)
+    Ok((kept != produced).then(|| format!("the broker holds {kept} of the {produced} records produced to {topic}")))
 }
 
 /// The median of `repeat` runs of `run`, each given its run number.
@@ -278,85 +282,137 @@ fn job(source_topic: &str, format: &str, pipeline: &str, sink: &str) -> String {
     )
 }
 
-/// (letter, description, job manifest, input topic)
-fn cases() -> [(char, &'static str, String, &'static str); 3] {
+/// The two inputs the cases read.
+#[derive(Clone, Copy, PartialEq)]
+enum Feed {
+    Json,
+    Text,
+}
+
+impl Feed {
+    fn topic(self, run: &str) -> String {
+        match self {
+            Feed::Json => format!("{run}-json"),
+            Feed::Text => format!("{run}-text"),
+        }
+    }
+
+    fn make(self) -> fn(usize) -> String {
+        match self {
+            Feed::Json => json_record,
+            Feed::Text => text_record,
+        }
+    }
+}
+
+/// (letter, description, job manifest, input), on the topics of `run`.
+fn cases(run: &str) -> [(char, &'static str, String, Feed); 3] {
+    let (json, text) = (Feed::Json.topic(run), Feed::Text.topic(run));
+    let out = |letter: char| format!("{run}-out-{letter}");
     [
-        ('b', "(b) worker, passthrough (json in, json out)", job("bench-json", "json", "[]", "bench-out-b"), "bench-json"),
+        ('b', "(b) worker, passthrough (json in, json out)", job(&json, "json", "[]", &out('b')), Feed::Json),
         (
             'c',
             "(c) worker, JSON filter + map",
             job(
-                "bench-json",
+                &json,
                 "json",
                 "[{filter: {field: type, op: eq, value: click}}, {map: {select: [user, amount], set: {source: web}}}]",
-                "bench-out-c",
+                &out('c'),
             ),
-            "bench-json",
+            Feed::Json,
         ),
         (
             'd',
             "(d) worker, word count, 10 s tumbling",
             job(
-                "bench-text",
+                &text,
                 "text",
                 "[{split: {field: value, lowercase: true}}, {keyBy: {field: value}}, {window: {size: 10s, aggregate: {function: count}}}]",
-                "bench-out-d",
+                &out('d'),
             ),
-            "bench-text",
+            Feed::Text,
         ),
     ]
 }
 
+/// Every topic a run writes: the inputs, the workers' sinks and the hand-written loops' sinks.
+fn run_topics(run: &str) -> Vec<String> {
+    let mut topics = vec![Feed::Json.topic(run), Feed::Text.topic(run)];
+    topics.extend(['b', 'c', 'd'].map(|letter| format!("{run}-out-{letter}")));
+    topics.extend(['b', 'c'].map(|letter| format!("{run}-hand-{letter}")));
+    topics
+}
+
+/// A name for this run's topics and groups: the broker may be shared and keeps them.
+fn run_name() -> String {
+    let seconds = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    format!("bench-{}-{seconds}", std::process::id())
+}
+
+fn engine_only(args: &Args) -> anyhow::Result<()> {
+    println!("{:<44} {:>12}", "engine alone (no Kafka)", "records/s");
+    for (letter, case, manifest, feed) in cases("bench").iter().filter(|(letter, ..)| args.cases.contains(*letter)) {
+        let alone = median_of(args.repeat, |_| engine_alone(manifest, feed.make(), args.records))?;
+        println!("{case:<44} {alone:>12.0}   ({letter})");
+    }
+    Ok(())
+}
+
+/// (case, worker records/s, hand-written loop and engine alone records/s)
+type Results = Vec<(&'static str, f64, Option<(f64, f64)>)>;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let selected = |letter: &char| args.cases.contains(*letter);
     if args.engine_only {
-        println!("{:<44} {:>12}", "engine alone (no Kafka)", "records/s");
-        for (letter, case, manifest, topic) in cases().iter().filter(|(letter, ..)| selected(letter)) {
-            let make = if *topic == "bench-json" { json_record } else { text_record };
-            let alone = median_of(args.repeat, |_| engine_alone(manifest, make, args.records))?;
-            println!("{case:<44} {alone:>12.0}   ({letter})");
-        }
-        return Ok(());
+        return engine_only(&args);
     }
+    let run = run_name();
+    let topics = run_topics(&run);
     let mock;
     let bootstrap = match &args.bootstrap {
-        Some(bootstrap) => bootstrap.clone(),
+        Some(bootstrap) => {
+            let wanted: Vec<(&str, i32)> = topics.iter().map(|t| (t.as_str(), args.partitions)).collect();
+            create_topics(bootstrap, &wanted)?;
+            bootstrap.clone()
+        }
         None => {
             mock = MockBroker::start(1)?;
-            for topic in ["bench-json", "bench-text"] {
-                mock.create_topic(topic, args.partitions)?;
-            }
-            for topic in ["bench-out-b", "bench-out-c", "bench-out-d", "bench-hand-b", "bench-hand-c"] {
+            for topic in &topics {
                 mock.create_topic(topic, args.partitions)?;
             }
             mock.bootstrap_servers()
         }
     };
     let n = args.records;
-    produce(&bootstrap, "bench-json", n, json_record)?;
-    produce(&bootstrap, "bench-text", n, text_record)?;
-
-    let (json_records, text_records) = (retained(&bootstrap, "bench-json")?, retained(&bootstrap, "bench-text")?);
-    println!("retained by the broker: {json_records} JSON, {text_records} text records");
-    let raw = median_of(args.repeat, |_| raw_consumer(&bootstrap, "bench-json", json_records))?;
-    let cases = cases();
-    let mut results = vec![("(a) raw rdkafka consumer, counting", raw, None)];
-    for (letter, case, manifest, topic) in cases.iter().filter(|(letter, ..)| selected(letter)) {
-        let records = if *topic == "bench-json" { json_records } else { text_records };
-        let rate =
-            median_of(args.repeat, |run| worker_rate(&bootstrap, manifest, records, &format!("bench-{letter}-{run}")))?;
-        let hand = median_of(args.repeat, |_| hand_written(&bootstrap, *letter, records))?;
-        let make = if *topic == "bench-json" { json_record } else { text_record };
-        let alone = median_of(args.repeat, |_| engine_alone(manifest, make, n))?;
+    produce(&bootstrap, &Feed::Json.topic(&run), n, json_record)?;
+    produce(&bootstrap, &Feed::Text.topic(&run), n, text_record)?;
+    if let Some(missing) = not_kept_whole(&bootstrap, &Feed::Json.topic(&run), n)? {
+        anyhow::bail!(
+            "{missing}: no rate is reported over part of the input (the mock cluster keeps up to 100 000 records \
+             or 5 MiB per partition: use fewer --records or more --partitions)"
+        );
+    }
+    let text_missing = not_kept_whole(&bootstrap, &Feed::Text.topic(&run), n)?;
+    let raw = median_of(args.repeat, |_| raw_consumer(&bootstrap, &run, n))?;
+    let mut results: Results = vec![("(a) raw rdkafka consumer, counting", raw, None)];
+    for (letter, case, manifest, feed) in cases(&run).iter().filter(|(letter, ..)| args.cases.contains(*letter)) {
+        if let (Feed::Text, Some(missing)) = (feed, &text_missing) {
+            println!("{case}: not reported: {missing}");
+            continue;
+        }
+        let rate = median_of(args.repeat, |i| worker_rate(&bootstrap, manifest, n, &format!("{run}-{letter}-{i}")))?;
+        let hand = median_of(args.repeat, |_| hand_written(&bootstrap, &run, *letter, n))?;
+        let alone = median_of(args.repeat, |_| engine_alone(manifest, feed.make(), n))?;
         results.push((case, rate, Some((hand, alone))));
     }
-    println!(
-        "\n{n} records, {} partitions, broker {}, median of {} runs",
-        args.partitions,
-        if args.bootstrap.is_some() { bootstrap.as_str() } else { "in-process mock cluster" },
-        args.repeat.max(1)
-    );
+    let broker = if args.bootstrap.is_some() { bootstrap.as_str() } else { "in-process mock cluster" };
+    println!("\n{n} records, {} partitions, broker {broker}, median of {} runs", args.partitions, args.repeat.max(1));
+    print_results(&results, raw);
+    Ok(())
+}
+
+fn print_results(results: &Results, raw: f64) {
     println!(
         "{:<44} {:>12} {:>8}   {:>21}   {:>12}",
         "case", "records/s", "ratio", "hand-written loop", "engine alone"
@@ -366,5 +422,4 @@ fn main() -> anyhow::Result<()> {
             others.map_or(String::new(), |(hand, alone)| format!("{hand:>12.0} {:>8.2}   {alone:>12.0}", hand / raw));
         println!("{case:<44} {value:>12.0} {:>8.2}   {others}", value / raw);
     }
-    Ok(())
 }

@@ -4,6 +4,7 @@
 //! [`http`] serves health and metrics, [`mock_broker`] hosts librdkafka's mock cluster for
 //! tests and `streamjob-operator dev`.
 
+pub mod aggregate;
 pub mod config;
 pub mod engine;
 pub mod http;
@@ -11,6 +12,7 @@ pub mod liveness;
 pub mod metrics;
 pub mod mock_broker;
 pub mod offsets;
+pub mod partition_end;
 pub mod pipeline;
 pub mod record;
 pub mod repartition;

@@ -67,25 +67,25 @@ impl Default for WorkerMetrics {
             records_dead_lettered: registered(
                 &mut registry,
                 "records_dead_lettered",
-                "Records sent to the dead-letter topic (failed or late)",
+                "Records sent to the dead-letter topic (failed, late or undeliverable), by the records they stand for",
                 Family::default(),
             ),
             records_skipped: registered(
                 &mut registry,
                 "records_skipped",
-                "Records that failed or came late and were skipped: no dead-letter topic is set",
+                "Records dropped for good (failed, late or undeliverable) with no dead-letter topic to take them",
                 Family::default(),
             ),
             records_late: registered(
                 &mut registry,
                 "records_late",
-                "Records later than the window's allowed lateness",
+                "Records that came after their window was closed (past the allowed lateness); a replay of counted records is not late",
                 Family::default(),
             ),
             replayed_partials_discarded: registered(
                 &mut registry,
                 "replayed_partials_discarded",
-                "Partial aggregates replayed after a restart for windows already emitted",
+                "Partial aggregates a replay brought again for windows already emitted: already counted, so dropped and counted nowhere else",
                 Family::default(),
             ),
             processing_latency: registered(

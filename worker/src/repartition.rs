@@ -5,7 +5,9 @@
 //! Each partial names the range of source offsets it covers. When a source partition is replayed
 //! (after a crash or a rebalance), its new owner first sends `Reset` to every repartition
 //! partition, so the aggregating stage drops what the replay will send again: replays never
-//! count twice. `Progress` carries each source partition's watermark.
+//! count twice. `Progress` carries each source partition's watermark, as its current owner
+//! knows it: only a live owner that has read its partition to the end declares it idle, so a
+//! partition whose owner died holds windows back until a new owner reports.
 
 use serde::{Deserialize, Serialize};
 
@@ -27,9 +29,21 @@ pub enum RepartitionMessage {
     /// The source partition restarts at `from`: forget what it sent from there on.
     #[serde(rename = "r")]
     Reset { src: String, from: i64 },
-    /// The source partition's watermark, and whether it has gone idle.
+    /// The source partition's watermark (`i64::MIN`: not known yet), whether its owner has
+    /// read it to the end and found nothing new for the idle timeout, and the highest source
+    /// offset whose partials this owner has sent (-1: none yet).
     #[serde(rename = "w")]
-    Progress { src: String, watermark: i64, idle: bool },
+    Progress {
+        src: String,
+        watermark: i64,
+        idle: bool,
+        #[serde(rename = "a", default = "nothing_sent")]
+        through: i64,
+    },
+}
+
+fn nothing_sent() -> i64 {
+    -1
 }
 
 impl RepartitionMessage {

@@ -1,6 +1,7 @@
 //! The Kafka side of the worker: one consumer-group member, one producer, and the loop that
 //! feeds the [`Engine`] and commits what it reports safe.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,7 +21,9 @@ use streamjob_crds::StartFrom;
 use crate::config::WorkerConfig;
 use crate::engine::{Commit, Destination, Engine, EngineSettings, Input, Output, Ticket, Totals};
 use crate::metrics::{KindLabel, PartitionLabels, ResultLabel, WorkerMetrics};
+use crate::partition_end::{self, Start};
 use crate::pipeline::CompiledPipeline;
+use crate::repartition::source_id;
 
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 const TICK_INTERVAL: Duration = Duration::from_millis(50);
@@ -118,6 +121,8 @@ struct Shared {
     metrics: Arc<WorkerMetrics>,
     /// Longest wait for acknowledgements before a commit (revocation, shutdown).
     flush_timeout: Duration,
+    /// Where each assigned source partition started: its position until a record is read.
+    starts: Mutex<HashMap<String, HashMap<i32, Start>>>,
 }
 
 pub struct GroupContext {
@@ -182,6 +187,7 @@ impl Shared {
             }
         };
         let mut engine = lock(&self.engine);
+        let mut starts = lock(&self.starts);
         let mut assignment = TopicPartitionList::new();
         for element in committed.elements() {
             let (topic, partition) = (element.topic(), element.partition());
@@ -197,9 +203,16 @@ impl Shared {
             if let Err(error) = assignment.add_partition_offset(topic, partition, offset) {
                 tracing::error!(%error, topic, partition, "cannot set the start offset");
             }
+            let start = match offset {
+                Offset::Offset(offset) => Start::Committed(offset),
+                Offset::End => Start::End,
+                _ => Start::Beginning,
+            };
+            starts.entry(topic.to_owned()).or_default().insert(partition, start);
             engine.assign(topic, partition, metadata);
             self.metrics.rebalances.get_or_create(&KindLabel { kind: "assigned".into() }).inc();
         }
+        drop(starts);
         if let Err(error) = consumer.incremental_assign(&assignment) {
             tracing::error!(%error, "incremental assign failed");
         }
@@ -223,6 +236,35 @@ impl Shared {
             tracing::error!(%error, "incremental unassign failed");
         }
         tracing::info!(partitions = ?engine.assigned(), "partitions revoked; still assigned");
+    }
+
+    /// Tells the engine which source partitions this worker has read to their end: only then
+    /// can a partition become idle.
+    fn observe_source_ends(&self, consumer: &WorkerConsumer, engine: &mut Engine) {
+        if self.repartition_topic.is_none() {
+            return;
+        }
+        let positions = match consumer.position() {
+            Ok(positions) => positions,
+            Err(error) => return tracing::debug!(%error, "no consumer positions"),
+        };
+        let starts = lock(&self.starts);
+        let now = now_ms();
+        for element in positions.elements() {
+            let (topic, partition) = (element.topic(), element.partition());
+            let Some(start) = starts.get(topic).and_then(|partitions| partitions.get(&partition)) else {
+                continue;
+            };
+            if Some(topic) == self.repartition_topic.as_deref() {
+                continue;
+            }
+            let position = match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            };
+            let watermarks = partition_end::cached_watermarks(consumer, topic, partition);
+            engine.observe_end(topic, partition, partition_end::read_to_end(position, *start, watermarks), now);
+        }
     }
 
     fn producer_for(&self, destination: Destination) -> &WorkerProducer {
@@ -468,14 +510,15 @@ pub fn engine_settings(config: &WorkerConfig, repartition: Option<(String, i32)>
 pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
     let pipeline = CompiledPipeline::compile(&config.job.spec.pipeline)?;
     let windowed = pipeline.window.is_some();
-    let repartition = if windowed {
-        let partitions = ensure_repartition_topic(&config, &control)?;
-        Some((config.repartition_topic(), partitions))
+    let (repartition, sources) = if windowed {
+        let (partitions, sources) = ensure_repartition_topic(&config, &control)?;
+        (Some((config.repartition_topic(), partitions)), sources)
     } else {
-        None
+        (None, Vec::new())
     };
     let settings = engine_settings(&config, repartition.clone());
-    let engine = Engine::new(settings, pipeline, control.metrics.clone(), control.totals.clone());
+    let mut engine = Engine::new(settings, pipeline, control.metrics.clone(), control.totals.clone());
+    engine.expect_sources(sources);
     let exactly_once = config.exactly_once();
     let producer = create_producer(&config, &config.source_bootstrap, exactly_once)?;
     let sink_producer = if config.sink_bootstrap != config.source_bootstrap {
@@ -504,6 +547,7 @@ pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
         leaving: AtomicBool::new(false),
         metrics: control.metrics.clone(),
         flush_timeout: config.timings.shutdown_timeout,
+        starts: Mutex::default(),
     });
     let consumer = create_consumer(&config, shared.clone())?;
     let mut topics: Vec<&str> = config.job.spec.source.topics.iter().map(String::as_str).collect();
@@ -545,6 +589,7 @@ fn consume_until_stopped(
         let now = Instant::now();
         if now - last_tick >= TICK_INTERVAL {
             last_tick = now;
+            shared.observe_source_ends(consumer, &mut engine);
             engine.on_tick(now_ms());
         }
         if engine.has_outputs() {
@@ -614,13 +659,15 @@ fn is_fatal(error: &KafkaError) -> bool {
 }
 
 /// Makes sure `<consumerGroup>-repartition` exists with as many partitions as the source's
-/// largest topic, and returns its partition count.
-fn ensure_repartition_topic(config: &WorkerConfig, control: &Control) -> Result<i32, WorkerError> {
+/// largest topic, and returns its partition count and the source partitions.
+fn ensure_repartition_topic(config: &WorkerConfig, control: &Control) -> Result<(i32, Vec<String>), WorkerError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
 
     let topic = config.repartition_topic();
-    let client = client_config(config, &config.source_bootstrap);
+    let mut client = client_config(config, &config.source_bootstrap);
+    // Else asking for the topic's metadata creates it, with the broker's default partitions.
+    client.set("allow.auto.create.topics", "false");
     let admin: AdminClient<DefaultClientContext> =
         client.create().map_err(|source| WorkerError::Client { client: "admin client", source })?;
     let mut backoff = Duration::from_millis(200);
@@ -629,8 +676,9 @@ fn ensure_repartition_topic(config: &WorkerConfig, control: &Control) -> Result<
             return Err(WorkerError::Unreachable(config.source_bootstrap.clone()));
         }
         match partition_counts(admin.inner(), config, &topic) {
-            Ok((_, Some(existing))) => return Ok(existing),
-            Ok((source_partitions, None)) => {
+            Ok((sources, Some(existing))) => return Ok((existing, sources)),
+            Ok((sources, None)) => {
+                let source_partitions = largest_topic(&sources);
                 tracing::info!(topic, partitions = source_partitions, "creating the repartition topic");
                 let new_topic = NewTopic::new(&topic, source_partitions, TopicReplication::Fixed(-1));
                 let created = futures::executor::block_on(admin.create_topics([&new_topic], &AdminOptions::new()));
@@ -653,21 +701,23 @@ fn ensure_repartition_topic(config: &WorkerConfig, control: &Control) -> Result<
     }
 }
 
-/// The largest source topic's partition count, and the repartition topic's if it exists.
+/// The source partitions (as [`source_id`]s), and the repartition topic's partition count if
+/// it exists.
 fn partition_counts<C: ClientContext>(
     client: &rdkafka::client::Client<C>,
     config: &WorkerConfig,
     repartition_topic: &str,
-) -> Result<(i32, Option<i32>), KafkaError> {
-    let mut source_partitions = 0;
+) -> Result<(Vec<String>, Option<i32>), KafkaError> {
+    let mut sources = Vec::new();
     for topic in &config.job.spec.source.topics {
         let metadata = client.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
-        let count =
-            metadata.topics().iter().filter(|t| t.error().is_none()).map(|t| t.partitions().len()).sum::<usize>();
-        if count == 0 {
+        let before = sources.len();
+        for found in metadata.topics().iter().filter(|t| t.error().is_none()) {
+            sources.extend(found.partitions().iter().map(|p| source_id(topic, p.id())));
+        }
+        if sources.len() == before {
             return Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition));
         }
-        source_partitions = source_partitions.max(count as i32);
     }
     let metadata = client.fetch_metadata(Some(repartition_topic), REQUEST_TIMEOUT)?;
     let existing = metadata
@@ -676,7 +726,16 @@ fn partition_counts<C: ClientContext>(
         .filter(|t| t.error().is_none() && !t.partitions().is_empty())
         .map(|t| t.partitions().len() as i32)
         .next();
-    Ok((source_partitions, existing))
+    Ok((sources, existing))
+}
+
+/// The partition count of the largest topic among `sources`.
+fn largest_topic(sources: &[String]) -> i32 {
+    let mut counts: HashMap<&str, i32> = HashMap::new();
+    for topic in sources.iter().filter_map(|id| id.rsplit_once('/')).map(|(topic, _)| topic) {
+        *counts.entry(topic).or_default() += 1;
+    }
+    counts.into_values().max().unwrap_or(1)
 }
 
 /// Brokers without the CreateTopics API (librdkafka's mock cluster) create a topic on first use.

@@ -16,7 +16,8 @@ fn broker_outage_and_request_errors_are_survived_without_loss() {
     init_logs();
     let broker = MockBroker::start(1).expect("mock cluster starts");
     let names = JobNames::new("wc-faults");
-    for (topic, partitions) in [(&names.source, 4), (&names.sink, 4)] {
+    // The mock cluster has no CreateTopics: the worker's repartition topic is made here too.
+    for (topic, partitions) in [(&names.source, 4), (&names.sink, 4), (&names.repartition(), 4)] {
         broker.create_topic(topic, partitions).expect("topic created");
     }
     let bootstrap = broker.bootstrap_servers();

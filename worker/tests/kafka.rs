@@ -124,18 +124,33 @@ fn a_poison_message_goes_to_the_dead_letter_topic_and_its_partition_continues() 
     assert_eq!(ids, vec![serde_json::json!(1), serde_json::json!(3)]);
 }
 
+/// The partitions of `topic` in the broker's metadata.
+fn partition_count(bootstrap: &str, topic: &str) -> usize {
+    let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("client");
+    let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    metadata.topics().iter().map(|t| t.partitions().len()).sum()
+}
+
 #[test]
 fn created_topics_are_ready_with_their_partitions_and_creating_again_keeps_them() {
     let Some(bootstrap) = real_broker() else { return };
     let (four, one) = (unique("topics-four"), unique("topics-one"));
     create_topics(&bootstrap, &[(&four, 4), (&one, 1)]);
-    let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().expect("client");
-    let partitions = |topic: &str| {
-        let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-        metadata.topics().iter().map(|t| t.partitions().len()).sum::<usize>()
-    };
+    let partitions = |topic: &str| partition_count(&bootstrap, topic);
     assert_eq!((partitions(&four), partitions(&one)), (4, 1), "ready as soon as create_topics returns");
 
     create_topics(&bootstrap, &[(&four, 2)]);
     assert_eq!(partitions(&four), 4, "an existing topic is kept as it is");
+}
+
+/// A metadata request for a missing topic must not create it with the broker's num.partitions.
+#[test]
+fn the_repartition_topic_has_as_many_partitions_as_the_source() {
+    let Some(bootstrap) = real_broker() else { return };
+    let names = JobNames::new("wc-repartition");
+    create_topics(&bootstrap, &[(&names.source, 4), (&names.sink, 4)]);
+    let worker = TestWorker::start(config("wordcount.yaml", &bootstrap, &names, "0"));
+    let ready = wait_until(LIMIT, || worker.control.ready.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(ready, "the worker never became ready");
+    assert_eq!(partition_count(&bootstrap, &names.repartition()), 4);
 }

@@ -72,6 +72,11 @@ impl JobNames {
         }
     }
 
+    /// The repartition topic a windowed job's workers create.
+    pub fn repartition(&self) -> String {
+        format!("{}-repartition", self.group)
+    }
+
     /// The worker's instance id (its transactional id under exactly-once) for `member`.
     pub fn instance(&self, member: &str) -> String {
         format!("{}-{member}", self.group)

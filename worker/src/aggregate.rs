@@ -1,0 +1,284 @@
+//! The aggregating stage's state for one repartition partition: the open windows, what is
+//! known of each source partition, and the checkpoint kept in the commit metadata.
+//!
+//! A source partition's watermark comes only from its current owner's progress markers. The
+//! stage never reads silence as idleness: a source whose owner died keeps the watermark it
+//! last reported, and after a `Reset` (a new owner replays it) its watermark is unknown until
+//! the new owner reports. So a window waits, however long, until every source is known past
+//! its end.
+//!
+//! The checkpoint is two numbers, whatever the number of sources: each source's state is
+//! rebuilt on a restart by replaying the repartition partition from its committed offset, and
+//! the committed offset never passes the last marker a source's state depends on (its pin).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::offsets::PartitionProgress;
+use crate::pipeline::Accumulator;
+
+/// The aggregating stage's state for one repartition partition.
+#[derive(Default)]
+pub struct AggregateStage {
+    pub windows: BTreeMap<i64, OpenWindow>,
+    sources: HashMap<String, SourceProgress>,
+    pub watermark: Option<i64>,
+    /// After a restart, windows are not emitted before the replay reaches this offset, where
+    /// the state is again what it was when the offset was committed.
+    pub replay_until_offset: i64,
+    /// Emitted windows as (end, offset holding their results), until the results are
+    /// acknowledged: a checkpoint keeps them open, so a restart emits them again.
+    pub emitted: Vec<(i64, i64)>,
+}
+
+#[derive(Default)]
+pub struct OpenWindow {
+    /// (source, first source offset of the partial's range) → the partial aggregates per key.
+    pub segments: HashMap<(String, i64), Segment>,
+}
+
+pub struct Segment {
+    pub first_input_offset: i64,
+    pub keys: foldhash::HashMap<String, Accumulator>,
+}
+
+/// What the stage knows of one source partition.
+#[derive(Debug, Clone, PartialEq)]
+struct SourceProgress {
+    /// As its current owner last reported; `None` until it reports (and again after a reset).
+    watermark: Option<i64>,
+    /// The highest source offset this source is known to have sent.
+    applied_through: i64,
+    /// Partials up to this source offset are replays of what was sent before the last reset.
+    replayed_through: i64,
+    /// A new owner is replaying what an earlier one sent, up to `replayed_through`.
+    replaying: bool,
+    /// The repartition offset a replay must start from to rebuild this state.
+    pin: Option<i64>,
+}
+
+impl Default for SourceProgress {
+    fn default() -> Self {
+        Self { watermark: None, applied_through: -1, replayed_through: -1, replaying: false, pin: None }
+    }
+}
+
+/// Commit metadata of a repartition partition.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+struct AggregateCheckpoint {
+    #[serde(rename = "wm")]
+    watermark: Option<i64>,
+    #[serde(rename = "to")]
+    read_to: i64,
+}
+
+/// What became of a partial aggregate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartialOutcome {
+    /// Added to its open window.
+    Applied,
+    /// Its window was emitted, and the partial is a replay of what it already counted.
+    Replayed,
+    /// Its window was emitted without it.
+    Late,
+}
+
+/// The source partitions a stage waits for: every partition of the job's source topics, and
+/// any other partition of those topics that reports (one added later). Empty: every source
+/// that has reported.
+#[derive(Debug, Default, Clone)]
+pub struct ExpectedSources {
+    ids: Vec<String>,
+    topics: HashSet<String>,
+}
+
+impl ExpectedSources {
+    pub fn new(ids: Vec<String>) -> Self {
+        let topics = ids.iter().filter_map(|id| id.rsplit_once('/')).map(|(topic, _)| topic.to_owned()).collect();
+        Self { ids, topics }
+    }
+
+    fn counts(&self, id: &str) -> bool {
+        self.ids.is_empty() || id.rsplit_once('/').is_some_and(|(topic, _)| self.topics.contains(topic))
+    }
+}
+
+impl AggregateStage {
+    pub fn restore(metadata: Option<&str>) -> Self {
+        let checkpoint: AggregateCheckpoint =
+            metadata.filter(|m| !m.is_empty()).and_then(|m| serde_json::from_str(m).ok()).unwrap_or_default();
+        Self { watermark: checkpoint.watermark, replay_until_offset: checkpoint.read_to, ..Self::default() }
+    }
+
+    /// The commit metadata. With `unacknowledged` holds (at-least-once), the watermark saved
+    /// stays below the end of every window whose results are not all acknowledged.
+    pub fn checkpoint(&self, progress: &PartitionProgress, unacknowledged: bool) -> String {
+        let pending_end = self
+            .emitted
+            .iter()
+            .filter(|(_, hold)| unacknowledged && progress.is_held(*hold))
+            .map(|(end, _)| end - 1)
+            .min();
+        let watermark = match (self.watermark, pending_end) {
+            (Some(w), Some(cap)) => Some(w.min(cap)),
+            (w, _) => w,
+        };
+        let next_offset = progress.next_offset();
+        let checkpoint = AggregateCheckpoint {
+            watermark,
+            read_to: next_offset.unwrap_or(self.replay_until_offset).max(self.replay_until_offset),
+        };
+        serde_json::to_string(&checkpoint).unwrap_or_default()
+    }
+
+    /// The oldest repartition offset a restart must read again: the first partial of an open
+    /// window, or the marker some source's state was last rebuilt from.
+    pub fn oldest_needed_offset(&self, expected: &ExpectedSources) -> Option<i64> {
+        let windows = self.windows.values().flat_map(|w| w.segments.values()).map(|s| s.first_input_offset);
+        let pins = self.sources.iter().filter(|(id, _)| expected.counts(id)).filter_map(|(_, s)| s.pin);
+        windows.chain(pins).min()
+    }
+
+    /// A source partition restarts at `from` (read at `offset`): what it sent from there will
+    /// come again, and its watermark is unknown until its new owner reports.
+    pub fn reset(&mut self, src: &str, from: i64, offset: i64) {
+        for window in self.windows.values_mut() {
+            window.segments.retain(|(source, range_start), _| source != src || *range_start < from);
+        }
+        self.windows.retain(|_, w| !w.segments.is_empty());
+        let progress = self.sources.entry(src.to_owned()).or_default();
+        progress.replayed_through = progress.replayed_through.max(progress.applied_through);
+        progress.replaying = progress.replayed_through >= from;
+        progress.watermark = None;
+        progress.pin.get_or_insert(offset);
+    }
+
+    /// A progress marker of `src`'s current owner, read at `offset`.
+    pub fn progress(&mut self, src: String, watermark: i64, through: i64, offset: i64) {
+        let progress = self.sources.entry(src).or_default();
+        if watermark > i64::MIN {
+            progress.watermark = Some(progress.watermark.map_or(watermark, |w| w.max(watermark)));
+        }
+        progress.applied_through = progress.applied_through.max(through);
+        if progress.replaying && through >= progress.replayed_through {
+            progress.replaying = false;
+        }
+        // While a replay is under way, the marker before the reset keeps what it replays.
+        if !progress.replaying {
+            progress.pin = Some(offset);
+        }
+    }
+
+    /// A partial aggregate read at `offset`, for the window starting at `start`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn partial(
+        &mut self,
+        src: String,
+        from: i64,
+        to: i64,
+        start: i64,
+        size_ms: i64,
+        key: String,
+        accumulator: Accumulator,
+        offset: i64,
+    ) -> PartialOutcome {
+        let progress = self.sources.entry(src.clone()).or_default();
+        progress.applied_through = progress.applied_through.max(to);
+        if self.watermark.is_some_and(|w| start + size_ms <= w) {
+            // Before `replay_until_offset` this partition's own replay reads what it handled
+            // before the checkpoint; after a source's reset, what its old owner sent.
+            if offset < self.replay_until_offset || to <= progress.replayed_through {
+                return PartialOutcome::Replayed;
+            }
+            return PartialOutcome::Late;
+        }
+        let segment = self
+            .windows
+            .entry(start)
+            .or_default()
+            .segments
+            .entry((src, from))
+            .or_insert_with(|| Segment { first_input_offset: offset, keys: foldhash::HashMap::default() });
+        segment.keys.entry(key).and_modify(|a| a.merge(&accumulator)).or_insert(accumulator);
+        PartialOutcome::Applied
+    }
+
+    /// The watermark: the lowest of the expected sources' watermarks, once every one of them
+    /// is known. It never goes back.
+    pub fn advance_watermark(&mut self, expected: &ExpectedSources) {
+        if expected.ids.iter().any(|id| !self.sources.contains_key(id)) {
+            return;
+        }
+        let mut lowest: Option<i64> = None;
+        for (_, progress) in self.sources.iter().filter(|(id, _)| expected.counts(id)) {
+            let Some(watermark) = progress.watermark else {
+                return;
+            };
+            lowest = Some(lowest.map_or(watermark, |l| l.min(watermark)));
+        }
+        if let Some(lowest) = lowest {
+            self.watermark = Some(self.watermark.map_or(lowest, |w| w.max(lowest)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(count: usize) -> ExpectedSources {
+        ExpectedSources::new((0..count).map(|p| format!("lines/{p}")).collect())
+    }
+
+    /// Whatever the number of source partitions, the commit metadata stays far below the
+    /// broker's `offset.metadata.max.bytes` (4096 by default).
+    #[test]
+    fn the_checkpoint_stays_small_with_a_thousand_sources() {
+        let expected = sources(1000);
+        let mut stage = AggregateStage::default();
+        let mut progress = PartitionProgress::default();
+        for (offset, id) in expected.ids.iter().enumerate() {
+            let offset = offset as i64 + 9_000_000_000;
+            stage.progress(id.clone(), 1_700_000_000_000 + offset, 123_456_789_012, offset);
+            progress.read(offset);
+        }
+        stage.advance_watermark(&expected);
+        let metadata = stage.checkpoint(&progress, true);
+        assert!(metadata.len() <= 64, "{} bytes: {metadata}", metadata.len());
+        let restored = AggregateStage::restore(Some(&metadata));
+        assert_eq!(restored.watermark, Some(1_700_000_000_000 + 9_000_000_000));
+        assert_eq!(restored.replay_until_offset, 9_000_001_000);
+    }
+
+    #[test]
+    fn a_window_waits_for_every_expected_source() {
+        let expected = sources(2);
+        let mut stage = AggregateStage::default();
+        stage.progress("lines/0".into(), 50_000, 10, 0);
+        stage.advance_watermark(&expected);
+        assert_eq!(stage.watermark, None, "lines/1 has not reported");
+        stage.progress("lines/1".into(), 40_000, 10, 1);
+        stage.progress("other/0".into(), 10, 10, 2);
+        stage.advance_watermark(&expected);
+        assert_eq!(stage.watermark, Some(40_000), "a topic the job does not read does not count");
+    }
+
+    /// A restart replays from the commit, which never passes the marker a source's state
+    /// was last rebuilt from; during a replay, the marker from before the reset.
+    #[test]
+    fn the_commit_keeps_every_sources_last_marker() {
+        let expected = sources(2);
+        let mut stage = AggregateStage::default();
+        stage.progress("lines/0".into(), 10_000, 100, 5);
+        stage.progress("lines/1".into(), 10_000, 100, 6);
+        assert_eq!(stage.oldest_needed_offset(&expected), Some(5));
+        stage.progress("lines/0".into(), 11_000, 130, 10);
+        stage.reset("lines/0", 90, 11);
+        stage.progress("lines/1".into(), 11_000, 120, 12);
+        stage.progress("lines/0".into(), 9_000, 110, 13);
+        assert_eq!(stage.oldest_needed_offset(&expected), Some(10), "lines/0 is replayed up to 130");
+        stage.progress("lines/0".into(), 12_000, 130, 14);
+        assert_eq!(stage.oldest_needed_offset(&expected), Some(12));
+    }
+}
