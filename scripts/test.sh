@@ -49,14 +49,24 @@ if [ -z "${KUBEBUILDER_ASSETS:-}" ] && [ "${STREAMJOB_E2E_CLUSTER:-}" != "1" ]; 
 fi
 echo "KUBEBUILDER_ASSETS=${KUBEBUILDER_ASSETS:-<none>}"
 
-echo "== cargo build (binaries the end-to-end tests run)"
+echo "== cargo build (binaries the end-to-end tests run; the operator also as shipped, for its memory benchmark)"
 cargo build --workspace --bins --locked
+cargo build --release --locked -p streamjob-operator --bin streamjob-operator
+export STREAMJOB_OPERATOR_BIN="${CARGO_TARGET_DIR:-target}/release/streamjob-operator"
 
 echo "== cargo test"
 cargo test --workspace --exclude streamjob-e2e --locked
 
 echo "== end-to-end tests (real API server, real Kafka, worker processes)"
-cargo test -p streamjob-e2e --locked -- --nocapture --test-threads 1
+e2e_log="$(mktemp -t streamjob-e2e.XXXXXX)"
+cargo test -p streamjob-e2e --locked -- --nocapture --test-threads 1 2>&1 | tee "$e2e_log"
+# Passed tests per test file, then the files that need each real part.
+awk '/Running tests\// { file = $2 } /^test result: ok\. [0-9]+ passed/ { passed[file] += $4 }
+  END { for (f in passed) print f, passed[f] }' "$e2e_log" | sort >"$e2e_log.counts"
+count_passed() { grep -E "tests/($1)\.rs" "$e2e_log.counts" | awk '{ n += $2 } END { print n + 0 }'; }
+echo "real API server: $(count_passed 'api_server|api_restart|autoscaling|chart_install|crd_validation|scale_1000_jobs') tests passed against a real kube-apiserver"
+echo "real Kafka broker: $(count_passed 'autoscaling|dev_mode|worker_processes|fault_suite') end-to-end tests passed against a real Kafka broker"
+rm -f "$e2e_log" "$e2e_log.counts"
 
 echo "== python tests (rendered objects, CRD, chart)"
 python3 -m pytest -q tests/python

@@ -203,6 +203,11 @@ impl kube::runtime::utils::Backoff for NoWait {
 
 type JobController = Controller<StreamJob>;
 
+/// Reconciles in flight at once, per watched scope. Unbounded, 1 000 jobs waking together (an
+/// operator start, an API server restart) held 1 000 requests and their connections at once:
+/// a peak of 225 MiB on the real API server.
+const MAX_CONCURRENT_RECONCILES: u16 = 16;
+
 /// The StreamJob controller of one scope (a namespace, or all), woken by changes to the jobs and
 /// to the children it owns. Each watch backs off on its own ([`WatchBackoff`]): one shared
 /// backoff made every watch wait out every other's error after an API server restart. The job
@@ -220,6 +225,7 @@ fn job_controller(client: &Client, scope: Option<&str>) -> JobController {
         .owns_stream(child_changes::<Service>(client, scope))
         .owns_stream(child_changes::<PodDisruptionBudget>(client, scope))
         .trigger_backoff(NoWait)
+        .with_config(kube::runtime::controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES))
         .shutdown_on_signal()
 }
 
