@@ -8,6 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use streamjob_e2e::{broker, free_port, repo_root, unique, workspace_binary, ChildGuard};
+use streamjob_worker::engine::Commit;
+use streamjob_worker::group_offsets;
 use streamjob_worker::topic_io::{
     expected_word_counts, final_word_counts, produce_all, word_count_differences, NewRecord, TopicReader,
 };
@@ -273,4 +275,66 @@ fn an_aggregator_killed_in_the_middle_of_a_window_loses_no_record() {
 #[test]
 fn a_source_reader_killed_just_after_a_window_starts_loses_no_record() {
     count_a_live_stream_across_a_kill_9(Victim::Source, Duration::from_millis(9500));
+}
+
+const LONG_SESSION: [&str; 6] =
+    ["--commit-interval", "500ms", "--idle-timeout", IDLE_TIMEOUT, "--session-timeout", SESSION_TIMEOUT];
+
+/// A committed offset the broker no longer has (here: past the end) resumes where `startFrom`
+/// says, `earliest` in the word count, instead of librdkafka's default, the end; and the
+/// reset is counted.
+#[test]
+fn an_out_of_range_commit_resumes_where_start_from_says_and_is_counted() {
+    let (lines_topic, counts_topic) = (unique("reset-lines"), unique("reset-counts"));
+    let broker = broker(&[(&lines_topic, 1), (&counts_topic, 1)]);
+    let manifest = manifest(&lines_topic, &counts_topic);
+    let group = unique("reset-wordcount");
+    let written: Vec<NewRecord> = (0..30).map(live_line).collect();
+    produce_all(&broker.bootstrap, &lines_topic, &written).expect("lines written");
+    let beyond_the_end = Commit { topic: lines_topic.clone(), partition: 0, offset: 1000, metadata: None };
+    group_offsets::commit(&broker.bootstrap, &group, &[beyond_the_end]).expect("commit for the group");
+
+    let port = free_port().expect("a free port");
+    let _worker = worker_with(&manifest, &broker.bootstrap, &group, ("reset-0", port), &LONG_SESSION);
+    let want = expected_word_counts(&written, WINDOW_MS);
+    let mut sink = TopicReader::new(&broker.bootstrap, &counts_topic, false).expect("reader");
+    let complete = sink.read_until(LIMIT, |records| final_word_counts(records).is_ok_and(|counts| counts == want));
+    let got = final_word_counts(&sink.records).unwrap_or_else(|error| panic!("{error}"));
+    assert!(complete, "lines skipped after the reset: {:?}", word_count_differences(&want, &got));
+    let resets = format!("topic=\"{lines_topic}\"");
+    assert!(counter(port, "streamjob_worker_offset_resets_total", &resets) >= 1, "the reset is counted");
+}
+
+/// A passthrough job, for the readiness test.
+fn passthrough_manifest(input: &str, output: &str) -> PathBuf {
+    let text = format!(
+        "apiVersion: streamjob.io/v1alpha1\nkind: StreamJob\nmetadata: {{name: ready}}\n\
+         spec:\n  source: {{bootstrapServers: 'kafka:9092', topics: [{input}], format: text}}\n  \
+         sink: {{topic: {output}, format: text}}\n"
+    );
+    let path = std::env::temp_dir().join(format!("{input}.yaml"));
+    std::fs::write(&path, text).expect("manifest written");
+    path
+}
+
+/// `/readyz` says ready once the worker is in its group with its assignment, not when it has
+/// merely subscribed: with no broker to join it never is; with one it becomes ready.
+#[test]
+fn readiness_follows_group_membership() {
+    let (input, output) = (unique("ready-in"), unique("ready-out"));
+    let broker = broker(&[(&input, 1), (&output, 1)]);
+    let manifest = passthrough_manifest(&input, &output);
+    let nowhere = format!("127.0.0.1:{}", free_port().expect("a free port"));
+    let port = free_port().expect("a free port");
+    let _stranded = worker_with(&manifest, &nowhere, &unique("ready"), ("ready-0", port), &LONG_SESSION);
+    assert!(wait_for(|| http_get(port, "/healthz").contains("200 OK")), "the worker serves no /healthz");
+    let checks_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < checks_until {
+        assert!(http_get(port, "/readyz").contains("503"), "ready without a group to be in");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let port = free_port().expect("a free port");
+    let _member = worker_with(&manifest, &broker.bootstrap, &unique("ready"), ("ready-1", port), &LONG_SESSION);
+    assert!(wait_for(|| http_get(port, "/readyz").contains("200 OK")), "never ready in its group");
 }

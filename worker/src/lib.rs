@@ -7,6 +7,7 @@
 pub mod aggregate;
 pub mod config;
 pub mod engine;
+pub mod group_offsets;
 pub mod http;
 pub mod liveness;
 pub mod metrics;
