@@ -338,3 +338,61 @@ fn readiness_follows_group_membership() {
     let _member = worker_with(&manifest, &broker.bootstrap, &unique("ready"), ("ready-1", port), &LONG_SESSION);
     assert!(wait_for(|| http_get(port, "/readyz").contains("200 OK")), "never ready in its group");
 }
+
+/// The aggregating stage's commit, with a thousand source partitions reporting, fits the
+/// broker's `offset.metadata.max.bytes` (4096 by default): the real broker takes it and gives
+/// it back unchanged.
+#[test]
+fn a_checkpoint_with_a_thousand_source_partitions_commits() {
+    use streamjob_worker::engine::{Engine, EngineSettings, Input};
+    use streamjob_worker::repartition::{source_id, RepartitionMessage};
+
+    let repartition_topic = unique("checkpoint-repartition");
+    let broker = broker(&[(&repartition_topic, 1)]);
+    let stages: Vec<streamjob_crds::PipelineStage> = serde_yaml::from_str(
+        "[{split: {field: value}}, {keyBy: {field: value}}, {window: {size: 10s, aggregate: {function: count}}}]",
+    )
+    .expect("pipeline");
+    let settings = EngineSettings {
+        source_format: streamjob_crds::SourceFormat::Text,
+        sink_format: streamjob_crds::SinkFormat::Json,
+        dead_letter: false,
+        repartition: Some((repartition_topic.clone(), 1)),
+        flush_interval_ms: 200,
+        idle_timeout_ms: 3_000,
+        max_partials: 1000,
+    };
+    let pipeline = streamjob_worker::pipeline::CompiledPipeline::compile(&stages).expect("compiles");
+    let mut engine = Engine::new(settings, pipeline, Default::default(), Default::default());
+    let sources: Vec<String> =
+        (0..1000).map(|partition| source_id("lines-with-a-long-topic-name", partition)).collect();
+    engine.expect_sources(sources.clone());
+    engine.assign(&repartition_topic, 0, None);
+    let now = streamjob_worker::runner::now_ms();
+    for (offset, src) in sources.into_iter().enumerate() {
+        let marker =
+            RepartitionMessage::Progress { src, watermark: now + offset as i64, idle: false, through: 1 << 40 };
+        let payload = marker.encode();
+        let input = Input {
+            topic: &repartition_topic,
+            partition: 0,
+            offset: offset as i64,
+            key: None,
+            payload: Some(&payload),
+            timestamp_ms: Some(now),
+        };
+        engine.on_input(&input, now);
+    }
+    engine.on_tick(now);
+    let commits = engine.commits(true);
+    let metadata = commits.first().and_then(|c| c.metadata.clone()).expect("a checkpoint");
+    assert!(metadata.len() < 4096, "{} bytes of commit metadata", metadata.len());
+
+    let group = unique("checkpoint");
+    let oversized = Commit { metadata: Some("x".repeat(4097)), ..commits[0].clone() };
+    let refused = group_offsets::commit(&broker.bootstrap, &group, &[oversized]);
+    assert!(refused.is_err(), "the broker's limit is 4096 bytes: {refused:?}");
+    group_offsets::commit(&broker.bootstrap, &group, &commits).expect("the broker takes the commit");
+    let committed = group_offsets::committed(&broker.bootstrap, &group, &repartition_topic, &[0]).expect("read back");
+    assert_eq!(committed, commits);
+}
