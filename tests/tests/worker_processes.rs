@@ -396,3 +396,75 @@ fn a_checkpoint_with_a_thousand_source_partitions_commits() {
     let committed = group_offsets::committed(&broker.bootstrap, &group, &repartition_topic, &[0]).expect("read back");
     assert_eq!(committed, commits);
 }
+
+/// A JSON job whose map pads every record by `pad_bytes`, with a dead-letter topic.
+fn padding_manifest(input: &str, output: &str, dead_letter: &str, pad_bytes: usize) -> PathBuf {
+    let text = format!(
+        "apiVersion: streamjob.io/v1alpha1\nkind: StreamJob\nmetadata: {{name: padding}}\n\
+         spec:\n  source: {{bootstrapServers: 'kafka:9092', topics: [{input}], format: json}}\n  \
+         pipeline: [{{map: {{set: {{pad: '{}'}}}}}}]\n  \
+         sink: {{topic: {output}, format: json, deadLetterTopic: {dead_letter}}}\n",
+        "p".repeat(pad_bytes)
+    );
+    let path = std::env::temp_dir().join(format!("{input}.yaml"));
+    std::fs::write(&path, text).expect("manifest written");
+    path
+}
+
+fn json_record(i: usize, blob_bytes: usize) -> NewRecord {
+    NewRecord {
+        key: Some(format!("k{i}")),
+        value: format!(r#"{{"i": {i}, "blob": "{}"}}"#, "b".repeat(blob_bytes)).into_bytes(),
+        timestamp_ms: None,
+    }
+}
+
+/// A record the sink can never take (padded past the producer's 1 MB limit) goes to the
+/// dead-letter topic with the error, as it came, and the records after it reach the sink;
+/// before, the worker rewound and retried it forever.
+#[test]
+fn a_record_too_large_for_the_sink_goes_to_the_dead_letter_topic() {
+    let (input, output, dead) = (unique("large-in"), unique("large-out"), unique("large-dead"));
+    let broker = broker(&[(&input, 1), (&output, 1), (&dead, 1)]);
+    let manifest = padding_manifest(&input, &output, &dead, 300_000);
+    let records = [json_record(0, 10), json_record(1, 800_000), json_record(2, 10), json_record(3, 10)];
+    produce_all(&broker.bootstrap, &input, &records).expect("records written");
+    let port = free_port().expect("a free port");
+    let _worker = worker_with(&manifest, &broker.bootstrap, &unique("large"), ("large-0", port), &LONG_SESSION);
+
+    let mut sink = TopicReader::new(&broker.bootstrap, &output, false).expect("sink reader");
+    assert!(sink.read_until(LIMIT, |records| records.len() >= 3), "the records after the large one never came");
+    let mut dead_letters = TopicReader::new(&broker.bootstrap, &dead, false).expect("dead-letter reader");
+    assert!(dead_letters.read_until(LIMIT, |records| !records.is_empty()), "nothing dead-lettered");
+    let letter = &dead_letters.records[0];
+    assert_eq!(letter.key.as_deref(), Some("k1"));
+    assert_eq!(letter.value.len(), records[1].value.len(), "the input as it came");
+    let error = letter.headers.get("streamjob.error").cloned().unwrap_or_default();
+    assert!(error.contains("too large"), "the error: {error}");
+    let sent: Vec<&str> = sink.records.iter().filter_map(|r| r.key.as_deref()).collect();
+    assert!(["k0", "k2", "k3"].iter().all(|key| sent.contains(key)), "{sent:?}");
+    assert!(counter(port, "streamjob_worker_records_undeliverable_total", "") >= 1);
+}
+
+/// A dead-letter topic that cannot exist (its name collides with an existing topic's, `.`
+/// for `_`) takes nothing: the rejected record is counted as skipped, and the partition moves on.
+#[test]
+fn a_dead_letter_topic_that_cannot_exist_is_counted_and_the_partition_moves_on() {
+    let (input, output) = (unique("nodead-in"), unique("nodead-out"));
+    let existing = unique("nodead_letters");
+    let broker = broker(&[(&input, 1), (&output, 1), (&existing, 1)]);
+    let manifest = padding_manifest(&input, &output, &existing.replace('_', "."), 10);
+    let invalid = NewRecord { key: Some("bad".into()), value: b"{not json".to_vec(), timestamp_ms: None };
+    let records = [json_record(0, 10), invalid, json_record(2, 10)];
+    produce_all(&broker.bootstrap, &input, &records).expect("records written");
+    let port = free_port().expect("a free port");
+    let _worker = worker_with(&manifest, &broker.bootstrap, &unique("nodead"), ("nodead-0", port), &LONG_SESSION);
+
+    assert!(
+        wait_for(|| counter(port, "streamjob_worker_records_skipped_total", "") >= 1),
+        "the record the dead-letter topic cannot take is never counted"
+    );
+    let mut sink = TopicReader::new(&broker.bootstrap, &output, false).expect("sink reader");
+    assert!(sink.read_until(LIMIT, |records| records.len() >= 2), "the partition did not move on");
+    assert!(counter(port, "streamjob_worker_records_undeliverable_total", "") >= 1);
+}

@@ -19,6 +19,7 @@ pub mod record;
 pub mod repartition;
 pub mod runner;
 pub mod topic_io;
+pub mod undeliverable;
 
 pub use config::{Overrides, Timings, WorkerConfig};
 pub use runner::{run, Control, WorkerError};

@@ -24,6 +24,7 @@ use crate::metrics::{KindLabel, PartitionLabels, ResultLabel, WorkerMetrics};
 use crate::partition_end::{self, Start};
 use crate::pipeline::CompiledPipeline;
 use crate::repartition::source_id;
+use crate::undeliverable::{DeliveryFailure, FailureKind};
 
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 const TICK_INTERVAL: Duration = Duration::from_millis(50);
@@ -64,7 +65,7 @@ pub fn now_ms() -> i64 {
 /// Collects delivery reports; the loop hands them to the engine.
 #[derive(Default)]
 pub struct DeliveryContext {
-    reports: Mutex<Vec<(Ticket, Result<(), String>)>>,
+    reports: Mutex<Vec<(Ticket, Result<(), DeliveryFailure>)>>,
 }
 
 impl ClientContext for DeliveryContext {
@@ -83,9 +84,29 @@ impl ProducerContext for DeliveryContext {
             }
             return;
         };
-        let outcome = result.as_ref().map(|_| ()).map_err(|(error, _)| error.to_string());
+        let outcome = result.as_ref().map(|_| ()).map_err(|(error, _)| failure_of(error));
         lock(&self.reports).push((ticket, outcome));
     }
+}
+
+/// What a produce error means for the record: whether a retry can deliver it.
+fn failure_of(error: &KafkaError) -> DeliveryFailure {
+    let kind = match error.rdkafka_error_code() {
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidRecord,
+        ) => FailureKind::Record,
+        Some(
+            RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::UnknownPartition
+            | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::TopicAuthorizationFailed,
+        ) => FailureKind::Topic,
+        _ => FailureKind::Retriable,
+    };
+    DeliveryFailure { error: error.to_string(), kind }
 }
 
 fn log_librdkafka(client: &str, level: RDKafkaLogLevel, facility: &str, message: &str) {
@@ -353,7 +374,7 @@ impl Shared {
                     let ticket = *returned.delivery_opaque;
                     tracing::error!(%error, topic, "could not queue a record");
                     if let Some(ticket) = ticket {
-                        engine.on_delivery(ticket, Err(error.to_string()), now_ms());
+                        engine.on_delivery(ticket, Err(failure_of(&error)), now_ms());
                     }
                     return;
                 }
