@@ -103,17 +103,47 @@ def test_rbac_has_no_wildcards(chart, toggle):
             assert "*" not in rule.get(field, []), (obj["metadata"]["name"], rule)
 
 
-def test_rbac_is_as_narrow_as_the_operator_needs(chart):
-    (cluster_role,) = [o for o in render(chart, {}) if o["kind"] == "ClusterRole"]
-    granted = {(group, resource): set(rule["verbs"]) for rule in cluster_role["rules"]
-               for group in rule["apiGroups"] for resource in rule["resources"]}
-    assert granted[("", "secrets")] == {"get"}
-    assert granted[("", "pods")] == {"get", "list", "watch"}
-    assert granted[("events.k8s.io", "events")] == {"create", "patch"}
-    assert granted[("streamjob.io", "streamjobs")] == {"get", "list", "watch", "patch", "update"}
-    assert ("streamjob.io", "streamjobs/status") in granted and ("streamjob.io", "streamjobs/scale") in granted
-    for verbs in granted.values():
-        assert "delete" not in verbs and "deletecollection" not in verbs
+# Exactly the calls operator/src makes (tests/tests/chart_install.rs runs the operator on a real
+# API server with nothing else).
+JOB_RULES = {
+    ("streamjob.io", "streamjobs"): {"get", "list", "watch", "patch"},
+    ("streamjob.io", "streamjobs/status"): {"patch"},
+    ("streamjob.io", "streamjobs/finalizers"): {"update"},
+    ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch"},
+    ("", "services"): {"get", "list", "watch", "create", "patch"},
+    ("", "configmaps"): {"get", "list", "watch", "create", "patch"},
+    ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch"},
+    ("", "pods"): {"list"},
+    ("", "secrets"): {"get"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+}
+
+
+def granted(role):
+    verbs = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                verbs.setdefault((group, resource), set()).update(rule["verbs"])
+    return verbs
+
+
+@pytest.mark.parametrize("toggle", ["defaults", "namespaced"])
+def test_rbac_is_exactly_what_the_operator_calls(chart, toggle):
+    objects = render(chart, TOGGLES[toggle])
+    job_roles = [o for o in objects if o["kind"] in ("ClusterRole", "Role") and not o["metadata"]["name"].endswith("leader-election")]
+    assert job_roles
+    for role in job_roles:
+        assert granted(role) == JOB_RULES, role["metadata"]
+
+
+def test_leader_election_may_touch_only_the_release_lease(chart):
+    objects = render(chart, {})
+    (lease,) = [o for o in objects if o["kind"] == "Lease"]
+    (role,) = [o for o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("leader-election")]
+    (rule,) = role["rules"]
+    assert rule["resources"] == ["leases"] and set(rule["verbs"]) == {"get", "patch"}
+    assert rule["resourceNames"] == [lease["metadata"]["name"]]
 
 
 def test_namespaced_mode_renders_roles_not_cluster_roles(chart):

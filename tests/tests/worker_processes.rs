@@ -8,6 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use streamjob_e2e::{broker, free_port, repo_root, unique, workspace_binary, ChildGuard};
+use streamjob_worker::engine::Commit;
+use streamjob_worker::group_offsets;
 use streamjob_worker::topic_io::{
     expected_word_counts, final_word_counts, produce_all, word_count_differences, NewRecord, TopicReader,
 };
@@ -273,4 +275,196 @@ fn an_aggregator_killed_in_the_middle_of_a_window_loses_no_record() {
 #[test]
 fn a_source_reader_killed_just_after_a_window_starts_loses_no_record() {
     count_a_live_stream_across_a_kill_9(Victim::Source, Duration::from_millis(9500));
+}
+
+const LONG_SESSION: [&str; 6] =
+    ["--commit-interval", "500ms", "--idle-timeout", IDLE_TIMEOUT, "--session-timeout", SESSION_TIMEOUT];
+
+/// A committed offset the broker no longer has (here: past the end) resumes where `startFrom`
+/// says, `earliest` in the word count, instead of librdkafka's default, the end; and the
+/// reset is counted.
+#[test]
+fn an_out_of_range_commit_resumes_where_start_from_says_and_is_counted() {
+    let (lines_topic, counts_topic) = (unique("reset-lines"), unique("reset-counts"));
+    let broker = broker(&[(&lines_topic, 1), (&counts_topic, 1)]);
+    let manifest = manifest(&lines_topic, &counts_topic);
+    let group = unique("reset-wordcount");
+    let written: Vec<NewRecord> = (0..30).map(live_line).collect();
+    produce_all(&broker.bootstrap, &lines_topic, &written).expect("lines written");
+    let beyond_the_end = Commit { topic: lines_topic.clone(), partition: 0, offset: 1000, metadata: None };
+    group_offsets::commit(&broker.bootstrap, &group, &[beyond_the_end]).expect("commit for the group");
+
+    let port = free_port().expect("a free port");
+    let _worker = worker_with(&manifest, &broker.bootstrap, &group, ("reset-0", port), &LONG_SESSION);
+    let want = expected_word_counts(&written, WINDOW_MS);
+    let mut sink = TopicReader::new(&broker.bootstrap, &counts_topic, false).expect("reader");
+    let complete = sink.read_until(LIMIT, |records| final_word_counts(records).is_ok_and(|counts| counts == want));
+    let got = final_word_counts(&sink.records).unwrap_or_else(|error| panic!("{error}"));
+    assert!(complete, "lines skipped after the reset: {:?}", word_count_differences(&want, &got));
+    let resets = format!("topic=\"{lines_topic}\"");
+    assert!(counter(port, "streamjob_worker_offset_resets_total", &resets) >= 1, "the reset is counted");
+}
+
+/// A passthrough job, for the readiness test.
+fn passthrough_manifest(input: &str, output: &str) -> PathBuf {
+    let text = format!(
+        "apiVersion: streamjob.io/v1alpha1\nkind: StreamJob\nmetadata: {{name: ready}}\n\
+         spec:\n  source: {{bootstrapServers: 'kafka:9092', topics: [{input}], format: text}}\n  \
+         sink: {{topic: {output}, format: text}}\n"
+    );
+    let path = std::env::temp_dir().join(format!("{input}.yaml"));
+    std::fs::write(&path, text).expect("manifest written");
+    path
+}
+
+/// `/readyz` says ready once the worker is in its group with its assignment, not when it has
+/// merely subscribed: with no broker to join it never is; with one it becomes ready.
+#[test]
+fn readiness_follows_group_membership() {
+    let (input, output) = (unique("ready-in"), unique("ready-out"));
+    let broker = broker(&[(&input, 1), (&output, 1)]);
+    let manifest = passthrough_manifest(&input, &output);
+    let nowhere = format!("127.0.0.1:{}", free_port().expect("a free port"));
+    let port = free_port().expect("a free port");
+    let _stranded = worker_with(&manifest, &nowhere, &unique("ready"), ("ready-0", port), &LONG_SESSION);
+    assert!(wait_for(|| http_get(port, "/healthz").contains("200 OK")), "the worker serves no /healthz");
+    let checks_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < checks_until {
+        assert!(http_get(port, "/readyz").contains("503"), "ready without a group to be in");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let port = free_port().expect("a free port");
+    let _member = worker_with(&manifest, &broker.bootstrap, &unique("ready"), ("ready-1", port), &LONG_SESSION);
+    assert!(wait_for(|| http_get(port, "/readyz").contains("200 OK")), "never ready in its group");
+}
+
+/// The aggregating stage's commit, with a thousand source partitions reporting, fits the
+/// broker's `offset.metadata.max.bytes` (4096 by default): the real broker takes it and gives
+/// it back unchanged.
+#[test]
+fn a_checkpoint_with_a_thousand_source_partitions_commits() {
+    use streamjob_worker::engine::{Engine, EngineSettings, Input};
+    use streamjob_worker::repartition::{source_id, RepartitionMessage};
+
+    let repartition_topic = unique("checkpoint-repartition");
+    let broker = broker(&[(&repartition_topic, 1)]);
+    let stages: Vec<streamjob_crds::PipelineStage> = serde_yaml::from_str(
+        "[{split: {field: value}}, {keyBy: {field: value}}, {window: {size: 10s, aggregate: {function: count}}}]",
+    )
+    .expect("pipeline");
+    let settings = EngineSettings {
+        source_format: streamjob_crds::SourceFormat::Text,
+        sink_format: streamjob_crds::SinkFormat::Json,
+        dead_letter: false,
+        repartition: Some((repartition_topic.clone(), 1)),
+        flush_interval_ms: 200,
+        idle_timeout_ms: 3_000,
+        max_partials: 1000,
+    };
+    let pipeline = streamjob_worker::pipeline::CompiledPipeline::compile(&stages).expect("compiles");
+    let mut engine = Engine::new(settings, pipeline, Default::default(), Default::default());
+    let sources: Vec<String> =
+        (0..1000).map(|partition| source_id("lines-with-a-long-topic-name", partition)).collect();
+    engine.expect_sources(sources.clone());
+    engine.assign(&repartition_topic, 0, None);
+    let now = streamjob_worker::runner::now_ms();
+    for (offset, src) in sources.into_iter().enumerate() {
+        let marker =
+            RepartitionMessage::Progress { src, watermark: now + offset as i64, idle: false, through: 1 << 40 };
+        let payload = marker.encode();
+        let input = Input {
+            topic: &repartition_topic,
+            partition: 0,
+            offset: offset as i64,
+            key: None,
+            payload: Some(&payload),
+            timestamp_ms: Some(now),
+        };
+        engine.on_input(&input, now);
+    }
+    engine.on_tick(now);
+    let commits = engine.commits(true);
+    let metadata = commits.first().and_then(|c| c.metadata.clone()).expect("a checkpoint");
+    assert!(metadata.len() < 4096, "{} bytes of commit metadata", metadata.len());
+
+    let group = unique("checkpoint");
+    let oversized = Commit { metadata: Some("x".repeat(4097)), ..commits[0].clone() };
+    let refused = group_offsets::commit(&broker.bootstrap, &group, &[oversized]);
+    assert!(refused.is_err(), "the broker's limit is 4096 bytes: {refused:?}");
+    group_offsets::commit(&broker.bootstrap, &group, &commits).expect("the broker takes the commit");
+    let committed = group_offsets::committed(&broker.bootstrap, &group, &repartition_topic, &[0]).expect("read back");
+    assert_eq!(committed, commits);
+}
+
+/// A JSON job whose map pads every record by `pad_bytes`, with a dead-letter topic.
+fn padding_manifest(input: &str, output: &str, dead_letter: &str, pad_bytes: usize) -> PathBuf {
+    let text = format!(
+        "apiVersion: streamjob.io/v1alpha1\nkind: StreamJob\nmetadata: {{name: padding}}\n\
+         spec:\n  source: {{bootstrapServers: 'kafka:9092', topics: [{input}], format: json}}\n  \
+         pipeline: [{{map: {{set: {{pad: '{}'}}}}}}]\n  \
+         sink: {{topic: {output}, format: json, deadLetterTopic: {dead_letter}}}\n",
+        "p".repeat(pad_bytes)
+    );
+    let path = std::env::temp_dir().join(format!("{input}.yaml"));
+    std::fs::write(&path, text).expect("manifest written");
+    path
+}
+
+fn json_record(i: usize, blob_bytes: usize) -> NewRecord {
+    NewRecord {
+        key: Some(format!("k{i}")),
+        value: format!(r#"{{"i": {i}, "blob": "{}"}}"#, "b".repeat(blob_bytes)).into_bytes(),
+        timestamp_ms: None,
+    }
+}
+
+/// A record the sink can never take (padded past the producer's 1 MB limit) goes to the
+/// dead-letter topic with the error, as it came, and the records after it reach the sink;
+/// before, the worker rewound and retried it forever.
+#[test]
+fn a_record_too_large_for_the_sink_goes_to_the_dead_letter_topic() {
+    let (input, output, dead) = (unique("large-in"), unique("large-out"), unique("large-dead"));
+    let broker = broker(&[(&input, 1), (&output, 1), (&dead, 1)]);
+    let manifest = padding_manifest(&input, &output, &dead, 300_000);
+    let records = [json_record(0, 10), json_record(1, 800_000), json_record(2, 10), json_record(3, 10)];
+    produce_all(&broker.bootstrap, &input, &records).expect("records written");
+    let port = free_port().expect("a free port");
+    let _worker = worker_with(&manifest, &broker.bootstrap, &unique("large"), ("large-0", port), &LONG_SESSION);
+
+    let mut sink = TopicReader::new(&broker.bootstrap, &output, false).expect("sink reader");
+    assert!(sink.read_until(LIMIT, |records| records.len() >= 3), "the records after the large one never came");
+    let mut dead_letters = TopicReader::new(&broker.bootstrap, &dead, false).expect("dead-letter reader");
+    assert!(dead_letters.read_until(LIMIT, |records| !records.is_empty()), "nothing dead-lettered");
+    let letter = &dead_letters.records[0];
+    assert_eq!(letter.key.as_deref(), Some("k1"));
+    assert_eq!(letter.value.len(), records[1].value.len(), "the input as it came");
+    let error = letter.headers.get("streamjob.error").cloned().unwrap_or_default();
+    assert!(error.contains("too large"), "the error: {error}");
+    let sent: Vec<&str> = sink.records.iter().filter_map(|r| r.key.as_deref()).collect();
+    assert!(["k0", "k2", "k3"].iter().all(|key| sent.contains(key)), "{sent:?}");
+    assert!(counter(port, "streamjob_worker_records_undeliverable_total", "") >= 1);
+}
+
+/// A dead-letter topic that cannot exist (its name collides with an existing topic's, `.`
+/// for `_`) takes nothing: the rejected record is counted as skipped, and the partition moves on.
+#[test]
+fn a_dead_letter_topic_that_cannot_exist_is_counted_and_the_partition_moves_on() {
+    let (input, output) = (unique("nodead-in"), unique("nodead-out"));
+    let existing = unique("nodead_letters");
+    let broker = broker(&[(&input, 1), (&output, 1), (&existing, 1)]);
+    let manifest = padding_manifest(&input, &output, &existing.replace('_', "."), 10);
+    let invalid = NewRecord { key: Some("bad".into()), value: b"{not json".to_vec(), timestamp_ms: None };
+    let records = [json_record(0, 10), invalid, json_record(2, 10)];
+    produce_all(&broker.bootstrap, &input, &records).expect("records written");
+    let port = free_port().expect("a free port");
+    let _worker = worker_with(&manifest, &broker.bootstrap, &unique("nodead"), ("nodead-0", port), &LONG_SESSION);
+
+    assert!(
+        wait_for(|| counter(port, "streamjob_worker_records_skipped_total", "") >= 1),
+        "the record the dead-letter topic cannot take is never counted"
+    );
+    let mut sink = TopicReader::new(&broker.bootstrap, &output, false).expect("sink reader");
+    assert!(sink.read_until(LIMIT, |records| records.len() >= 2), "the partition did not move on");
+    assert!(counter(port, "streamjob_worker_records_undeliverable_total", "") >= 1);
 }

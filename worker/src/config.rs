@@ -66,9 +66,11 @@ pub struct WorkerConfig {
     pub source_bootstrap: String,
     pub sink_bootstrap: String,
     pub consumer_group: String,
-    /// This worker's identity: the pod name in Kubernetes. It is the static member id and
-    /// the transactional id.
+    /// This worker's identity: the pod name in Kubernetes. It is the static member id, and its
+    /// ordinal is part of the transactional id.
     pub instance_id: String,
+    /// The job's namespace: `$POD_NAMESPACE`, else the manifest's, else `default`.
+    pub namespace: String,
     pub credentials: Option<Credentials>,
     pub ca: Option<CaBundle>,
     pub timings: Timings,
@@ -125,12 +127,17 @@ impl WorkerConfig {
             .or_else(|| env(worker_paths::POD_NAME_ENV).filter(|name| !name.is_empty()))
             .unwrap_or_else(|| format!("{}-local", job.metadata.name.clone().unwrap_or_default()));
         let consumer_group = overrides.consumer_group.clone().unwrap_or_else(|| job.consumer_group());
+        let namespace = env(worker_paths::POD_NAMESPACE_ENV)
+            .filter(|namespace| !namespace.is_empty())
+            .or_else(|| job.metadata.namespace.clone())
+            .unwrap_or_else(|| "default".to_owned());
         Ok(Self {
             job,
             source_bootstrap,
             sink_bootstrap,
             consumer_group,
             instance_id,
+            namespace,
             credentials,
             ca,
             timings: Timings::default(),
@@ -139,6 +146,19 @@ impl WorkerConfig {
 
     pub fn job_name(&self) -> String {
         self.job.metadata.name.clone().unwrap_or_default()
+    }
+
+    /// `streamjob-<namespace>-<job>-<ordinal>`: unique per worker of a job, so jobs of one name
+    /// in two namespaces never fence each other's transactions. The ordinal is the instance
+    /// id's last `-` part when it is a number (a StatefulSet pod's), else the whole id.
+    pub fn transactional_id(&self) -> String {
+        let ordinal = self
+            .instance_id
+            .rsplit_once('-')
+            .map(|(_, last)| last)
+            .filter(|last| !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
+            .unwrap_or(&self.instance_id);
+        format!("streamjob-{}-{}-{ordinal}", self.namespace, self.job_name())
     }
 
     pub fn repartition_topic(&self) -> String {
@@ -176,7 +196,31 @@ mod tests {
         assert_eq!(config.consumer_group, "streamjob-data-wc");
         assert_eq!(config.instance_id, "wc-2");
         assert_eq!(config.repartition_topic(), "streamjob-data-wc-repartition");
+        assert_eq!(config.transactional_id(), "streamjob-data-wc-2");
         assert_eq!(config.sink_bootstrap, "k:9092");
+    }
+
+    /// Two jobs of one name in two namespaces, and two workers of one job, have four
+    /// transactional ids.
+    #[test]
+    fn transactional_ids_name_the_namespace_the_job_and_the_ordinal() {
+        let ids: std::collections::HashSet<String> =
+            [("data", "wc-0"), ("data", "wc-1"), ("ops", "wc-0"), ("ops", "wc-1")]
+                .into_iter()
+                .map(|(namespace, pod)| {
+                    let env = |name: &str| match name {
+                        "POD_NAME" => Some(pod.to_owned()),
+                        "POD_NAMESPACE" => Some(namespace.to_owned()),
+                        _ => None,
+                    };
+                    WorkerConfig::from_job(job(""), &Overrides::default(), env).expect("valid").transactional_id()
+                })
+                .collect();
+        assert_eq!(ids.len(), 4, "{ids:?}");
+        assert!(ids.contains("streamjob-ops-wc-1"), "{ids:?}");
+        let overrides = Overrides { instance_id: Some("laptop".into()), ..Overrides::default() };
+        let local = WorkerConfig::from_job(job(""), &overrides, |_| None).expect("valid");
+        assert_eq!(local.transactional_id(), "streamjob-data-wc-laptop");
     }
 
     #[test]

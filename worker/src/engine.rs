@@ -27,6 +27,7 @@ use crate::offsets::PartitionProgress;
 use crate::pipeline::{self, Accumulator, CompiledPipeline, Emit, StageError, WindowOperator};
 use crate::record::Record;
 use crate::repartition::{partition_for, source_id, RepartitionMessage};
+use crate::undeliverable::{DeliveryFailure, Poison, PoisonedInputs};
 
 /// How the engine is set up for one job.
 #[derive(Debug, Clone)]
@@ -124,6 +125,8 @@ pub struct Engine {
     staged: StagedContributions,
     /// The source partitions whose progress every window waits for.
     expected: ExpectedSources,
+    /// Inputs whose outputs no retry can deliver, for when the rewind reads them again.
+    poisoned: PoisonedInputs,
 }
 
 /// How often the owner of an idle source partition repeats that it still is: each marker
@@ -197,6 +200,7 @@ impl Engine {
             last_flush_ms: 0,
             staged: StagedContributions::default(),
             expected: ExpectedSources::default(),
+            poisoned: PoisonedInputs::default(),
         }
     }
 
@@ -341,7 +345,10 @@ impl Engine {
             self.totals.records_in.fetch_add(1, Ordering::Relaxed);
         }
         match self.slots[index].role {
-            Role::Direct => self.process_direct(index, input),
+            Role::Direct => match self.poisoned.get(input.topic, input.partition, input.offset).cloned() {
+                Some(poison) => self.read_poisoned(index, input, poison),
+                None => self.process_direct(index, input),
+            },
             Role::Source(_) => self.process_source(index, input),
             Role::Aggregate(_) => self.process_partial(index, input),
         }
@@ -424,11 +431,7 @@ impl Engine {
             self.totals.late.fetch_add(records, Ordering::Relaxed);
         }
         if !self.settings.dead_letter {
-            self.metrics.records_skipped.get_or_create(&labels).inc_by(records);
-            self.totals.skipped.fetch_add(records, Ordering::Relaxed);
-            tracing::warn!(topic = input.topic, partition = input.partition, offset = input.offset, stage = %error.stage,
-                error = %error.message, records, "record skipped: no dead-letter topic is set");
-            return;
+            return self.skip(index, input, error, records);
         }
         // A source partition is committed only at the start of a range it sent partials for:
         // a reset replays whole ranges, so a record dead-lettered inside one holds its start.
@@ -449,6 +452,27 @@ impl Engine {
             headers: dead_letter_headers(&error.message, &error.stage, input.topic, input.partition, input.offset),
             ticket: Some(ticket),
         });
+    }
+
+    fn skip(&mut self, index: usize, input: &Input<'_>, error: &StageError, records: u64) {
+        self.metrics.records_skipped.get_or_create(&self.slots[index].labels).inc_by(records);
+        self.totals.skipped.fetch_add(records, Ordering::Relaxed);
+        tracing::warn!(topic = input.topic, partition = input.partition, offset = input.offset, stage = %error.stage,
+            error = %error.message, records, "record skipped: no dead-letter topic is set or can take it");
+    }
+
+    /// An input read again after its output could not be delivered for good.
+    fn read_poisoned(&mut self, index: usize, input: &Input<'_>, poison: Poison) {
+        match poison {
+            Poison::DeadLetter(error) => {
+                let error = StageError { stage: "sink".into(), message: format!("the sink cannot take it: {error}") };
+                self.reject(index, input, &error, 1, false);
+            }
+            Poison::Skip(error) => {
+                let error = StageError { stage: "sink".into(), message: format!("undeliverable: {error}") };
+                self.skip(index, input, &error, 1);
+            }
+        }
     }
 
     fn process_source(&mut self, index: usize, input: &Input<'_>) {
@@ -743,7 +767,7 @@ impl Engine {
     }
 
     /// An output was acknowledged (`Ok`) or failed for good (`Err`).
-    pub fn on_delivery(&mut self, ticket: Ticket, result: Result<(), String>, now_ms: i64) {
+    pub fn on_delivery(&mut self, ticket: Ticket, result: Result<(), DeliveryFailure>, now_ms: i64) {
         let Some(slot) = self.slots.get_mut(ticket.slot) else {
             return;
         };
@@ -768,12 +792,40 @@ impl Engine {
                     Destination::Repartition { .. } => {}
                 }
             }
-            Err(error) => {
+            Err(failure) => {
                 self.metrics.delivery_errors.inc();
+                if failure.is_permanent_for(ticket.destination) {
+                    return self.undeliverable(ticket, failure);
+                }
                 if self.failure.is_none() {
-                    self.failure = Some(error);
+                    self.failure = Some(failure.error);
                 }
             }
+        }
+    }
+
+    /// No retry can deliver the output of `ticket`. The input of a record-by-record job is
+    /// read again (see [`crate::undeliverable`]); a window result or a partial aggregate has
+    /// no input to dead-letter, so it is counted as skipped and its partition moves on.
+    fn undeliverable(&mut self, ticket: Ticket, failure: DeliveryFailure) {
+        let slot = &mut self.slots[ticket.slot];
+        self.metrics.records_undeliverable.get_or_create(&slot.labels).inc();
+        tracing::error!(topic = %slot.topic, partition = slot.partition, offset = ticket.offset,
+            destination = ?ticket.destination, error = %failure.error, "a record no retry can deliver");
+        if !matches!(slot.role, Role::Direct) {
+            slot.progress.release(ticket.offset);
+            self.metrics.records_skipped.get_or_create(&slot.labels).inc_by(ticket.records);
+            self.totals.skipped.fetch_add(ticket.records, Ordering::Relaxed);
+            return;
+        }
+        let poison = if ticket.destination == Destination::Sink && self.settings.dead_letter {
+            Poison::DeadLetter(failure.error.clone())
+        } else {
+            Poison::Skip(failure.error.clone())
+        };
+        self.poisoned.mark(&slot.topic, slot.partition, ticket.offset, poison);
+        if self.failure.is_none() {
+            self.failure = Some(format!("{} (the record is read again to be dead-lettered or skipped)", failure.error));
         }
     }
 
@@ -803,6 +855,9 @@ impl Engine {
             if let Some(index) = self.slot_of(&commit.topic, commit.partition) {
                 self.slots[index].rewind_to = Some(commit.offset);
                 self.slots[index].rewind_metadata = commit.metadata.clone();
+            }
+            if !self.poisoned.is_empty() {
+                self.poisoned.forget_before(&commit.topic, commit.partition, commit.offset);
             }
         }
     }
@@ -994,6 +1049,10 @@ impl SourceStage {
 #[cfg(test)]
 #[path = "engine_failover_tests.rs"]
 mod failover_tests;
+
+#[cfg(test)]
+#[path = "engine_undeliverable_tests.rs"]
+mod undeliverable_tests;
 
 #[cfg(test)]
 mod tests {

@@ -261,3 +261,49 @@ fn an_idle_partition_whose_owner_died_stops_moving_the_watermark() {
     assert_eq!(topics.counts(), vec![(fox_at(window), 5)]);
     assert_eq!(next.totals.late.load(Ordering::Relaxed) + other.totals.late.load(Ordering::Relaxed), 0);
 }
+
+/// The owner of `lines/1` declares it idle, then dies; later the aggregating worker dies too.
+/// A new aggregator starts from the commit, whose metadata holds two numbers: replaying the
+/// repartition log from the committed offset, which never passes a source's last marker,
+/// rebuilds what it knew of `lines/1`, so the open window closes once `lines/0` passes it.
+#[test]
+fn a_new_aggregator_rebuilds_each_sources_progress_from_the_log() {
+    let mut topics = Topics::default();
+    let mut one = worker();
+    one.assign("lines", 1, None);
+    let mut now = WINDOW + 60 * SECOND;
+    read_lines(&mut one, 1, 0..1, WINDOW + 2 * SECOND);
+    for _ in 0..5 {
+        now += SECOND;
+        one.observe_end("lines", 1, true, now);
+        topics.tick(&mut one, now);
+    }
+    drop(one);
+    let mut zero = worker();
+    zero.assign("lines", 0, None);
+    let mut first = worker();
+    first.assign(REPARTITION, 0, None);
+    read_lines(&mut zero, 0, 0..2, WINDOW + SECOND);
+    read_lines(&mut zero, 0, 2..3, WINDOW + 15 * SECOND);
+    for _ in 0..3 {
+        now += SECOND;
+        topics.tick(&mut zero, now);
+        topics.tick(&mut first, now);
+    }
+    assert_eq!(topics.counts(), vec![(fox_at(WINDOW), 3)]);
+    let commit = first.commits(true).into_iter().next().expect("a commit");
+    assert!(commit.metadata.as_ref().is_some_and(|m| m.len() < 64), "{commit:?}");
+    drop(first);
+
+    let mut second = worker();
+    second.assign(REPARTITION, 0, commit.metadata.as_deref());
+    topics.read = usize::try_from(commit.offset).expect("an offset");
+    read_lines(&mut zero, 0, 3..4, WINDOW + 22 * SECOND);
+    for _ in 0..3 {
+        now += SECOND;
+        topics.tick(&mut zero, now);
+        topics.tick(&mut second, now);
+    }
+    assert_eq!(topics.counts(), vec![(fox_at(WINDOW), 3), (fox_at(WINDOW + 10 * SECOND), 1)]);
+    assert_eq!(second.totals.late.load(Ordering::Relaxed), 0);
+}

@@ -7,6 +7,7 @@
 pub mod aggregate;
 pub mod config;
 pub mod engine;
+pub mod group_offsets;
 pub mod http;
 pub mod liveness;
 pub mod metrics;
@@ -18,6 +19,7 @@ pub mod record;
 pub mod repartition;
 pub mod runner;
 pub mod topic_io;
+pub mod undeliverable;
 
 pub use config::{Overrides, Timings, WorkerConfig};
 pub use runner::{run, Control, WorkerError};

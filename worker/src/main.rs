@@ -28,7 +28,8 @@ struct Args {
     /// Consumer group instead of the manifest's.
     #[arg(long)]
     group: Option<String>,
-    /// This worker's identity (default: $POD_NAME): static member id and transactional id.
+    /// This worker's identity (default: $POD_NAME): the static member id; its ordinal is part of
+    /// the transactional id, with the namespace ($POD_NAMESPACE) and the job's name.
     #[arg(long)]
     instance_id: Option<String>,
     /// Address of /healthz, /readyz and /metrics.

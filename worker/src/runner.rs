@@ -24,6 +24,7 @@ use crate::metrics::{KindLabel, PartitionLabels, ResultLabel, WorkerMetrics};
 use crate::partition_end::{self, Start};
 use crate::pipeline::CompiledPipeline;
 use crate::repartition::source_id;
+use crate::undeliverable::{DeliveryFailure, FailureKind};
 
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 const TICK_INTERVAL: Duration = Duration::from_millis(50);
@@ -50,7 +51,8 @@ pub struct Control {
     pub shutdown: Arc<AtomicBool>,
     /// Set to stop at once without committing or leaving cleanly, as `kill -9` would (tests).
     pub abandon: Arc<AtomicBool>,
-    /// True while the worker is in its group and consuming (or idle without partitions).
+    /// True while the worker is a member of its group: set at each assignment (of no
+    /// partitions too), cleared when it loses its assignment or stops.
     pub ready: Arc<AtomicBool>,
     pub metrics: Arc<WorkerMetrics>,
     pub totals: Arc<Totals>,
@@ -63,7 +65,7 @@ pub fn now_ms() -> i64 {
 /// Collects delivery reports; the loop hands them to the engine.
 #[derive(Default)]
 pub struct DeliveryContext {
-    reports: Mutex<Vec<(Ticket, Result<(), String>)>>,
+    reports: Mutex<Vec<(Ticket, Result<(), DeliveryFailure>)>>,
 }
 
 impl ClientContext for DeliveryContext {
@@ -82,9 +84,29 @@ impl ProducerContext for DeliveryContext {
             }
             return;
         };
-        let outcome = result.as_ref().map(|_| ()).map_err(|(error, _)| error.to_string());
+        let outcome = result.as_ref().map(|_| ()).map_err(|(error, _)| failure_of(error));
         lock(&self.reports).push((ticket, outcome));
     }
+}
+
+/// What a produce error means for the record: whether a retry can deliver it.
+fn failure_of(error: &KafkaError) -> DeliveryFailure {
+    let kind = match error.rdkafka_error_code() {
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidRecord,
+        ) => FailureKind::Record,
+        Some(
+            RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::UnknownPartition
+            | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::TopicAuthorizationFailed,
+        ) => FailureKind::Topic,
+        _ => FailureKind::Retriable,
+    };
+    DeliveryFailure { error: error.to_string(), kind }
 }
 
 fn log_librdkafka(client: &str, level: RDKafkaLogLevel, facility: &str, message: &str) {
@@ -123,6 +145,7 @@ struct Shared {
     flush_timeout: Duration,
     /// Where each assigned source partition started: its position until a record is read.
     starts: Mutex<HashMap<String, HashMap<i32, Start>>>,
+    ready: Arc<AtomicBool>,
 }
 
 pub struct GroupContext {
@@ -131,6 +154,12 @@ pub struct GroupContext {
 
 impl ClientContext for GroupContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        // librdkafka warns of a reset that an error caused (an offset out of range); the others
+        // (no commit yet) are debug messages.
+        let warning = !matches!(level, RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info | RDKafkaLogLevel::Debug);
+        if warning && facility == "OFFSET" && message.contains("offset reset") {
+            self.shared.count_offset_reset(message);
+        }
         log_librdkafka("consumer", level, facility, message);
     }
 
@@ -167,6 +196,27 @@ impl ConsumerContext for GroupContext {
 type WorkerConsumer = BaseConsumer<GroupContext>;
 
 impl Shared {
+    /// `message` is librdkafka's "[thrd:<name>]: <topic> [<partition>]: offset reset (at
+    /// <offset> ...) to ...".
+    fn count_offset_reset(&self, message: &str) {
+        let without_thread =
+            message.strip_prefix("[thrd:").and_then(|rest| rest.split_once("]: ")).map_or(message, |(_, rest)| rest);
+        let (topic, rest) = without_thread.split_once(" [").unwrap_or((without_thread, ""));
+        let partition = rest.split_once(']').and_then(|(p, _)| p.parse::<i32>().ok()).unwrap_or(-1);
+        self.metrics.offset_resets.get_or_create(&PartitionLabels::new(topic, partition)).inc();
+        let start_from = match self.start_from {
+            StartFrom::Earliest => "earliest",
+            StartFrom::Latest => "latest",
+        };
+        tracing::warn!(
+            topic,
+            partition,
+            start_from,
+            detail = message,
+            "a committed offset is out of range on the broker: reading goes on from the startFrom end"
+        );
+    }
+
     /// Starts each newly assigned partition at its committed offset, restoring the aggregating
     /// stage's checkpoint from the commit metadata. The repartition topic starts at its
     /// beginning when it has no commit, whatever `startFrom` says: partials are never skipped.
@@ -179,6 +229,7 @@ impl Shared {
             }
             return;
         }
+        self.ready.store(true, Ordering::SeqCst);
         let committed = match consumer.committed_offsets(partitions.clone(), REQUEST_TIMEOUT) {
             Ok(committed) => committed,
             Err(error) => {
@@ -221,6 +272,9 @@ impl Shared {
 
     /// Finishes the revoked partitions' work, commits, and forgets their state.
     fn revoke(&self, consumer: &WorkerConsumer, partitions: &TopicPartitionList) {
+        if consumer.assignment_lost() {
+            self.ready.store(false, Ordering::SeqCst);
+        }
         let mut engine = lock(&self.engine);
         for element in partitions.elements() {
             engine.prepare_revoke(element.topic(), element.partition());
@@ -320,7 +374,7 @@ impl Shared {
                     let ticket = *returned.delivery_opaque;
                     tracing::error!(%error, topic, "could not queue a record");
                     if let Some(ticket) = ticket {
-                        engine.on_delivery(ticket, Err(error.to_string()), now_ms());
+                        engine.on_delivery(ticket, Err(failure_of(&error)), now_ms());
                     }
                     return;
                 }
@@ -422,7 +476,7 @@ impl Shared {
     }
 }
 
-fn commit_list(commits: &[Commit]) -> Result<TopicPartitionList, KafkaError> {
+pub(crate) fn commit_list(commits: &[Commit]) -> Result<TopicPartitionList, KafkaError> {
     let mut list = TopicPartitionList::new();
     for commit in commits {
         list.add_partition_offset(&commit.topic, commit.partition, Offset::Offset(commit.offset))?;
@@ -463,7 +517,7 @@ fn create_producer(config: &WorkerConfig, bootstrap: &str, transactional: bool) 
     let mut client = client_config(config, bootstrap);
     client.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
     if transactional {
-        client.set("transactional.id", &config.instance_id);
+        client.set("transactional.id", config.transactional_id());
     }
     client
         .create_with_context(DeliveryContext::default())
@@ -483,7 +537,16 @@ fn create_consumer(config: &WorkerConfig, shared: Arc<Shared>) -> Result<WorkerC
         .set("fetch.queue.backoff.ms", "10")
         .set("session.timeout.ms", config.timings.session_timeout.as_millis().to_string())
         .set("heartbeat.interval.ms", (config.timings.session_timeout.as_millis() / 6).max(100).to_string())
-        .set("isolation.level", if config.exactly_once() { "read_committed" } else { "read_uncommitted" });
+        .set("isolation.level", if config.exactly_once() { "read_committed" } else { "read_uncommitted" })
+        // Where a committed offset the broker no longer has resumes (without it librdkafka
+        // jumps to the end and skips what is left).
+        .set(
+            "auto.offset.reset",
+            match config.job.spec.source.start_from {
+                StartFrom::Earliest => "earliest",
+                StartFrom::Latest => "latest",
+            },
+        );
     if config.job.spec.source.static_membership {
         client.set("group.instance.id", &config.instance_id);
     }
@@ -548,6 +611,7 @@ pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
         metrics: control.metrics.clone(),
         flush_timeout: config.timings.shutdown_timeout,
         starts: Mutex::default(),
+        ready: control.ready.clone(),
     });
     let consumer = create_consumer(&config, shared.clone())?;
     let mut topics: Vec<&str> = config.job.spec.source.topics.iter().map(String::as_str).collect();
@@ -556,7 +620,6 @@ pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
     }
     consumer.subscribe(&topics).map_err(|source| WorkerError::Kafka { what: "cannot subscribe", source })?;
     tracing::info!(group = %config.consumer_group, ?topics, instance = %config.instance_id, exactly_once, "worker started");
-    control.ready.store(true, Ordering::SeqCst);
     let result = consume_until_stopped(&config, &control, &shared, &consumer);
     control.ready.store(false, Ordering::SeqCst);
     if control.abandon.load(Ordering::SeqCst) {

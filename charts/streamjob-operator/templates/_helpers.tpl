@@ -42,6 +42,11 @@ annotations:
 {{- end -}}
 {{- end -}}
 
+{{/* The leader-election Lease: created by the chart, taken and renewed by the operator. */}}
+{{- define "streamjob-operator.leaseName" -}}
+{{- printf "%s-leader" (include "streamjob-operator.fullname" .) -}}
+{{- end -}}
+
 {{- define "streamjob-operator.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
@@ -50,37 +55,43 @@ annotations:
 {{- default (printf "ghcr.io/streamjob/streamjob-worker:%s" .Chart.AppVersion) .Values.workerImage -}}
 {{- end -}}
 
-{{/* The rules for StreamJobs and their children, shared by the ClusterRole and the Roles. */}}
+{{/* The rules for StreamJobs and their children, shared by the ClusterRole and the Roles: the
+calls the operator makes, no more (tests/tests/chart_install.rs runs it with only these). */}}
 {{- define "streamjob-operator.jobRules" -}}
+# Watch the jobs; merge-patch metadata.finalizers (deletionPolicy: DeleteConsumerGroup); the
+# autoscaler reads a fresh copy before it writes its part of the status.
 - apiGroups: ["streamjob.io"]
   resources: ["streamjobs"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch"]
+# Server-side apply of the status: the reconciler's and the autoscaler's parts.
 - apiGroups: ["streamjob.io"]
   resources: ["streamjobs/status"]
-  verbs: ["get", "patch", "update"]
-- apiGroups: ["streamjob.io"]
-  resources: ["streamjobs/scale"]
-  verbs: ["get"]
+  verbs: ["patch"]
 # Owner references with blockOwnerDeletion need this where OwnerReferencesPermissionEnforcement is on.
 - apiGroups: ["streamjob.io"]
   resources: ["streamjobs/finalizers"]
   verbs: ["update"]
+# The children: server-side apply is a patch, and the API server also checks create when the
+# object does not exist yet; watched for drift. The autoscaler merge-patches the StatefulSet's
+# replicas.
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["services", "configmaps"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+# The workers' pods, listed for readiness and failure reasons in the status.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list"]
 # Kafka credentials and CA bundles of jobs, for the lag probe and consumer-group deletion.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
+# Events on jobs; a repeated event is patched into a series.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

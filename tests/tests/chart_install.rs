@@ -1,0 +1,517 @@
+//! The chart on a real API server: installed with the real Helm SDK (`tests/helm/release.py`),
+//! then the operator binary run with the chart Deployment's arguments and nothing but a token of
+//! the chart's ServiceAccount, so the chart's RBAC is all it may use. With Roles in one watched
+//! namespace, and with the cluster-wide ClusterRole, the operator takes the release's Lease,
+//! reconciles jobs (children, status from both of its field managers, events and an event
+//! series, the pods), reads a job's Kafka credentials Secret, runs the `DeleteConsumerGroup`
+//! finalizer against the real broker and follows the scale subresource, and the API server
+//! refuses none of its requests. `helm uninstall` then leaves none of the release's objects.
+//!
+//! One file over 400 lines: each effect the RBAC must allow is one short function here.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::Scope;
+use kube::{Api, Client, ResourceExt};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::{json, Value};
+use streamjob_crds::StreamJob;
+use streamjob_e2e::{
+    api_server, client_from_kubeconfig, eventually, free_port, fresh_namespace, kubelet_marks_pods_ready, repo_root,
+    require_real_part, scratch_dir, unique, workspace_binary, ApiServerEnv, ChildGuard,
+};
+
+/// The tests of this binary share one API server, and a cluster-wide operator would take the
+/// other test's jobs: one test at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const WAIT: Duration = Duration::from_secs(90);
+const PARTITIONS: i32 = 2;
+const FINALIZER: &str = "streamjob.io/delete-consumer-group";
+const MANAGERS: [&str; 2] = ["streamjob-operator", "streamjob-autoscaler"];
+
+#[tokio::test]
+async fn the_chart_rbac_for_one_watched_namespace_is_all_the_operator_needs() -> anyhow::Result<()> {
+    chart_rbac_suffices(Watch::OneNamespace).await
+}
+
+#[tokio::test]
+async fn the_chart_rbac_for_every_namespace_is_all_the_operator_needs() -> anyhow::Result<()> {
+    chart_rbac_suffices(Watch::Cluster).await
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Watch {
+    /// `watchNamespaces: [<the job namespace>]`: Roles there.
+    OneNamespace,
+    /// `watchNamespaces: []`: a ClusterRole.
+    Cluster,
+}
+
+async fn chart_rbac_suffices(watch: Watch) -> anyhow::Result<()> {
+    let Some(env) = api_server().await? else { return Ok(()) };
+    let Some(bootstrap) = real_kafka()? else { return Ok(()) };
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let client = env.client.clone();
+    let jobs_ns = fresh_namespace(&client, "sj-chart-jobs").await?;
+    let watched = if watch == Watch::OneNamespace { json!([jobs_ns]) } else { json!([]) };
+    let release = Release::install(&env, &json!({"watchNamespaces": watched, "leaderElection": {"enabled": true}}))?;
+    crd_established(&client).await?;
+
+    let dir = scratch_dir("chart-install")?;
+    let account = release.name_of("ServiceAccount")?;
+    let kubeconfig = service_account_kubeconfig(&env, &release.namespace, &account, &dir).await?;
+    token_is_only_the_service_account(&kubeconfig, &jobs_ns).await?;
+    let identity = "chart-operator-0";
+    let args = release.operator_args(&format!("127.0.0.1:{}", free_port()?))?;
+    let operator = Operator::start(&kubeconfig, &args, &release.namespace, identity, dir.join("operator.log"))?;
+
+    let outcome = async {
+        takes_the_lease(&client, &release, identity).await?;
+        tokio::try_join!(
+            reconciles_and_follows_the_scale_subresource(&client, &jobs_ns, &bootstrap),
+            autoscales_and_deletes_the_consumer_group(&client, &jobs_ns, &bootstrap),
+            reads_the_credentials_secret(&client, &jobs_ns, &bootstrap),
+            repeated_events_become_a_series(&client, &jobs_ns, &bootstrap),
+        )
+    }
+    .await;
+    let log = operator.stop()?;
+    outcome.with_context(|| format!("operator log:\n{log}"))?;
+    let refused: Vec<&str> = log.lines().filter(|line| line.to_lowercase().contains("forbidden")).collect();
+    assert!(refused.is_empty(), "the API server refused the operator ({watch:?}):\n{}", refused.join("\n"));
+
+    remove_jobs(&client, &jobs_ns).await?;
+    release.uninstall(&env)?;
+    let left = eventually(WAIT, "helm uninstall to remove every object of the release", || async {
+        leftovers(&client, &release).await.ok().filter(Vec::is_empty)
+    })
+    .await;
+    if left.is_err() {
+        bail!("left behind by helm uninstall: {:?}", leftovers(&client, &release).await?);
+    }
+    delete_namespace(&client, &release.namespace).await
+}
+
+fn real_kafka() -> anyhow::Result<Option<String>> {
+    match std::env::var("STREAMJOB_TEST_BOOTSTRAP") {
+        Ok(bootstrap) => Ok(Some(bootstrap)),
+        Err(_) => require_real_part("no real Kafka broker (set STREAMJOB_TEST_BOOTSTRAP)"),
+    }
+}
+
+/// A release of the chart, as the Helm SDK installed it.
+struct Release {
+    name: String,
+    namespace: String,
+    /// Every object of the release's manifest.
+    objects: Vec<Value>,
+}
+
+impl Release {
+    fn install(env: &ApiServerEnv, values: &Value) -> anyhow::Result<Self> {
+        let (name, namespace) = (unique("chart"), unique("sj-chart-release"));
+        let installed = release_script("install", &env.kubeconfig, &namespace, &name, values)?;
+        let objects = installed["objects"].as_array().context("release.py printed no objects")?.clone();
+        Ok(Self { name, namespace, objects })
+    }
+
+    fn uninstall(&self, env: &ApiServerEnv) -> anyhow::Result<()> {
+        release_script("uninstall", &env.kubeconfig, &self.namespace, &self.name, &json!({}))?;
+        Ok(())
+    }
+
+    fn object(&self, kind: &str) -> anyhow::Result<&Value> {
+        self.objects.iter().find(|o| o["kind"] == kind).with_context(|| format!("the release has no {kind}"))
+    }
+
+    fn name_of(&self, kind: &str) -> anyhow::Result<String> {
+        let name = self.object(kind)?["metadata"]["name"].as_str();
+        Ok(name.with_context(|| format!("the {kind} has no name"))?.to_owned())
+    }
+
+    /// The operator container's arguments in the chart's Deployment, but for the metrics address.
+    fn operator_args(&self, metrics_addr: &str) -> anyhow::Result<Vec<String>> {
+        let container = &self.object("Deployment")?["spec"]["template"]["spec"]["containers"][0];
+        let args = container["args"].as_array().context("the operator container has no args")?;
+        let metrics = format!("--metrics-addr={metrics_addr}");
+        let arg = |arg: &str| if arg.starts_with("--metrics-addr=") { metrics.clone() } else { arg.to_owned() };
+        Ok(args.iter().filter_map(Value::as_str).map(arg).collect())
+    }
+}
+
+/// Runs `tests/helm/release.py`, which drives the Helm SDK; returns what it printed.
+fn release_script(
+    action: &str,
+    kubeconfig: &Path,
+    namespace: &str,
+    name: &str,
+    values: &Value,
+) -> anyhow::Result<Value> {
+    let output = Command::new("python3")
+        .arg(repo_root().join("tests/helm/release.py"))
+        .arg(action)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["--namespace", namespace, "--name", name, "--values-json", &values.to_string()])
+        .output()
+        .context("python3 tests/helm/release.py (needs the Helm SDK: pip install -r tests/python/requirements.txt)")?;
+    if !output.status.success() {
+        bail!("release.py {action} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+    serde_json::from_slice(&output.stdout).context("release.py printed no JSON")
+}
+
+async fn crd_established(client: &Client) -> anyhow::Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    eventually(WAIT, "the chart's CRD to be Established", || async {
+        let conditions = crds.get("streamjobs.streamjob.io").await.ok()?.status?.conditions?;
+        conditions.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+    })
+    .await
+}
+
+/// A kubeconfig for the API server of `env` whose only credentials are a token of `account`
+/// (TokenRequest API).
+async fn service_account_kubeconfig(
+    env: &ApiServerEnv,
+    namespace: &str,
+    account: &str,
+    dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), namespace);
+    let request = serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))?;
+    let answer = accounts.create_token_request(account, &PostParams::default(), &request).await?;
+    let token = answer.status.context("the TokenRequest came back without a token")?.token;
+    let mut kubeconfig: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&env.kubeconfig)?)?;
+    let users = kubeconfig.get_mut("users").and_then(serde_yaml::Value::as_sequence_mut);
+    for user in users.context("the admin kubeconfig has no users")? {
+        let user = user.as_mapping_mut().context("a kubeconfig user is not a mapping")?;
+        user.insert("user".into(), serde_yaml::to_value(json!({"token": token}))?);
+    }
+    let path = dir.join("operator.kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
+    Ok(path)
+}
+
+/// The operator's kubeconfig carries the ServiceAccount and nothing more: what the chart does
+/// not grant (listing Secrets) is refused.
+async fn token_is_only_the_service_account(kubeconfig: &Path, namespace: &str) -> anyhow::Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(client_from_kubeconfig(kubeconfig).await?, namespace);
+    match secrets.list(&ListParams::default()).await {
+        Err(kube::Error::Api(status)) if status.code == 403 => Ok(()),
+        other => bail!("the ServiceAccount's token listed Secrets (only get is granted): {other:?}"),
+    }
+}
+
+/// The operator binary, its standard output and error in one log file.
+struct Operator {
+    process: ChildGuard,
+    log: PathBuf,
+}
+
+impl Operator {
+    fn start(
+        kubeconfig: &Path,
+        args: &[String],
+        namespace: &str,
+        identity: &str,
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(workspace_binary("streamjob-operator"))
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            // What the Deployment's downward API gives the pod.
+            .env("POD_NAMESPACE", namespace)
+            .env("POD_NAME", identity)
+            .env_remove("STREAMJOB_WATCH_NAMESPACES")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("starting streamjob-operator (cargo build --workspace --bins first)")?;
+        Ok(Self { process: ChildGuard(child), log })
+    }
+
+    /// Stops the operator; returns its log.
+    fn stop(self) -> anyhow::Result<String> {
+        drop(self.process);
+        Ok(std::fs::read_to_string(&self.log)?)
+    }
+}
+
+async fn takes_the_lease(client: &Client, release: &Release, identity: &str) -> anyhow::Result<()> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &release.namespace);
+    let name = release.name_of("Lease")?;
+    eventually(WAIT, "the operator to hold the release's Lease", || async {
+        let holder = leases.get(&name).await.ok()?.spec?.holder_identity;
+        (holder.as_deref() == Some(identity)).then_some(())
+    })
+    .await
+}
+
+fn job(name: &str, bootstrap: &str, topic: &str, extra_spec: Value) -> anyhow::Result<StreamJob> {
+    let mut spec = json!({
+        "source": {"bootstrapServers": bootstrap, "topics": [topic], "format": "text"},
+        "sink": {"topic": format!("{topic}-out")},
+    });
+    for (key, value) in extra_spec.as_object().into_iter().flatten() {
+        spec[key] = value.clone();
+    }
+    let job =
+        json!({"apiVersion": "streamjob.io/v1alpha1", "kind": "StreamJob", "metadata": {"name": name}, "spec": spec});
+    Ok(serde_json::from_value(job)?)
+}
+
+fn autoscaling() -> Value {
+    json!({"minReplicas": 1, "maxReplicas": 2, "lagThreshold": 1000, "pollIntervalSeconds": 2})
+}
+
+/// Aborts a background task when dropped.
+struct Background(tokio::task::JoinHandle<()>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Children applied, status written from the pods, events published; `kubectl scale` (the
+/// scale subresource) moves the StatefulSet and reads the selector and replicas back.
+async fn reconciles_and_follows_the_scale_subresource(
+    client: &Client,
+    ns: &str,
+    bootstrap: &str,
+) -> anyhow::Result<()> {
+    let name = "by-hand";
+    let jobs: Api<StreamJob> = Api::namespaced(client.clone(), ns);
+    jobs.create(&PostParams::default(), &job(name, bootstrap, "unused", json!({"replicas": 1}))?).await?;
+    let _kubelet =
+        Background(kubelet_marks_pods_ready(client.clone(), ns, &format!("app.kubernetes.io/instance={name}")));
+    children_exist(client, ns, name).await?;
+    let job = eventually(WAIT, "by-hand: one ready worker in the status", || async {
+        let job = jobs.get(name).await.ok()?;
+        (job.status.as_ref()?.ready_replicas == 1).then_some(job)
+    })
+    .await?;
+    assert!(status_managers(&job).contains(&MANAGERS[0].to_owned()), "{:?}", job.managed_fields());
+    let created = reasons(client, ns, name).await?.into_iter().filter(|r| r == "Created").count();
+    assert_eq!(created, 4, "one Created event per child");
+
+    let scale = jobs.get_scale(name).await?;
+    let selector = scale.status.and_then(|s| s.selector);
+    assert_eq!(selector.as_deref(), Some("app.kubernetes.io/instance=by-hand,app.kubernetes.io/name=streamjob-worker"));
+    jobs.patch_scale(name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 2}}))).await?;
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    eventually(WAIT, "by-hand: the StatefulSet to follow the scale subresource", || async {
+        (sets.get(name).await.ok()?.spec?.replicas == Some(2)).then_some(())
+    })
+    .await?;
+    eventually(WAIT, "by-hand: two workers in the scale subresource", || async {
+        (jobs.get_scale(name).await.ok()?.status?.replicas == 2).then_some(())
+    })
+    .await
+}
+
+async fn children_exist(client: &Client, ns: &str, name: &str) -> anyhow::Result<()> {
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+    eventually(WAIT, &format!("{name}: ConfigMap, Service, StatefulSet and PodDisruptionBudget"), || async {
+        config_maps.get_opt(&format!("{name}-config")).await.ok()??;
+        services.get_opt(name).await.ok()??;
+        sets.get_opt(name).await.ok()??;
+        budgets.get_opt(name).await.ok()??;
+        Some(())
+    })
+    .await
+}
+
+/// The field managers that server-side applied the job's status.
+fn status_managers(job: &StreamJob) -> Vec<String> {
+    let status_applies = job
+        .managed_fields()
+        .iter()
+        .filter(|m| m.subresource.as_deref() == Some("status") && m.operation.as_deref() == Some("Apply"));
+    status_applies.filter_map(|m| m.manager.clone()).collect()
+}
+
+/// The events.k8s.io Events regarding the job `name`.
+async fn events_of(client: &Client, ns: &str, name: &str) -> anyhow::Result<Vec<Event>> {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let all = events.list(&ListParams::default()).await?.items;
+    Ok(all.into_iter().filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)).collect())
+}
+
+async fn reasons(client: &Client, ns: &str, name: &str) -> anyhow::Result<Vec<String>> {
+    Ok(events_of(client, ns, name).await?.into_iter().filter_map(|e| e.reason).collect())
+}
+
+/// The autoscaler's part of the status under its own field manager; the finalizer added, and at
+/// deletion the consumer group deleted on the real broker before the job goes.
+async fn autoscales_and_deletes_the_consumer_group(client: &Client, ns: &str, bootstrap: &str) -> anyhow::Result<()> {
+    let name = "lagged";
+    let topic = unique("chart-in");
+    streamjob_worker::topic_io::create_topics(bootstrap, &[(topic.as_str(), PARTITIONS)])?;
+    let jobs: Api<StreamJob> = Api::namespaced(client.clone(), ns);
+    let spec = json!({"autoscaling": autoscaling(), "deletionPolicy": "DeleteConsumerGroup"});
+    let group = jobs.create(&PostParams::default(), &job(name, bootstrap, &topic, spec)?).await?.consumer_group();
+    let kafka = (bootstrap.to_owned(), group.clone(), topic.clone());
+    let offsets = tokio::task::spawn_blocking(move || commit_start(&kafka.0, &kafka.1, &kafka.2)).await??;
+    assert!(offsets.iter().all(|o| *o == Offset::Offset(0)), "the group has offsets before: {offsets:?}");
+
+    eventually(WAIT, "lagged: the finalizer, and the lag under the autoscaler's field manager", || async {
+        let job = jobs.get(name).await.ok()?;
+        let measured = job.status.as_ref()?.partitions == Some(PARTITIONS) && job.status.as_ref()?.lag.is_some();
+        let managers = status_managers(&job);
+        let both = MANAGERS.iter().all(|m| managers.contains(&(*m).to_owned()));
+        (measured && both && job.finalizers().iter().any(|f| f == FINALIZER)).then_some(())
+    })
+    .await?;
+    jobs.delete(name, &DeleteParams::default()).await?;
+    eventually(WAIT, "lagged: the finalizer to let the job go", || async {
+        jobs.get_opt(name).await.ok()?.is_none().then_some(())
+    })
+    .await?;
+    assert!(reasons(client, ns, name).await?.contains(&"ConsumerGroupDeleted".to_owned()));
+    let kafka = (bootstrap.to_owned(), group, topic);
+    let offsets = tokio::task::spawn_blocking(move || committed(&kafka.0, &kafka.1, &kafka.2)).await??;
+    assert!(offsets.iter().all(|o| *o == Offset::Invalid), "the group still has offsets: {offsets:?}");
+    Ok(())
+}
+
+fn consumer(bootstrap: &str, group: &str) -> anyhow::Result<BaseConsumer> {
+    Ok(ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create()?)
+}
+
+fn partitions(topic: &str) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        list.add_partition(topic, partition);
+    }
+    list
+}
+
+/// Commits offset 0 on every partition for `group`, so the group exists; returns what the
+/// broker then has.
+fn commit_start(bootstrap: &str, group: &str, topic: &str) -> anyhow::Result<Vec<Offset>> {
+    let consumer = consumer(bootstrap, group)?;
+    let mut offsets = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        offsets.add_partition_offset(topic, partition, Offset::Offset(0))?;
+    }
+    consumer.commit(&offsets, CommitMode::Sync)?;
+    committed(bootstrap, group, topic)
+}
+
+/// The group's committed offsets on the topic (`Offset::Invalid` where it has none).
+fn committed(bootstrap: &str, group: &str, topic: &str) -> anyhow::Result<Vec<Offset>> {
+    let consumer = consumer(bootstrap, group)?;
+    let committed = consumer.committed_offsets(partitions(topic), Duration::from_secs(10))?;
+    Ok(committed.elements().iter().map(|e| e.offset()).collect())
+}
+
+/// The lag probe reads the job's credentials Secret: missing, the read is a 404, which only a
+/// permitted request gets (a refused one is a 403); once it exists the probe goes past it.
+async fn reads_the_credentials_secret(client: &Client, ns: &str, bootstrap: &str) -> anyhow::Result<()> {
+    let (name, secret) = ("with-credentials", "kafka-credentials");
+    let auth = json!({"mechanism": "PLAIN", "secretRef": {"name": secret}});
+    let jobs: Api<StreamJob> = Api::namespaced(client.clone(), ns);
+    let spec = json!({"autoscaling": autoscaling()});
+    let mut job = job(name, bootstrap, "unused", spec)?;
+    job.spec.source.auth = Some(serde_json::from_value(auth)?);
+    jobs.create(&PostParams::default(), &job).await?;
+    let message = || async {
+        let job = jobs.get(name).await.ok()?;
+        let condition = job.status?.conditions.into_iter().find(|c| c.type_ == "AutoscalerDegraded")?;
+        Some(condition.message)
+    };
+    let missing = format!("reading Secret {secret}");
+    eventually(WAIT, "with-credentials: the probe to find no Secret", || async {
+        message().await.filter(|m| m.contains(&missing) && m.contains("not found"))
+    })
+    .await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let credentials = json!({"metadata": {"name": secret}, "stringData": {"username": "u", "password": "p"}});
+    secrets.create(&PostParams::default(), &serde_json::from_value(credentials)?).await?;
+    let past = eventually(WAIT, "with-credentials: the probe to read the Secret and go on to Kafka", || async {
+        message().await.filter(|m| !m.contains(&missing))
+    })
+    .await?;
+    eprintln!("with-credentials, with its Secret read: {past}");
+    Ok(())
+}
+
+/// A failure that repeats unchanged is one event whose series counts up (the recorder patches
+/// it). The job's Service name is taken by a ClusterIP Service the headless one cannot replace.
+async fn repeated_events_become_a_series(client: &Client, ns: &str, bootstrap: &str) -> anyhow::Result<()> {
+    let name = "blocked";
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let in_the_way = json!({"metadata": {"name": name}, "spec": {"ports": [{"port": 9090}]}});
+    services.create(&PostParams::default(), &serde_json::from_value(in_the_way)?).await?;
+    let jobs: Api<StreamJob> = Api::namespaced(client.clone(), ns);
+    jobs.create(&PostParams::default(), &job(name, bootstrap, "unused", json!({}))?).await?;
+    eventually(WAIT, "blocked: a ReconcileError event seen twice or more", || async {
+        let events = events_of(client, ns, name).await.ok()?;
+        let series = |e: &Event| e.series.as_ref().is_some_and(|s| s.count >= 2);
+        events.iter().any(|e| e.reason.as_deref() == Some("ReconcileError") && series(e)).then_some(())
+    })
+    .await
+}
+
+/// Deletes the namespace's jobs and waits until they are gone, so no later cluster-wide
+/// operator finds them in a terminating namespace.
+async fn remove_jobs(client: &Client, ns: &str) -> anyhow::Result<()> {
+    let jobs: Api<StreamJob> = Api::namespaced(client.clone(), ns);
+    jobs.delete_collection(&DeleteParams::default(), &ListParams::default()).await?;
+    eventually(WAIT, "the jobs to be deleted", || async {
+        jobs.list(&ListParams::default()).await.ok()?.items.is_empty().then_some(())
+    })
+    .await?;
+    delete_namespace(client, ns).await
+}
+
+async fn delete_namespace(client: &Client, ns: &str) -> anyhow::Result<()> {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces.delete(ns, &DeleteParams::default()).await?;
+    Ok(())
+}
+
+/// The release's objects that still exist, and Helm's record of the release.
+async fn leftovers(client: &Client, release: &Release) -> anyhow::Result<Vec<String>> {
+    let mut left = Vec::new();
+    for object in &release.objects {
+        let object: DynamicObject = serde_json::from_value(object.clone())?;
+        let types = object.types.as_ref().context("an object without apiVersion and kind")?;
+        let (resource, capabilities) =
+            kube::discovery::pinned_kind(client, &GroupVersionKind::try_from(types)?).await?;
+        let api: Api<DynamicObject> = match capabilities.scope {
+            Scope::Namespaced => {
+                let ns = object.namespace().unwrap_or_else(|| release.namespace.clone());
+                Api::namespaced_with(client.clone(), &ns, &resource)
+            }
+            Scope::Cluster => Api::all_with(client.clone(), &resource),
+        };
+        if api.get_opt(&object.name_any()).await?.is_some() {
+            left.push(format!("{} {}", types.kind, object.name_any()));
+        }
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &release.namespace);
+    let records = secrets.list(&ListParams::default().labels(&format!("owner=helm,name={}", release.name))).await?;
+    left.extend(records.items.iter().map(|s| format!("Helm's Secret {}", s.name_any())));
+    Ok(left)
+}

@@ -1,0 +1,51 @@
+//! A consumer group's committed offsets, read and written from outside its members: for tools
+//! and tests that set a group up or look at what its workers committed.
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::engine::Commit;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn group_client(bootstrap: &str, group: &str) -> Result<BaseConsumer, KafkaError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+}
+
+/// Commits `commits` (offsets and metadata) for `group`, as the worker commits them.
+pub fn commit(bootstrap: &str, group: &str, commits: &[Commit]) -> Result<(), KafkaError> {
+    let consumer = group_client(bootstrap, group)?;
+    consumer.commit(&crate::runner::commit_list(commits)?, CommitMode::Sync)
+}
+
+/// What `group` has committed for `partitions` of `topic`; a partition without a commit is
+/// left out.
+pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: &[i32]) -> Result<Vec<Commit>, KafkaError> {
+    let consumer = group_client(bootstrap, group)?;
+    let mut list = TopicPartitionList::new();
+    for partition in partitions {
+        list.add_partition(topic, *partition);
+    }
+    let committed = consumer.committed_offsets(list, TIMEOUT)?;
+    Ok(committed
+        .elements()
+        .into_iter()
+        .filter_map(|element| match element.offset() {
+            Offset::Offset(offset) => Some(Commit {
+                topic: element.topic().to_owned(),
+                partition: element.partition(),
+                offset,
+                metadata: Some(element.metadata().to_owned()).filter(|m| !m.is_empty()),
+            }),
+            _ => None,
+        })
+        .collect())
+}
