@@ -9,7 +9,7 @@ import yaml
 from k8s import assert_valid, load_all, pod_spec_of, restricted_violations
 
 CHART = "charts/streamjob-operator"
-PROMETHEUS_OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
+PROMETHEUS_OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 ALL_ON = {
     "metrics": {
@@ -18,6 +18,7 @@ ALL_ON = {
         "grafanaDashboard": {"enabled": True},
     },
     "networkPolicy": {"enabled": True},
+    "workerNetworkPolicy": {"enabled": True, "namespaces": ["team-a"], "kafka": {"cidrs": ["10.20.0.0/16"]}},
     "podDisruptionBudget": {"enabled": True},
     "commonAnnotations": {"team": "platform"},
     "extraEnv": [{"name": "EXTRA", "value": "1"}],
@@ -29,6 +30,11 @@ TOGGLES = {
     "defaults": {},
     "all-on": ALL_ON,
     "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
+    "namespaced-observed": {
+        "watchNamespaces": ["team-a", "team-b"],
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+        "workerNetworkPolicy": {"enabled": True},
+    },
     "no-leader-election": {"leaderElection": {"enabled": False}, "replicaCount": 1},
     "no-rbac": {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "existing"}},
     "no-pdb-no-service": {"podDisruptionBudget": {"enabled": False}, "metrics": {"service": {"enabled": False}}},
@@ -163,6 +169,9 @@ def test_namespaced_mode_renders_roles_not_cluster_roles(chart):
     ({"image": {"repository": "x", "pullPolicy": "Sometimes"}}, "pullPolicy"),
     ({"watchNamespaces": "team-a"}, "watchNamespaces"),
     ({"unknownSetting": True}, "unknownSetting"),
+    ({"metrics": {"workerPodMonitor": {"enabled": "yes"}}}, "workerPodMonitor"),
+    ({"workerNetworkPolicy": {"kafka": {"cidrs": ["kafka.example.com"]}}}, "cidrs"),
+    ({"workerNetworkPolicy": {"kafka": {"ports": [0]}}}, "ports"),
 ])
 def test_bad_values_are_rejected_by_the_schema(chart, bad, message):
     with pytest.raises(helm_python.HelmError) as raised:
@@ -204,3 +213,84 @@ def test_the_leader_lease_belongs_to_the_release(chart):
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert f"--lease-name={lease['metadata']['name']}" in args, "helm uninstall removes the Lease the operator uses"
     assert not [o for o in render(chart, TOGGLES["no-leader-election"]) if o["kind"] == "Lease"]
+
+
+def of_kind(objects, kind):
+    return [o for o in objects if o["kind"] == kind]
+
+
+@pytest.mark.parametrize("values, monitors", [
+    ({}, 0),
+    ({"metrics": {"serviceMonitor": {"enabled": True}}}, 1),
+    ({"metrics": {"serviceMonitor": {"enabled": True}, "workerPodMonitor": {"enabled": False}}}, 0),
+])
+def test_workers_are_scraped_whenever_the_operator_is(chart, values, monitors):
+    assert len(of_kind(render(chart, values), "PodMonitor")) == monitors
+
+
+def test_the_worker_pod_monitor_covers_the_watched_namespaces(chart):
+    (cluster_wide,) = of_kind(render(chart, {"metrics": {"serviceMonitor": {"enabled": True}}}), "PodMonitor")
+    assert cluster_wide["spec"]["namespaceSelector"] == {"any": True}
+    (namespaced,) = of_kind(render(chart, TOGGLES["namespaced-observed"]), "PodMonitor")
+    assert namespaced["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
+    assert namespaced["metadata"]["labels"]["release"] == "prometheus", "selected by the same Prometheus"
+    (endpoint,) = namespaced["spec"]["podMetricsEndpoints"]
+    assert endpoint["path"] == "/metrics" and endpoint["interval"] == "30s"
+
+
+def rendered_worker_pod(operator_bin, root):
+    import subprocess
+
+    example = root / "examples" / "wordcount.yaml"
+    rendered = subprocess.run([str(operator_bin), "render", "-f", str(example)], capture_output=True, text=True, check=True)
+    (stateful_set,) = [o for o in load_all(rendered.stdout) if o["kind"] == "StatefulSet"]
+    return stateful_set["spec"]["template"]
+
+
+def test_pod_monitor_and_network_policy_select_the_workers_the_operator_builds(chart, operator_bin, root):
+    template = rendered_worker_pod(operator_bin, root)
+    labels = template["metadata"]["labels"]
+    ports = {p["name"]: p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
+    objects = render(chart, TOGGLES["namespaced-observed"])
+    (monitor,) = of_kind(objects, "PodMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] in ports
+    assert monitor["spec"]["jobLabel"] in labels, "the job label names the StreamJob"
+    worker_policies = [p for p in of_kind(objects, "NetworkPolicy") if p["metadata"]["name"].endswith("-workers")]
+    assert {p["metadata"]["namespace"] for p in worker_policies} == {"team-a", "team-b"}
+    for policy in worker_policies:
+        assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+        (ingress,) = policy["spec"]["ingress"]
+        assert [p["port"] for p in ingress["ports"]] == ["http-metrics"] and "http-metrics" in ports
+
+
+def test_the_worker_network_policy_lets_out_only_dns_and_kafka(chart):
+    (policy,) = [p for p in of_kind(render(chart, ALL_ON), "NetworkPolicy") if p["metadata"]["name"].endswith("-workers")]
+    assert policy["metadata"]["namespace"] == "team-a"
+    dns, kafka = policy["spec"]["egress"]
+    assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")} and "to" not in dns
+    assert [p["port"] for p in kafka["ports"]] == [9092, 9093, 9094]
+    assert kafka["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
+    (ingress,) = policy["spec"]["ingress"]
+    assert ingress["from"] == [{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }]
+
+
+def test_the_worker_network_policy_needs_namespaces(chart):
+    with pytest.raises(helm_python.HelmError) as raised:
+        render(chart, {"workerNetworkPolicy": {"enabled": True}})
+    assert "workerNetworkPolicy.namespaces" in str(raised.value)
+
+
+def test_dashboard_groups_workers_by_the_label_the_pod_monitor_sets(chart):
+    objects = render(chart, ALL_ON)
+    (service_monitor,) = of_kind(objects, "ServiceMonitor")
+    assert service_monitor["spec"]["endpoints"][0]["honorLabels"] is True, "the operator's job and namespace labels stay"
+    (dashboard_map,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("dashboard")]
+    dashboard = yaml.safe_load(dashboard_map["data"]["streamjob.json"])
+    worker_exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", []) if "streamjob_worker_" in t["expr"]]
+    assert worker_exprs
+    for expr in worker_exprs:
+        assert "namespace, job)" in expr and "service" not in expr, expr

@@ -5,7 +5,8 @@
 //! reconciles jobs (children, status from both of its field managers, events and an event
 //! series, the pods), reads a job's Kafka credentials Secret, runs the `DeleteConsumerGroup`
 //! finalizer against the real broker and follows the scale subresource, and the API server
-//! refuses none of its requests. `helm uninstall` then leaves none of the release's objects.
+//! refuses none of its requests. The chart's worker NetworkPolicy, accepted by the API server,
+//! selects the workers' pods. `helm uninstall` then leaves none of the release's objects.
 //!
 //! One file over 400 lines: each effect the RBAC must allow is one short function here.
 
@@ -66,8 +67,15 @@ async fn chart_rbac_suffices(watch: Watch) -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
     let client = env.client.clone();
     let jobs_ns = fresh_namespace(&client, "sj-chart-jobs").await?;
-    let watched = if watch == Watch::OneNamespace { json!([jobs_ns]) } else { json!([]) };
-    let release = Release::install(&env, &json!({"watchNamespaces": watched, "leaderElection": {"enabled": true}}))?;
+    // The worker NetworkPolicy goes to the watched namespaces, or to the ones it names.
+    let (watched, policy_namespaces) =
+        if watch == Watch::OneNamespace { (json!([jobs_ns]), json!([])) } else { (json!([]), json!([jobs_ns])) };
+    let values = json!({
+        "watchNamespaces": watched,
+        "leaderElection": {"enabled": true},
+        "workerNetworkPolicy": {"enabled": true, "namespaces": policy_namespaces},
+    });
+    let release = Release::install(&env, &values)?;
     crd_established(&client).await?;
 
     let dir = scratch_dir("chart-install")?;
@@ -90,6 +98,7 @@ async fn chart_rbac_suffices(watch: Watch) -> anyhow::Result<()> {
     .await;
     let log = operator.stop()?;
     outcome.with_context(|| format!("operator log:\n{log}"))?;
+    worker_policy_selects_the_workers(&client, &release, &jobs_ns).await?;
     let refused: Vec<&str> = log.lines().filter(|line| line.to_lowercase().contains("forbidden")).collect();
     assert!(refused.is_empty(), "the API server refused the operator ({watch:?}):\n{}", refused.join("\n"));
 
@@ -471,6 +480,29 @@ async fn repeated_events_become_a_series(client: &Client, ns: &str, bootstrap: &
         events.iter().any(|e| e.reason.as_deref() == Some("ReconcileError") && series(e)).then_some(())
     })
     .await
+}
+
+/// The chart's worker NetworkPolicy selects the pods the operator's StatefulSets made, and lets
+/// in traffic to a port those pods name.
+async fn worker_policy_selects_the_workers(client: &Client, release: &Release, ns: &str) -> anyhow::Result<()> {
+    let policy = release
+        .objects
+        .iter()
+        .find(|o| o["kind"] == "NetworkPolicy" && o["metadata"]["namespace"] == ns)
+        .context("the release has no worker NetworkPolicy in the job namespace")?;
+    let labels = policy["spec"]["podSelector"]["matchLabels"].as_object().context("no matchLabels")?;
+    let selector: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+    let selected = pods.list(&ListParams::default().labels(&selector.join(","))).await?.items;
+    assert!(selected.iter().any(|p| p.labels().get("app.kubernetes.io/instance").is_some_and(|j| j == "by-hand")));
+    let port = policy["spec"]["ingress"][0]["ports"][0]["port"].as_str().context("the ingress port is not named")?;
+    for pod in &selected {
+        let containers = pod.spec.iter().flat_map(|spec| &spec.containers);
+        let names: Vec<_> =
+            containers.flat_map(|c| c.ports.iter().flatten()).filter_map(|p| p.name.as_deref()).collect();
+        assert!(names.contains(&port), "pod {} has no port {port}: {names:?}", pod.name_any());
+    }
+    Ok(())
 }
 
 /// Deletes the namespace's jobs and waits until they are gone, so no later cluster-wide

@@ -18,6 +18,11 @@ app.kubernetes.io/name: {{ include "streamjob-operator.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* Labels the operator puts on every worker pod (operator/src/builders.rs). */}}
+{{- define "streamjob-operator.workerSelectorLabels" -}}
+app.kubernetes.io/name: streamjob-worker
+{{- end -}}
+
 {{/* Labels on every object. */}}
 {{- define "streamjob-operator.labels" -}}
 {{ include "streamjob-operator.selectorLabels" . }}
