@@ -33,6 +33,12 @@ fn spec_level_rules() -> Vec<Value> {
             "pipeline may contain at most one window stage",
         ),
         rule(&key_by_before_window_rule(MAX_STAGES), "a window stage needs a keyBy stage before it in the pipeline"),
+        rule(
+            "self.delivery != 'exactlyOnce' || !has(self.sink.bootstrapServers) || \
+             self.sink.bootstrapServers == self.source.bootstrapServers",
+            "delivery: exactlyOnce needs the sink on the source's brokers (a Kafka transaction cannot span two \
+             clusters): leave sink.bootstrapServers unset",
+        ),
     ]
 }
 
