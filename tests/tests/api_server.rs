@@ -201,3 +201,88 @@ async fn leader_election_hands_over_within_the_lease_duration() -> anyhow::Resul
     eventually(WAIT, "the new leader to reconcile", || async { sets.get_opt("after-handover").await.ok()? }).await?;
     Ok(())
 }
+
+/// Runs kubectl (built with the control plane) against the test's API server.
+fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let assets = std::env::var_os("KUBEBUILDER_ASSETS").map(std::path::PathBuf::from);
+    let binary = assets.map(|a| a.join("kubectl")).filter(|p| p.exists()).unwrap_or_else(|| "kubectl".into());
+    Ok(Command::new(binary).arg("--kubeconfig").arg(kubeconfig).args(args).output()?)
+}
+
+fn pod_template_checksum(set: &StatefulSet) -> Option<String> {
+    set.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()?.get("checksum/config").cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_wait_scale_config_roll_and_pause_on_a_real_api_server() -> anyhow::Result<()> {
+    let Some(env) = api_server().await? else { return Ok(()) };
+    let client = env.client.clone();
+    install_crd(&client).await?;
+    let namespace = fresh_namespace(&client, "sj-kubectl").await?;
+    let jobs: Api<StreamJob> = Api::namespaced(client.clone(), &namespace);
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+    let controller = tokio::spawn(run_with_client(client.clone(), run_options("e2e-kubectl", false, &namespace)));
+    let kubelet =
+        streamjob_e2e::kubelet_marks_pods_ready(client.clone(), &namespace, "app.kubernetes.io/instance=wordcount");
+    let mut job = example("wordcount.yaml")?;
+    job.spec.autoscaling = None;
+    jobs.create(&PostParams::default(), &job).await?;
+
+    // `kubectl wait` returns once the workers are ready (the kubelet's part played by the test).
+    let ns = namespace.as_str();
+    let waited =
+        kubectl(&env.kubeconfig, &["-n", ns, "wait", "--for=condition=Ready", "sj/wordcount", "--timeout=60s"])?;
+    assert!(waited.status.success(), "kubectl wait: {}", String::from_utf8_lossy(&waited.stderr));
+    let status = jobs.get("wordcount").await?.status.expect("status");
+    assert_eq!((status.ready_replicas, status.phase), (1, Some(Phase::Running)));
+
+    // `kubectl scale` drives spec.replicas through the scale subresource; the workers follow.
+    let scaled = kubectl(&env.kubeconfig, &["-n", ns, "scale", "sj/wordcount", "--replicas=3"])?;
+    assert!(scaled.status.success(), "kubectl scale: {}", String::from_utf8_lossy(&scaled.stderr));
+    eventually(WAIT, "StatefulSet replicas 3", || async {
+        (stateful_set_replicas(&sets, "wordcount").await == Some(3)).then_some(())
+    })
+    .await?;
+    let waited =
+        kubectl(&env.kubeconfig, &["-n", ns, "wait", "--for=condition=Ready", "sj/wordcount", "--timeout=60s"])?;
+    assert!(waited.status.success(), "kubectl wait after scale: {}", String::from_utf8_lossy(&waited.stderr));
+
+    // A pipeline change rolls the workers: a new config checksum on the pod template, an event.
+    let before = sets.get("wordcount").await.ok().as_ref().and_then(pod_template_checksum);
+    let roll = json!({"spec": {"pipeline": [
+        {"split": {"field": "value", "lowercase": false}}, {"keyBy": {"field": "value"}},
+        {"window": {"type": "tumbling", "size": "10s", "aggregate": {"function": "count"}}}
+    ]}});
+    jobs.patch("wordcount", &PatchParams::default(), &Patch::Merge(&roll)).await?;
+    let after = eventually(WAIT, "a new config checksum", || async {
+        let checksum = sets.get("wordcount").await.ok().as_ref().and_then(pod_template_checksum)?;
+        (Some(&checksum) != before.as_ref()).then_some(checksum)
+    })
+    .await?;
+    let described =
+        kubectl(&env.kubeconfig, &["-n", ns, "get", "events", "--field-selector", "reason=RollingOut", "-o", "name"])?;
+    assert!(!String::from_utf8_lossy(&described.stdout).trim().is_empty(), "a RollingOut event for checksum {after}");
+
+    // The pause annotation: the operator leaves the children alone and says so.
+    let paused =
+        kubectl(&env.kubeconfig, &["-n", ns, "annotate", "sj/wordcount", "streamjob.io/pause-reconciliation=true"])?;
+    assert!(paused.status.success(), "kubectl annotate: {}", String::from_utf8_lossy(&paused.stderr));
+    eventually(WAIT, "ReconciliationPaused", || async {
+        let job = jobs.get("wordcount").await.ok()?;
+        job.status?.conditions.iter().any(|c| c.type_ == "ReconciliationPaused" && c.status == "True").then_some(())
+    })
+    .await?;
+    jobs.patch_scale("wordcount", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 1}}))).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(stateful_set_replicas(&sets, "wordcount").await, Some(3), "children untouched while paused");
+    let resumed =
+        kubectl(&env.kubeconfig, &["-n", ns, "annotate", "sj/wordcount", "streamjob.io/pause-reconciliation-"])?;
+    assert!(resumed.status.success(), "kubectl annotate -: {}", String::from_utf8_lossy(&resumed.stderr));
+    eventually(WAIT, "StatefulSet replicas 1 after the pause", || async {
+        (stateful_set_replicas(&sets, "wordcount").await == Some(1)).then_some(())
+    })
+    .await?;
+    kubelet.abort();
+    controller.abort();
+    Ok(())
+}
