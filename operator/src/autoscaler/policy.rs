@@ -97,6 +97,10 @@ pub struct History {
     /// Since when the workers have been settled (ready, no rollout, no rebalance); `None` while
     /// they are not.
     pub settled_since: Option<f64>,
+    /// After a scale change, each partition's committed offset when it was decided: the workers
+    /// count as settled only once the group has finished rebalancing and commits move again,
+    /// not as soon as the StatefulSet is ready. `None` when no change awaits that.
+    pub commits_at_change: Option<Vec<PartitionSample>>,
 }
 
 impl History {
@@ -237,9 +241,47 @@ fn lag_excluding(sample: &LagSample, start_from: StartFrom, excluded: &[(String,
 /// Seconds of consumption a group that keeps up may hold uncommitted.
 const IN_FLIGHT_SECONDS: f64 = 5.0;
 
+/// Whether the group consumes again since `at_change`: every partition that has lag in `sample`
+/// has committed past where it was then, or is stuck (its commit stands while others move).
+fn consumption_resumed(
+    at_change: &[PartitionSample],
+    sample: &LagSample,
+    stuck: &[(String, i32)],
+    start_from: StartFrom,
+) -> bool {
+    sample.partitions.iter().filter(|p| p.lag(start_from) > 0).all(|p| {
+        let before = at_change.iter().find(|b| b.topic == p.topic && b.partition == p.partition);
+        let advanced = match (before.and_then(|b| b.committed), p.committed) {
+            (Some(then), Some(now)) => now > then,
+            (None, now) => now.is_some(),
+            (Some(_), None) => false,
+        };
+        advanced || stuck.iter().any(|(t, n)| *t == p.topic && *n == p.partition)
+    })
+}
+
+/// A scale change was decided: the group rebalances, and the next intervals do not describe it
+/// until its commits move again.
+fn start_rebalance(history: &mut History) {
+    history.settled_since = None;
+    history.commits_at_change = history.samples.back().map(|latest| latest.partitions.clone());
+}
+
 /// Records a sample into the history and updates the capacity estimate.
 pub fn observe(history: &mut History, sample: LagSample, workers: Workers, settings: &Settings) {
-    history.settled_since = match (workers.settled, history.settled_since) {
+    history.samples.push_back(sample);
+    while history.samples.len() > MAX_HISTORY {
+        history.samples.pop_front();
+    }
+    let Some(sample) = history.samples.back().cloned() else { return };
+    if let Some(at_change) = &history.commits_at_change {
+        let stuck = stuck_partitions(&history.samples, settings.start_from, 3);
+        if workers.settled && consumption_resumed(at_change, &sample, &stuck, settings.start_from) {
+            history.commits_at_change = None;
+        }
+    }
+    let settled = workers.settled && history.commits_at_change.is_none();
+    history.settled_since = match (settled, history.settled_since) {
         (false, _) => None,
         (true, Some(since)) => Some(since),
         (true, None) => Some(sample.at),
@@ -249,10 +291,6 @@ pub fn observe(history: &mut History, sample: LagSample, workers: Workers, setti
         (0, None) => Some(sample.at),
         _ => None,
     };
-    history.samples.push_back(sample);
-    while history.samples.len() > MAX_HISTORY {
-        history.samples.pop_front();
-    }
     // A group whose consuming partitions had a backlog through a whole settled interval worked
     // at full speed: its consume rate per worker is its capacity. Partitions whose offsets did
     // not move (idle or stuck) say nothing about speed. A backlog of less than a few seconds of
@@ -359,7 +397,7 @@ pub fn decide(history: &mut History, workers: Workers, partitions: i32, settings
     let zero_for = history.zero_lag_since.map(|since| now - since).unwrap_or(0.0);
     if settings.min_replicas == 0 && all_lag == 0 && zero_for >= settings.scale_down_stabilization_seconds {
         history.recommendations.push_back((now, 0));
-        history.settled_since = None;
+        start_rebalance(history);
         let target = settings.scale_down_max_step.map_or(0, |step| (current - step).max(0));
         return Decision {
             replicas: target,
@@ -395,8 +433,7 @@ pub fn decide(history: &mut History, workers: Workers, partitions: i32, settings
     }
 
     if target != current {
-        // The change starts a rebalance: the next interval does not describe the group.
-        history.settled_since = None;
+        start_rebalance(history);
     }
     let kind = match target.cmp(&current) {
         std::cmp::Ordering::Greater => "scale-up",

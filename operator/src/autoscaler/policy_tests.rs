@@ -253,3 +253,29 @@ fn stuck_partitions_do_not_drive_scaling() {
     assert!(decision.reason.contains("stuck partitions t/0"), "{}", decision.reason);
     assert!(decision.replicas <= 2, "more workers would not move a stuck partition: {}", decision.reason);
 }
+
+#[test]
+fn after_a_scale_change_workers_settle_only_once_commits_move_again() {
+    let settings = Settings { scale_down_stabilization_seconds: 0.0, ..settings() };
+    let mut history = History::default();
+    // 4 workers, no lag: the recommendation is 1, and the scale-down is decided.
+    observe(&mut history, sample(0.0, 12, 0, 1000), settled(4), &settings);
+    observe(&mut history, sample(10.0, 12, 0, 1000), settled(4), &settings);
+    let down = decide(&mut history, settled(4), 12, &settings, 10.0);
+    assert_eq!(down.replicas, 1, "{}", down.reason);
+    // The StatefulSet is ready at once, but the group's rebalance stalls commits while input
+    // keeps coming: the lag over the threshold is the rebalance, not a lack of workers.
+    for at in [20.0, 30.0, 40.0] {
+        observe(&mut history, sample(at, 12, 200, 1000), settled(1), &settings);
+        let held = decide(&mut history, settled(1), 12, &settings, at);
+        assert_eq!((held.replicas, held.kind), (1, "hold"), "at {at}: {}", held.reason);
+    }
+    // Commits move again: the workers count as settled from here, a whole interval later they
+    // are judged, and the backlog they drained by then needs no more workers.
+    observe(&mut history, sample(50.0, 12, 5, 3400), settled(1), &settings);
+    assert_eq!(decide(&mut history, settled(1), 12, &settings, 50.0).kind, "hold", "settled for less than an interval");
+    observe(&mut history, sample(60.0, 12, 5, 3450), settled(1), &settings);
+    let judged = decide(&mut history, settled(1), 12, &settings, 60.0);
+    assert_eq!(judged.replicas, 1, "{}", judged.reason);
+    assert_ne!(judged.kind, "hold", "{}", judged.reason);
+}
