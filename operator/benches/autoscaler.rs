@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use streamjob_operator::autoscaler::simulator::{compare, Model, Outcome};
+use streamjob_testkit::simulator::{compare, Model, Outcome};
 
 fn drain(outcome: &Outcome) -> String {
     outcome.drain_seconds.map_or("-".to_owned(), |s| format!("{s:.0}"))

@@ -13,8 +13,8 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::{Api, Client, Config};
 use streamjob_crds::{parse_manifest, StreamJob};
 use streamjob_operator::controller::{reconcile, ConsumerGroupDeleter, Context, ScaleDecisions};
-use streamjob_operator::fake_api::FakeApiServer;
 use streamjob_operator::metrics::Metrics;
+use streamjob_testkit::fake_api::FakeApiServer;
 
 const JOBS: usize = 1000;
 const CONCURRENCY: usize = 16;

@@ -4,7 +4,6 @@ pub mod autoscaler;
 pub mod builders;
 pub mod controller;
 pub mod dev;
-pub mod fake_api;
 pub mod kafka;
 pub mod metrics;
 pub mod render;

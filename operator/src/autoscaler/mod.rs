@@ -1,10 +1,9 @@
-//! Lag-driven autoscaling: the pure policy, and the simulator that compares it with KEDA's
-//! Kafka scaler on an HPA.
+//! Lag-driven autoscaling: the pure policy, the lag probe, and the driver that applies its
+//! decisions. The simulator that compares the policy with KEDA's is in `streamjob-testkit`.
 
 pub mod driver;
 pub mod policy;
 pub mod probe;
-pub mod simulator;
 
 #[cfg(test)]
 mod policy_tests;

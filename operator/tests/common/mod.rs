@@ -18,8 +18,8 @@ use serde_json::{json, Value};
 use streamjob_crds::{parse_manifest, Phase, StreamJob};
 use streamjob_operator::builders::CONFIG_CHECKSUM_ANNOTATION;
 use streamjob_operator::controller::{reconcile, ConsumerGroupDeleter, Context, ScaleDecisions};
-use streamjob_operator::fake_api::FakeApiServer;
 use streamjob_operator::metrics::Metrics;
+use streamjob_testkit::fake_api::FakeApiServer;
 use streamjob_worker::topic_io::{producer, send_waiting};
 
 pub const JOBS: &str = "/apis/streamjob.io/v1alpha1/streamjobs";

@@ -6,8 +6,7 @@
 use std::collections::VecDeque;
 
 use streamjob_crds::StartFrom;
-
-use super::policy::{decide, observe, History, LagSample, PartitionSample, Settings, Workers};
+use streamjob_operator::autoscaler::policy::{decide, observe, History, LagSample, PartitionSample, Settings, Workers};
 
 /// The job and cluster being modelled.
 #[derive(Clone, Debug)]
