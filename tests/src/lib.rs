@@ -41,10 +41,7 @@ pub struct ApiServerEnv {
     pub local: Option<&'static ControlPlane>,
 }
 
-/// Whether the tests run in CI, where a missing real part is a failure.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
+pub use streamjob_testkit::{in_ci, unique};
 
 /// A real part (API server, Kafka) is missing: an error under CI, else a one-line skip.
 pub fn require_real_part<T>(what: &str) -> anyhow::Result<Option<T>> {
@@ -118,14 +115,6 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// `name` made unique to this run, so topics, groups and namespaces on a shared Kafka or API
-/// server are fresh.
-pub fn unique(name: &str) -> String {
-    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("{name}-{}-{}-{count}", std::process::id(), streamjob_worker::runner::now_ms() % 1_000_000)
 }
 
 /// The repository root.

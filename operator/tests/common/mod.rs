@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use http::Method;
@@ -135,28 +135,8 @@ impl Harness {
     }
 }
 
-/// The real Kafka broker named by `STREAMJOB_TEST_BOOTSTRAP` (host:port). Unset, a test that
-/// needs it fails under `CI=true` and is skipped elsewhere, saying so on one line.
-pub fn real_broker() -> Option<String> {
-    if let Some(bootstrap) = std::env::var("STREAMJOB_TEST_BOOTSTRAP").ok().filter(|b| !b.is_empty()) {
-        return Some(bootstrap);
-    }
-    let in_ci = std::env::var("CI").is_ok_and(|ci| ci.eq_ignore_ascii_case("true") || ci == "1");
-    assert!(
-        !in_ci,
-        "CI=true but STREAMJOB_TEST_BOOTSTRAP is unset: this test needs a real Kafka broker (scripts/test.sh starts one)"
-    );
-    eprintln!("skipping: no real Kafka broker (set STREAMJOB_TEST_BOOTSTRAP)");
-    None
-}
-
-/// `name` made unique to this test run (process id, time, sequence): the broker is shared and
-/// keeps topics and groups across runs.
-pub fn unique(name: &str) -> String {
-    static SEQUENCE: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    format!("{name}-{}-{nanos}-{}", std::process::id(), SEQUENCE.fetch_add(1, Ordering::Relaxed))
-}
+#[allow(unused_imports)] // not every test binary uses both
+pub use streamjob_testkit::{real_broker, unique};
 
 /// Creates `topics` with the admin API, waiting until the broker shows them.
 pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {

@@ -3,9 +3,9 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use streamjob_worker::topic_io::{self, NewRecord, ReadRecord, TopicReader, WordCounts};
 use streamjob_worker::{Control, Overrides, Timings, WorkerConfig, WorkerError};
@@ -29,28 +29,13 @@ pub fn fast_timings() -> Timings {
     }
 }
 
-/// The real Kafka broker named by `STREAMJOB_TEST_BOOTSTRAP` (host:port). Unset, a test that
-/// needs it fails under `CI=true` and is skipped elsewhere, saying so on one line.
-pub fn real_broker() -> Option<String> {
-    if let Some(bootstrap) = std::env::var("STREAMJOB_TEST_BOOTSTRAP").ok().filter(|b| !b.is_empty()) {
-        init_logs();
-        return Some(bootstrap);
-    }
-    let in_ci = std::env::var("CI").is_ok_and(|ci| ci.eq_ignore_ascii_case("true") || ci == "1");
-    assert!(
-        !in_ci,
-        "CI=true but STREAMJOB_TEST_BOOTSTRAP is unset: this test needs a real Kafka broker (scripts/test.sh starts one)"
-    );
-    eprintln!("skipping: no real Kafka broker (set STREAMJOB_TEST_BOOTSTRAP)");
-    None
-}
+pub use streamjob_testkit::unique;
 
-/// `name` made unique to this test run (process id, time, sequence): the broker is shared and
-/// keeps topics, groups and transactional ids across runs.
-pub fn unique(name: &str) -> String {
-    static SEQUENCE: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    format!("{name}-{}-{nanos}-{}", std::process::id(), SEQUENCE.fetch_add(1, Ordering::Relaxed))
+/// The real Kafka broker (see [`streamjob_testkit::real_broker`]), with the worker's logs on.
+pub fn real_broker() -> Option<String> {
+    let bootstrap = streamjob_testkit::real_broker()?;
+    init_logs();
+    Some(bootstrap)
 }
 
 /// One test's names on the broker: its job's topics, consumer group and member ids.
