@@ -1,10 +1,17 @@
 //! Whether the consumer has read a partition to its end, from librdkafka's local state only
-//! (no request): the application's position and the high watermark of the last fetch. It is
-//! what lets a source partition's owner declare the partition idle.
+//! (no request): the application's position and the high watermark of the last fetch, and
+//! whether that fetch is recent. It is what lets a source partition's owner declare the
+//! partition idle.
 
+use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::statistics::Statistics;
+
+/// A fetching connection that received nothing for longer than this is not trusted to know
+/// where its partitions end (a fetch waits at most `fetch.wait.max.ms`, 500 ms by default).
+const FRESH_RECEIVE_US: i64 = 2_000_000;
 
 /// Where the consumer started reading a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,9 +60,55 @@ pub fn cached_watermarks<C: ConsumerContext>(
     (error == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some((low, high))
 }
 
+/// The partitions, by topic, that the consumer is fetching from a connection that is up and
+/// answered within [`FRESH_RECEIVE_US`] when `statistics` were taken. Only of these does the
+/// cached high watermark say where the partition ends: when its leader dies or is cut off, the
+/// cache keeps the old end, and a partition read to it would look idle while what is written
+/// meanwhile waits for a new leader.
+pub fn fresh_fetches(statistics: &Statistics) -> HashMap<String, HashSet<i32>> {
+    let live: HashSet<i32> = statistics
+        .brokers
+        .values()
+        .filter(|b| b.nodeid >= 0 && b.state == "UP" && (0..=FRESH_RECEIVE_US).contains(&b.rxidle))
+        .map(|b| b.nodeid)
+        .collect();
+    let mut fresh: HashMap<String, HashSet<i32>> = HashMap::new();
+    for (topic, stats) in &statistics.topics {
+        let partitions = stats.partitions.values().filter(|p| p.fetch_state == "active" && live.contains(&p.broker));
+        fresh.entry(topic.clone()).or_default().extend(partitions.map(|p| p.partition));
+    }
+    fresh
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_partitions_fetched_from_a_connection_that_answers_lately_are_fresh() {
+        use rdkafka::statistics::{Broker, Partition, Topic};
+        let broker =
+            |nodeid: i32, state: &str, rxidle: i64| Broker { nodeid, state: state.into(), rxidle, ..Broker::default() };
+        let partition = |partition: i32, broker: i32, fetch_state: &str| Partition {
+            partition,
+            broker,
+            leader: broker,
+            fetch_state: fetch_state.into(),
+            ..Partition::default()
+        };
+        let brokers = [broker(1, "UP", 300_000), broker(2, "DOWN", 300_000), broker(3, "UP", 9_000_000)];
+        let mut statistics = Statistics {
+            brokers: brokers.into_iter().map(|b| (format!("b{}", b.nodeid), b)).collect(),
+            ..Default::default()
+        };
+        let partitions = [partition(0, 1, "active"), partition(1, 2, "active"), partition(2, 3, "active")];
+        let mut partitions: HashMap<i32, Partition> = partitions.into_iter().map(|p| (p.partition, p)).collect();
+        partitions.insert(3, partition(3, 1, "offset-query"));
+        partitions.insert(-1, partition(-1, -1, "none"));
+        statistics.topics.insert("lines".into(), Topic { topic: "lines".into(), partitions, ..Topic::default() });
+        let fresh = fresh_fetches(&statistics);
+        assert_eq!(fresh.get("lines"), Some(&HashSet::from([0])), "1 is on a dead connection, 2 on a silent one");
+    }
 
     #[test]
     fn the_end_is_the_high_watermark_of_the_last_fetch() {

@@ -1,7 +1,7 @@
 //! The Kafka side of the worker: one consumer-group member, one producer, and the loop that
 //! feeds the [`Engine`] and commits what it reports safe.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -145,6 +145,8 @@ struct Shared {
     flush_timeout: Duration,
     /// Where each assigned source partition started: its position until a record is read.
     starts: Mutex<HashMap<String, HashMap<i32, Start>>>,
+    /// The partitions whose cached high watermark is recent, from the last statistics.
+    fresh_fetches: Mutex<HashMap<String, HashSet<i32>>>,
     ready: Arc<AtomicBool>,
 }
 
@@ -164,6 +166,7 @@ impl ClientContext for GroupContext {
     }
 
     fn stats(&self, statistics: Statistics) {
+        *lock(&self.shared.fresh_fetches) = partition_end::fresh_fetches(&statistics);
         for (topic, stats) in &statistics.topics {
             for (partition, partition_stats) in &stats.partitions {
                 if *partition >= 0 && partition_stats.consumer_lag >= 0 {
@@ -303,6 +306,7 @@ impl Shared {
             Err(error) => return tracing::debug!(%error, "no consumer positions"),
         };
         let starts = lock(&self.starts);
+        let fresh = lock(&self.fresh_fetches);
         let now = now_ms();
         for element in positions.elements() {
             let (topic, partition) = (element.topic(), element.partition());
@@ -317,7 +321,9 @@ impl Shared {
                 _ => None,
             };
             let watermarks = partition_end::cached_watermarks(consumer, topic, partition);
-            engine.observe_end(topic, partition, partition_end::read_to_end(position, *start, watermarks), now);
+            let fetched_lately = fresh.get(topic).is_some_and(|partitions| partitions.contains(&partition));
+            let at_end = fetched_lately && partition_end::read_to_end(position, *start, watermarks);
+            engine.observe_end(topic, partition, at_end, now);
         }
     }
 
@@ -531,7 +537,8 @@ fn create_consumer(config: &WorkerConfig, shared: Arc<Shared>) -> Result<WorkerC
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("statistics.interval.ms", "5000")
+        // Also how soon a partition whose leader went away stops counting as read to its end.
+        .set("statistics.interval.ms", "1000")
         // librdkafka pauses a partition's fetching for a second once its local queue is above
         // queued.min.messages; a worker that drains that queue would then wait idle.
         .set("fetch.queue.backoff.ms", "10")
@@ -611,6 +618,7 @@ pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
         metrics: control.metrics.clone(),
         flush_timeout: config.timings.shutdown_timeout,
         starts: Mutex::default(),
+        fresh_fetches: Mutex::default(),
         ready: control.ready.clone(),
     });
     let consumer = create_consumer(&config, shared.clone())?;
