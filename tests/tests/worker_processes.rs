@@ -305,6 +305,45 @@ fn an_out_of_range_commit_resumes_where_start_from_says_and_is_counted() {
     assert!(counter(port, "streamjob_worker_offset_resets_total", &resets) >= 1, "the reset is counted");
 }
 
+/// Retention deleted records before the job read them (its committed offset is below the log
+/// start): the reset says how many records it jumped over, and the rest is counted exactly.
+#[test]
+fn records_deleted_before_they_were_read_are_counted_as_passed_over() {
+    let (lines_topic, counts_topic) = (unique("deleted-lines"), unique("deleted-counts"));
+    let broker = broker(&[(&lines_topic, 1), (&counts_topic, 1)]);
+    let manifest = manifest(&lines_topic, &counts_topic);
+    let group = unique("deleted-wordcount");
+    let written: Vec<NewRecord> = (0..30).map(live_line).collect();
+    produce_all(&broker.bootstrap, &lines_topic, &written).expect("lines written");
+    let committed = Commit { topic: lines_topic.clone(), partition: 0, offset: 10, metadata: None };
+    group_offsets::commit(&broker.bootstrap, &group, &[committed]).expect("commit for the group");
+    delete_records_before(&broker.bootstrap, &lines_topic, 25);
+
+    let port = free_port().expect("a free port");
+    let _worker = worker_with(&manifest, &broker.bootstrap, &group, ("deleted-0", port), &LONG_SESSION);
+    let want = expected_word_counts(&written[25..], WINDOW_MS);
+    let mut sink = TopicReader::new(&broker.bootstrap, &counts_topic, false).expect("reader");
+    let complete = sink.read_until(LIMIT, |records| final_word_counts(records).is_ok_and(|counts| counts == want));
+    let got = final_word_counts(&sink.records).unwrap_or_else(|error| panic!("{error}"));
+    assert!(complete, "the records kept: {:?}", word_count_differences(&want, &got));
+    let labels = format!("topic=\"{lines_topic}\"");
+    let passed_over = counter(port, "streamjob_worker_records_passed_over_by_offset_reset_total", &labels);
+    assert_eq!(passed_over, 15, "offsets 10 to 24 were deleted unread");
+}
+
+fn delete_records_before(bootstrap: &str, topic: &str, offset: i64) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("an admin client");
+    let mut before = rdkafka::TopicPartitionList::new();
+    before.add_partition_offset(topic, 0, rdkafka::Offset::Offset(offset)).expect("a partition list");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let deleted = runtime.block_on(admin.delete_records(&before, &AdminOptions::new())).expect("records deleted");
+    let errors: Vec<_> = deleted.elements().iter().filter_map(|e| e.error().err()).collect();
+    assert!(errors.is_empty(), "delete records: {errors:?}");
+}
+
 /// A passthrough job, for the readiness test.
 fn passthrough_manifest(input: &str, output: &str) -> PathBuf {
     let text = format!(

@@ -12,6 +12,7 @@ pub mod http;
 pub mod liveness;
 pub mod metrics;
 pub mod mock_broker;
+pub mod offset_reset;
 pub mod offsets;
 pub mod partition_end;
 pub mod pipeline;

@@ -44,6 +44,7 @@ pub struct WorkerMetrics {
     pub delivery_errors: Counter,
     pub rewinds: Counter,
     pub offset_resets: Family<PartitionLabels, Counter>,
+    pub records_passed_over_by_reset: Family<PartitionLabels, Counter>,
     pub records_undeliverable: Family<PartitionLabels, Counter>,
     pub open_windows: Gauge,
     pub open_keys: Gauge,
@@ -125,6 +126,12 @@ impl Default for WorkerMetrics {
                 &mut registry,
                 "offset_resets",
                 "Committed offsets the broker no longer had (deleted by retention, say): reading went on where startFrom says",
+                Family::default(),
+            ),
+            records_passed_over_by_reset: registered(
+                &mut registry,
+                "records_passed_over_by_offset_reset",
+                "Records an offset reset jumped over unread: deleted by retention before the job read them, or skipped to the end (startFrom: latest)",
                 Family::default(),
             ),
             records_undeliverable: registered(

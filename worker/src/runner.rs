@@ -2,7 +2,7 @@
 //! feeds the [`Engine`] and commits what it reports safe.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +21,7 @@ use streamjob_crds::StartFrom;
 use crate::config::WorkerConfig;
 use crate::engine::{Commit, Destination, Engine, EngineSettings, Input, Output, Ticket, Totals};
 use crate::metrics::{KindLabel, PartitionLabels, ResultLabel, WorkerMetrics};
+use crate::offset_reset::{OffsetReset, PendingResets};
 use crate::partition_end::{self, Start};
 use crate::pipeline::CompiledPipeline;
 use crate::repartition::source_id;
@@ -29,6 +30,8 @@ use crate::undeliverable::{DeliveryFailure, FailureKind};
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 const TICK_INTERVAL: Duration = Duration::from_millis(50);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// One step of an abort: between steps the producers are polled for the reports it waits for.
+const ABORT_STEP: Duration = Duration::from_millis(500);
 /// Records (or consumer errors) read between sending outputs and collecting delivery reports.
 const READ_BATCH: usize = 256;
 
@@ -56,6 +59,8 @@ pub struct Control {
     pub ready: Arc<AtomicBool>,
     pub metrics: Arc<WorkerMetrics>,
     pub totals: Arc<Totals>,
+    /// Records that resets of out-of-range offsets jumped over unread (retention deleted them).
+    pub passed_over_by_resets: Arc<AtomicU64>,
 }
 
 pub fn now_ms() -> i64 {
@@ -147,6 +152,9 @@ struct Shared {
     starts: Mutex<HashMap<String, HashMap<i32, Start>>>,
     /// The partitions whose cached high watermark is recent, from the last statistics.
     fresh_fetches: Mutex<HashMap<String, HashSet<i32>>>,
+    pending_resets: PendingResets,
+    /// Records offset resets passed over, in all: what `dev` reports as lost.
+    passed_over: Arc<AtomicU64>,
     ready: Arc<AtomicBool>,
 }
 
@@ -199,14 +207,14 @@ impl ConsumerContext for GroupContext {
 type WorkerConsumer = BaseConsumer<GroupContext>;
 
 impl Shared {
-    /// `message` is librdkafka's "[thrd:<name>]: <topic> [<partition>]: offset reset (at
-    /// <offset> ...) to ...".
+    /// `message` is librdkafka's warning of a reset (see [`OffsetReset`]).
     fn count_offset_reset(&self, message: &str) {
-        let without_thread =
-            message.strip_prefix("[thrd:").and_then(|rest| rest.split_once("]: ")).map_or(message, |(_, rest)| rest);
-        let (topic, rest) = without_thread.split_once(" [").unwrap_or((without_thread, ""));
-        let partition = rest.split_once(']').and_then(|(p, _)| p.parse::<i32>().ok()).unwrap_or(-1);
+        let reset = OffsetReset::parse(message);
+        let (topic, partition) = reset.as_ref().map_or(("", -1), |r| (r.topic.as_str(), r.partition));
         self.metrics.offset_resets.get_or_create(&PartitionLabels::new(topic, partition)).inc();
+        if let Some(reset) = &reset {
+            self.pending_resets.record(reset);
+        }
         let start_from = match self.start_from {
             StartFrom::Earliest => "earliest",
             StartFrom::Latest => "latest",
@@ -218,6 +226,24 @@ impl Shared {
             detail = message,
             "a committed offset is out of range on the broker: reading goes on from the startFrom end"
         );
+    }
+
+    /// The first record after a reset tells how many records it jumped over.
+    fn count_passed_over(&self, input: &Input) {
+        let Some(count) = self.pending_resets.passed_over(input.topic, input.partition, input.offset) else {
+            return;
+        };
+        let labels = PartitionLabels::new(input.topic, input.partition);
+        self.metrics.records_passed_over_by_reset.get_or_create(&labels).inc_by(count);
+        self.passed_over.fetch_add(count, Ordering::Relaxed);
+        if count > 0 {
+            tracing::warn!(
+                topic = input.topic,
+                partition = input.partition,
+                records = count,
+                "records were deleted by the broker before this job read them: they are not processed"
+            );
+        }
     }
 
     /// Starts each newly assigned partition at its committed offset, restoring the aggregating
@@ -471,7 +497,7 @@ impl Shared {
 
     fn abort_and_rewind(&self, consumer: &WorkerConsumer, engine: &mut Engine) -> Result<(), KafkaError> {
         if self.exactly_once {
-            self.producer.abort_transaction(REQUEST_TIMEOUT)?;
+            self.abort_transaction(engine)?;
         }
         self.deliver_reports(engine);
         rewind(consumer, engine);
@@ -479,6 +505,23 @@ impl Shared {
             self.producer.begin_transaction()?;
         }
         Ok(())
+    }
+
+    /// Aborts the open transaction. librdkafka first waits for the delivery report of every
+    /// message still outstanding, and those reports only come through `poll`: so it aborts in
+    /// short steps and serves the reports in between (they belong to the aborted transaction;
+    /// the rewind that follows drops their tickets). Aborting without polling times out, and
+    /// the broker then aborts the transaction itself and fences this producer.
+    fn abort_transaction(&self, engine: &mut Engine) -> Result<(), KafkaError> {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            match self.producer.abort_transaction(ABORT_STEP) {
+                Err(KafkaError::Transaction(error)) if error.is_retriable() && Instant::now() < deadline => {
+                    self.poll_producers(engine);
+                }
+                result => return result,
+            }
+        }
     }
 }
 
@@ -619,6 +662,8 @@ pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
         flush_timeout: config.timings.shutdown_timeout,
         starts: Mutex::default(),
         fresh_fetches: Mutex::default(),
+        pending_resets: PendingResets::default(),
+        passed_over: control.passed_over_by_resets.clone(),
         ready: control.ready.clone(),
     });
     let consumer = create_consumer(&config, shared.clone())?;
@@ -713,6 +758,7 @@ fn read_batch(shared: &Shared, consumer: &WorkerConsumer) {
                     payload: message.payload(),
                     timestamp_ms: message.timestamp().to_millis(),
                 };
+                shared.count_passed_over(&input);
                 lock(&shared.engine).on_input(&input, now_ms);
             }
             Err(KafkaError::PartitionEOF(_)) => {}

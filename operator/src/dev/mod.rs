@@ -87,7 +87,14 @@ impl Summary {
             self.max_lag,
             self.scale_events.len(),
             if events.is_empty() { String::new() } else { format!(" ({})", events.join(", ")) }
-        )
+        ) + &self.loss_note()
+    }
+
+    fn loss_note(&self) -> String {
+        match self.workers.lost_before_read {
+            0 => String::new(),
+            lost => format!("; LOST {lost} input records {}", screen::LOST_BEFORE_READ),
+        }
     }
 }
 
@@ -291,6 +298,7 @@ pub async fn run_dev(options: DevOptions, out: &mut (dyn Write + Send)) -> Resul
         snapshot.in_per_second = (totals.records_in - previous.2.records_in) as f64 / seconds;
         snapshot.out_per_second = (totals.records_out - previous.2.records_out) as f64 / seconds;
         snapshot.dead_lettered = totals.dead_lettered;
+        snapshot.lost_before_read = totals.lost_before_read;
         snapshot.ready = pool.ready();
         snapshot.desired = pool.len();
         snapshot.phase = phase(&pool, settled).into();

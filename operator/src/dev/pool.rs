@@ -20,6 +20,8 @@ pub struct PoolTotals {
     pub records_out: u64,
     pub dead_lettered: u64,
     pub skipped: u64,
+    /// Input the broker deleted before a worker read it (seen from offset resets).
+    pub lost_before_read: u64,
 }
 
 /// The workers of one job.
@@ -121,6 +123,7 @@ impl WorkerPool {
             totals.records_out += t.records_out.load(Ordering::Relaxed);
             totals.dead_lettered += t.dead_lettered.load(Ordering::Relaxed);
             totals.skipped += t.skipped.load(Ordering::Relaxed);
+            totals.lost_before_read += control.passed_over_by_resets.load(Ordering::Relaxed);
         }
         totals
     }

@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub in_per_second: f64,
     pub out_per_second: f64,
     pub dead_lettered: u64,
+    /// Input the broker deleted before a worker read it.
+    pub lost_before_read: u64,
     pub last_scale: Option<ScaleLine>,
     /// The autoscaler's latest reasoning.
     pub decision: String,
@@ -72,6 +74,9 @@ pub fn render_frame(snapshot: &Snapshot) -> String {
         "Records/s:  produced {:.0}   in {:.0}   out {:.0}   dead-lettered {} total",
         s.produced_per_second, s.in_per_second, s.out_per_second, s.dead_lettered
     );
+    if s.lost_before_read > 0 {
+        let _ = writeln!(out, "LOST:       {} input records {LOST_BEFORE_READ}", s.lost_before_read);
+    }
     match &s.last_scale {
         Some(scale) => {
             let _ = writeln!(out, "Last scale: {} → {} at {}", scale.from, scale.to, seconds(scale.at));
@@ -104,7 +109,17 @@ pub fn render_line(snapshot: &Snapshot) -> String {
         s.in_per_second,
         s.out_per_second,
         s.dead_lettered
-    )
+    ) + &lost_note(s.lost_before_read)
+}
+
+/// Why records can be lost before they are read: the broker deleted them.
+pub const LOST_BEFORE_READ: &str = "deleted by the broker before a worker read them (the embedded broker keeps 5 MiB per partition: use --bootstrap with a real Kafka for larger backlogs)";
+
+fn lost_note(lost: u64) -> String {
+    if lost == 0 {
+        return String::new();
+    }
+    format!(" LOST={lost} ({LOST_BEFORE_READ})")
 }
 
 /// Clears the terminal and moves the cursor home, so the next frame replaces the last.
@@ -133,5 +148,13 @@ mod tests {
         assert!(frame.contains(&format!("{}{} 1500", "█".repeat(15), "·".repeat(15))), "{frame}");
         assert!(frame.contains("ScaledUp: lag 4500 …"), "{frame}");
         assert!(render_line(&snapshot).contains("phase=Scaling replicas=1/3 partitions=2 lag=4500"));
+        assert!(!render_line(&snapshot).contains("LOST") && !frame.contains("LOST"), "nothing lost");
+    }
+
+    #[test]
+    fn input_deleted_before_it_was_read_is_said_on_every_line() {
+        let snapshot = Snapshot { lost_before_read: 1200, ..Snapshot::default() };
+        assert!(render_line(&snapshot).contains("LOST=1200 (deleted by the broker"), "{}", render_line(&snapshot));
+        assert!(render_frame(&snapshot).contains("LOST:       1200 input records deleted by the broker"));
     }
 }
