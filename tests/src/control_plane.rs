@@ -19,6 +19,16 @@ use crate::{free_port, require_real_part, scratch_dir, ChildGuard};
 
 /// Token the local API server accepts for a `system:masters` user.
 const ADMIN_TOKEN: &str = "streamjob-envtest-admin-token";
+/// Audits the requests of ServiceAccounts (the operator under the chart's RBAC), not the admin's
+/// (the tests and kube-controller-manager), at the level that records the response code.
+const AUDIT_POLICY: &str = r"apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: [system:serviceaccounts]
+  - level: None
+";
 const BINARIES: [&str; 3] = ["etcd", "kube-apiserver", "kube-controller-manager"];
 
 /// A running control plane; its processes stop when it is dropped.
@@ -97,6 +107,12 @@ impl ControlPlane {
         client_from_kubeconfig(&self.kubeconfig).await
     }
 
+    /// The API server's audit log: one JSON line per request a ServiceAccount made
+    /// ([`AUDIT_POLICY`]), with its verb, resource and response code.
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.join("audit.log")
+    }
+
     pub fn api_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.api_port)
     }
@@ -138,6 +154,7 @@ impl ControlPlane {
         }
         std::fs::write(self.dir.join("tokens.csv"), format!("{ADMIN_TOKEN},admin,admin,system:masters\n"))?;
         std::fs::write(&self.kubeconfig, kubeconfig_text(&self.api_url(), ADMIN_TOKEN))?;
+        std::fs::write(self.dir.join("audit-policy.yaml"), AUDIT_POLICY)?;
         Ok(())
     }
 
@@ -154,7 +171,10 @@ impl ControlPlane {
             .arg(format!("--token-auth-file={}", self.dir.join("tokens.csv").display()))
             .arg("--service-account-issuer=https://localhost")
             .arg(format!("--service-account-key-file={}", key.display()))
-            .arg(format!("--service-account-signing-key-file={}", key.display()));
+            .arg(format!("--service-account-signing-key-file={}", key.display()))
+            .arg(format!("--audit-policy-file={}", self.dir.join("audit-policy.yaml").display()))
+            .arg(format!("--audit-log-path={}", self.audit_log().display()))
+            .args(["--audit-log-maxbackup=0", "--audit-log-maxsize=0"]);
         spawn_logged(command, &self.dir.join("kube-apiserver.log"), "kube-apiserver")
     }
 
