@@ -108,6 +108,8 @@ pub struct ChartRbac {
     /// The watched namespaces (`watchNamespaces`; empty: all).
     pub namespaces: Vec<String>,
     audit_log: Option<PathBuf>,
+    /// [`ControlPlane::outages`] of the API server of the audit log.
+    outages: Option<PathBuf>,
     /// Whether [`ChartRbac::assert_nothing_refused`] ran; if not (the test failed before), the
     /// refusals are printed when this is dropped, as the likely cause.
     checked: std::cell::Cell<bool>,
@@ -136,20 +138,18 @@ impl ChartRbac {
 
     /// The chart with `values`, on the API server of `env`.
     pub async fn install(env: &ApiServerEnv, values: &Value) -> anyhow::Result<Self> {
-        let audit_log = env.local.map(ControlPlane::audit_log);
-        Self::install_with(&env.client, &env.kubeconfig, audit_log, values).await
+        Self::install_with(&env.client, &env.kubeconfig, env.local, values).await
     }
 
     /// The chart with [`watching`] `namespaces`, on `plane` (a test's own control plane).
     pub async fn on_control_plane(plane: &ControlPlane, namespaces: &[String]) -> anyhow::Result<Self> {
-        Self::install_with(&plane.client().await?, &plane.kubeconfig, Some(plane.audit_log()), &watching(namespaces))
-            .await
+        Self::install_with(&plane.client().await?, &plane.kubeconfig, Some(plane), &watching(namespaces)).await
     }
 
     async fn install_with(
         admin: &Client,
         admin_kubeconfig: &Path,
-        audit_log: Option<PathBuf>,
+        plane: Option<&ControlPlane>,
         values: &Value,
     ) -> anyhow::Result<Self> {
         let release = Release::install(admin_kubeconfig, values)?;
@@ -161,7 +161,8 @@ impl ChartRbac {
         let user = format!("system:serviceaccount:{}:{account}", release.namespace);
         let namespaces = values["watchNamespaces"].as_array().into_iter().flatten();
         let namespaces = namespaces.filter_map(Value::as_str).map(str::to_owned).collect();
-        let rbac = Self { release, kubeconfig, user, namespaces, audit_log, checked: false.into() };
+        let (audit_log, outages) = (plane.map(ControlPlane::audit_log), plane.map(ControlPlane::outages));
+        let rbac = Self { release, kubeconfig, user, namespaces, audit_log, outages, checked: false.into() };
         rbac.token_is_only_the_service_account().await?;
         Ok(rbac)
     }
@@ -218,12 +219,41 @@ impl ChartRbac {
     }
 
     /// Every request of the operator the API server refused (403), as `verb resource[/sub]
-    /// namespace/name: reason`; empty also when there is no audit log to read.
+    /// namespace/name: reason`; empty also when there is no audit log to read. Not those a
+    /// restarted API server received before it was ready ([`ControlPlane::outages`]).
     pub fn refused(&self) -> anyhow::Result<Vec<String>> {
         let Some(events) = self.audited()? else { return Ok(Vec::new()) };
+        let outages = self.outages()?;
+        let in_outage = |e: &Value| {
+            let received = e["requestReceivedTimestamp"].as_str().and_then(|t| t.parse::<Timestamp>().ok());
+            received.is_some_and(|t| outages.iter().any(|(down, ready)| *down <= t && t <= *ready))
+        };
         let refused = events.iter().filter(|e| e["responseStatus"]["code"] == 403);
+        let (outage, refused): (Vec<&Value>, Vec<&Value>) = refused.partition(|e| in_outage(e));
+        if !outage.is_empty() {
+            eprintln!("not counted: {} refusals by the API server while restarting, before it was ready", outage.len());
+        }
         let describe = |e: &Value| format!("{}: {}", call(e), e["responseStatus"]["reason"].as_str().unwrap_or(""));
-        Ok(refused.map(describe).collect::<BTreeSet<_>>().into_iter().collect())
+        Ok(refused.into_iter().map(describe).collect::<BTreeSet<_>>().into_iter().collect())
+    }
+
+    /// The `(down, ready)` times of each API server restart.
+    fn outages(&self) -> anyhow::Result<Vec<(Timestamp, Timestamp)>> {
+        let Some(path) = self.outages.as_ref().filter(|p| p.exists()) else { return Ok(Vec::new()) };
+        let text = std::fs::read_to_string(path)?;
+        let mut windows = Vec::new();
+        let mut down = None;
+        for line in text.lines() {
+            let (what, at) = line.split_once(' ').with_context(|| format!("{}: {line}", path.display()))?;
+            let at: Timestamp = at.parse()?;
+            match what {
+                "down" => down = Some(at),
+                _ => windows.extend(down.take().map(|down| (down, at))),
+            }
+        }
+        // Still down: every later request.
+        windows.extend(down.map(|down| (down, chrono::DateTime::<chrono::Utc>::MAX_UTC)));
+        Ok(windows)
     }
 
     /// The distinct calls (`verb resource[/subresource]` under `group`) the operator made that
@@ -282,6 +312,8 @@ fn call(event: &Value) -> String {
     let name = object["name"].as_str().unwrap_or("");
     format!("{} {namespace}/{name}", rule_of(event))
 }
+
+type Timestamp = chrono::DateTime<chrono::Utc>;
 
 /// The operator binary run by [`ChartRbac::spawn_operator`]; killed when dropped.
 pub struct OperatorProcess {

@@ -122,12 +122,31 @@ impl ControlPlane {
         let apiserver = &mut self.processes[0].0;
         let _ = apiserver.kill();
         let _ = apiserver.wait();
+        self.note_outage("down");
     }
 
     /// Starts kube-apiserver again on the same port and storage; returns once it serves.
     pub fn restart_apiserver(&mut self) -> anyhow::Result<()> {
         self.processes[0] = self.start_apiserver()?;
-        self.wait_until_serving(Duration::from_secs(120))
+        self.wait_until_serving(Duration::from_secs(120))?;
+        self.note_outage("ready");
+        Ok(())
+    }
+
+    /// The times kube-apiserver was killed and was ready again, one `down|ready RFC3339` a line.
+    /// A restarted API server answers before its RBAC caches are filled, and refuses what RBAC
+    /// allows until it is ready ([`crate::chart_rbac`] does not count those refusals).
+    pub fn outages(&self) -> PathBuf {
+        self.dir.join("apiserver-outages")
+    }
+
+    fn note_outage(&self, what: &str) {
+        use std::io::Write as _;
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(self.outages());
+        if let Err(error) = file.and_then(|mut file| writeln!(file, "{what} {now}")) {
+            eprintln!("warning: could not note the API server outage: {error}");
+        }
     }
 
     fn start_etcd(&self) -> anyhow::Result<ChildGuard> {
@@ -168,6 +187,9 @@ impl ControlPlane {
             .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
             .args(["--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true"])
             .args(["--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount"])
+            // As on clusters that enforce it (OpenShift): an owner reference with
+            // blockOwnerDeletion needs update on the owner's finalizers, which the chart grants.
+            .arg("--enable-admission-plugins=OwnerReferencesPermissionEnforcement")
             .arg(format!("--token-auth-file={}", self.dir.join("tokens.csv").display()))
             .arg("--service-account-issuer=https://localhost")
             .arg(format!("--service-account-key-file={}", key.display()))

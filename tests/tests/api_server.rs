@@ -1,7 +1,7 @@
 //! The operator against a real API server (envtest convention; see `streamjob_e2e`): the CRD
-//! installs and enforces its rules, jobs become children, the scale subresource, suspend,
-//! observedGeneration, conditions, deletion, `kubectl wait`/`scale`, a config roll, the pause
-//! annotation, and leader election between two processes. The operator, in-process or as a
+//! installs and enforces its rules, jobs become children, the scale subresource, suspend and
+//! resume, observedGeneration, conditions, deletion, `kubectl wait`/`scale`, a config roll, the
+//! pause annotation, and leader election between two processes. The operator, in-process or as a
 //! process, runs with nothing but a token of the chart's ServiceAccount (the chart installed
 //! with the Helm SDK for the test's namespace, [`ChartRbac`]), and the API server refuses none
 //! of its requests; the test itself acts as the admin.
@@ -125,6 +125,20 @@ async fn operator_reconciles_jobs_on_a_real_api_server() -> anyhow::Result<()> {
         let job = jobs.get("wordcount").await.ok()?;
         let status = job.status.as_ref()?;
         (status.phase == Some(Phase::Suspended) && status.observed_generation == job.metadata.generation).then_some(())
+    })
+    .await?;
+
+    // Resume: the workers come back at spec.replicas, and the phase leaves Suspended.
+    jobs.patch("wordcount", &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": false}}))).await?;
+    eventually(WAIT, "StatefulSet replicas 3 after the resume", || async {
+        (stateful_set_replicas(&sets, "wordcount").await == Some(3)).then_some(())
+    })
+    .await?;
+    eventually(WAIT, "a phase other than Suspended at the new generation", || async {
+        let job = jobs.get("wordcount").await.ok()?;
+        let status = job.status.as_ref()?;
+        let resumed = status.phase.is_some() && status.phase != Some(Phase::Suspended);
+        (resumed && status.observed_generation == job.metadata.generation).then_some(())
     })
     .await?;
 
