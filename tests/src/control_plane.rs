@@ -19,6 +19,16 @@ use crate::{free_port, require_real_part, scratch_dir, ChildGuard};
 
 /// Token the local API server accepts for a `system:masters` user.
 const ADMIN_TOKEN: &str = "streamjob-envtest-admin-token";
+/// Audits the requests of ServiceAccounts (the operator under the chart's RBAC), not the admin's
+/// (the tests and kube-controller-manager), at the level that records the response code.
+const AUDIT_POLICY: &str = r"apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: [system:serviceaccounts]
+  - level: None
+";
 const BINARIES: [&str; 3] = ["etcd", "kube-apiserver", "kube-controller-manager"];
 
 /// A running control plane; its processes stop when it is dropped.
@@ -97,6 +107,12 @@ impl ControlPlane {
         client_from_kubeconfig(&self.kubeconfig).await
     }
 
+    /// The API server's audit log: one JSON line per request a ServiceAccount made
+    /// ([`AUDIT_POLICY`]), with its verb, resource and response code.
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.join("audit.log")
+    }
+
     pub fn api_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.api_port)
     }
@@ -106,12 +122,31 @@ impl ControlPlane {
         let apiserver = &mut self.processes[0].0;
         let _ = apiserver.kill();
         let _ = apiserver.wait();
+        self.note_outage("down");
     }
 
     /// Starts kube-apiserver again on the same port and storage; returns once it serves.
     pub fn restart_apiserver(&mut self) -> anyhow::Result<()> {
         self.processes[0] = self.start_apiserver()?;
-        self.wait_until_serving(Duration::from_secs(120))
+        self.wait_until_serving(Duration::from_secs(120))?;
+        self.note_outage("ready");
+        Ok(())
+    }
+
+    /// The times kube-apiserver was killed and was ready again, one `down|ready RFC3339` a line.
+    /// A restarted API server answers before its RBAC caches are filled, and refuses what RBAC
+    /// allows until it is ready ([`crate::chart_rbac`] does not count those refusals).
+    pub fn outages(&self) -> PathBuf {
+        self.dir.join("apiserver-outages")
+    }
+
+    fn note_outage(&self, what: &str) {
+        use std::io::Write as _;
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(self.outages());
+        if let Err(error) = file.and_then(|mut file| writeln!(file, "{what} {now}")) {
+            eprintln!("warning: could not note the API server outage: {error}");
+        }
     }
 
     fn start_etcd(&self) -> anyhow::Result<ChildGuard> {
@@ -138,6 +173,7 @@ impl ControlPlane {
         }
         std::fs::write(self.dir.join("tokens.csv"), format!("{ADMIN_TOKEN},admin,admin,system:masters\n"))?;
         std::fs::write(&self.kubeconfig, kubeconfig_text(&self.api_url(), ADMIN_TOKEN))?;
+        std::fs::write(self.dir.join("audit-policy.yaml"), AUDIT_POLICY)?;
         Ok(())
     }
 
@@ -151,10 +187,16 @@ impl ControlPlane {
             .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
             .args(["--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true"])
             .args(["--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount"])
+            // As on clusters that enforce it (OpenShift): an owner reference with
+            // blockOwnerDeletion needs update on the owner's finalizers, which the chart grants.
+            .arg("--enable-admission-plugins=OwnerReferencesPermissionEnforcement")
             .arg(format!("--token-auth-file={}", self.dir.join("tokens.csv").display()))
             .arg("--service-account-issuer=https://localhost")
             .arg(format!("--service-account-key-file={}", key.display()))
-            .arg(format!("--service-account-signing-key-file={}", key.display()));
+            .arg(format!("--service-account-signing-key-file={}", key.display()))
+            .arg(format!("--audit-policy-file={}", self.dir.join("audit-policy.yaml").display()))
+            .arg(format!("--audit-log-path={}", self.audit_log().display()))
+            .args(["--audit-log-maxbackup=0", "--audit-log-maxsize=0"]);
         spawn_logged(command, &self.dir.join("kube-apiserver.log"), "kube-apiserver")
     }
 

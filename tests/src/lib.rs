@@ -1,5 +1,6 @@
 //! Support for the end-to-end tests: a real Kubernetes control plane ([`control_plane`],
-//! envtest convention), the real Kafka broker the test command starts, and polling helpers.
+//! envtest convention), the operator under the chart's RBAC only ([`chart_rbac`]), the real Kafka
+//! broker the test command starts, and polling helpers.
 //!
 //! - `KUBEBUILDER_ASSETS=/path/with/etcd-kube-apiserver-and-kube-controller-manager`: start them on
 //!   loopback ports, once per test binary;
@@ -7,6 +8,7 @@
 //! - neither: under `CI=true` the test fails; elsewhere it prints one line saying why and passes
 //!   without checking anything.
 
+pub mod chart_rbac;
 pub mod control_plane;
 
 use std::io::{BufRead, BufReader};
@@ -20,6 +22,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::{Client, CustomResourceExt};
 use streamjob_crds::StreamJob;
 
+pub use chart_rbac::ChartRbac;
 pub use control_plane::{client_from_kubeconfig, ControlPlane};
 
 /// A process killed when dropped.

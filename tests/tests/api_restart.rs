@@ -1,6 +1,8 @@
 //! The operator when its API server restarts, as control planes do on every upgrade: while the
 //! server is down `/readyz` says not ready, and once it serves again the operator reconciles a
-//! spec change within 15 s.
+//! spec change within 15 s. The operator runs with nothing but a token of the chart's
+//! ServiceAccount (the chart installed with the Helm SDK for the test's namespace, [`ChartRbac`]),
+//! on the release's Lease, and the API server refuses none of its requests.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -11,7 +13,9 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::json;
 use streamjob_crds::{parse_manifest, StreamJob};
-use streamjob_e2e::{control_plane, eventually, free_port, fresh_namespace, install_crd, repo_root, ControlPlane};
+use streamjob_e2e::{
+    control_plane, eventually, free_port, fresh_namespace, install_crd, repo_root, ChartRbac, ControlPlane,
+};
 use streamjob_operator::run::{run_with_client, RunOptions};
 
 /// The status code of `GET /readyz` on the operator's health port.
@@ -39,18 +43,20 @@ async fn after_an_api_server_restart_the_operator_reconciles_within_15_seconds()
     let client = plane.client().await?;
     install_crd(&client).await?;
     let namespace = fresh_namespace(&client, "sj-restart").await?;
+    let rbac = ChartRbac::on_control_plane(&plane, std::slice::from_ref(&namespace)).await?;
+    let (lease_name, lease_namespace) = rbac.lease()?;
     let port = free_port()?;
     let options = RunOptions {
         namespaces: vec![namespace.clone()],
         worker_image: "example.com/streamjob-worker:e2e".to_owned(),
         metrics_addr: format!("127.0.0.1:{port}").parse()?,
         leader_election: true,
-        lease_name: "streamjob-operator-leader".to_owned(),
-        lease_namespace: namespace.clone(),
+        lease_name,
+        lease_namespace,
         lease_duration_seconds: 15,
         identity: "e2e-restart".to_owned(),
     };
-    let operator = tokio::spawn(run_with_client(plane.client().await?, options));
+    let operator = tokio::spawn(run_with_client(rbac.client().await?, options));
 
     let jobs: Api<StreamJob> = Api::namespaced(client.clone(), &namespace);
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
@@ -96,5 +102,5 @@ async fn after_an_api_server_restart_the_operator_reconciles_within_15_seconds()
     })
     .await?;
     operator.abort();
-    Ok(())
+    rbac.assert_nothing_refused()
 }

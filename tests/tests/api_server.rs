@@ -1,10 +1,14 @@
 //! The operator against a real API server (envtest convention; see `streamjob_e2e`): the CRD
-//! installs and enforces its rules, jobs become children, the scale subresource, suspend,
-//! observedGeneration, conditions, deletion, and leader election between two processes.
+//! installs and enforces its rules, jobs become children, the scale subresource, suspend and
+//! resume, observedGeneration, conditions, deletion, `kubectl wait`/`scale`, a config roll, the
+//! pause annotation, and leader election between two processes. The operator, in-process or as a
+//! process, runs with nothing but a token of the chart's ServiceAccount (the chart installed
+//! with the Helm SDK for the test's namespace, [`ChartRbac`]), and the API server refuses none
+//! of its requests; the test itself acts as the admin.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -15,7 +19,8 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use streamjob_crds::{parse_manifest, Phase, StreamJob};
 use streamjob_e2e::{
-    api_server, eventually, free_port, fresh_namespace, install_crd, repo_root, workspace_binary, ChildGuard,
+    api_server, eventually, free_port, fresh_namespace, install_crd, repo_root, scratch_dir, workspace_binary,
+    ChartRbac,
 };
 use streamjob_operator::run::{run_with_client, RunOptions};
 
@@ -62,7 +67,8 @@ async fn operator_reconciles_jobs_on_a_real_api_server() -> anyhow::Result<()> {
         "{message}"
     );
 
-    let controller = tokio::spawn(run_with_client(client.clone(), run_options("e2e", false, &namespace)));
+    let rbac = ChartRbac::for_namespaces(&env, std::slice::from_ref(&namespace)).await?;
+    let controller = tokio::spawn(run_with_client(rbac.client().await?, run_options("e2e", false, &namespace)));
     // A fixed-size job: spec.replicas (and the scale subresource) size it.
     let mut fixed_size = example("wordcount.yaml")?;
     fixed_size.spec.autoscaling = None;
@@ -122,6 +128,20 @@ async fn operator_reconciles_jobs_on_a_real_api_server() -> anyhow::Result<()> {
     })
     .await?;
 
+    // Resume: the workers come back at spec.replicas, and the phase leaves Suspended.
+    jobs.patch("wordcount", &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": false}}))).await?;
+    eventually(WAIT, "StatefulSet replicas 3 after the resume", || async {
+        (stateful_set_replicas(&sets, "wordcount").await == Some(3)).then_some(())
+    })
+    .await?;
+    eventually(WAIT, "a phase other than Suspended at the new generation", || async {
+        let job = jobs.get("wordcount").await.ok()?;
+        let status = job.status.as_ref()?;
+        let resumed = status.phase.is_some() && status.phase != Some(Phase::Suspended);
+        (resumed && status.observed_generation == job.metadata.generation).then_some(())
+    })
+    .await?;
+
     // Deletion: children carry the owner reference; the garbage collector removes them.
     jobs.delete("wordcount", &DeleteParams::default()).await?;
     eventually(Duration::from_secs(60), "children garbage-collected", || async {
@@ -131,7 +151,7 @@ async fn operator_reconciles_jobs_on_a_real_api_server() -> anyhow::Result<()> {
     eventually(WAIT, "the job gone", || async { jobs.get_opt("wordcount").await.ok()?.is_none().then_some(()) })
         .await?;
     controller.abort();
-    Ok(())
+    rbac.assert_nothing_refused()
 }
 
 /// `streamjob_operator_leader` from a process's /metrics.
@@ -153,25 +173,23 @@ async fn leader_election_hands_over_within_the_lease_duration() -> anyhow::Resul
     let namespace = fresh_namespace(&client, "sj-leader").await?;
     let binary = workspace_binary("streamjob-operator");
     anyhow::ensure!(binary.exists(), "{} missing: run `cargo build --workspace --bins` first", binary.display());
-    let start = |identity: &str, port: u16| -> anyhow::Result<ChildGuard> {
-        let child = Command::new(&binary)
-            .args(["run", "--namespace", &namespace, "--lease-namespace", &namespace, "--identity", identity])
-            .args(["--metrics-addr", &format!("127.0.0.1:{port}"), "--lease-duration-seconds", "15"])
-            .env("KUBECONFIG", &env.kubeconfig)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        Ok(ChildGuard(child))
+    // Two replicas as the chart's Deployment runs them: its arguments, its ServiceAccount, the
+    // release's Lease.
+    let rbac = ChartRbac::for_namespaces(&env, std::slice::from_ref(&namespace)).await?;
+    let (lease_name, lease_namespace) = rbac.lease()?;
+    let dir = scratch_dir("leader")?;
+    let start = |identity: &str, port: u16| {
+        let args = rbac.release.operator_args(&format!("127.0.0.1:{port}"))?;
+        rbac.spawn_operator(&args, identity, &dir.join(format!("{identity}.log")))
     };
     let (port_a, port_b) = (free_port()?, free_port()?);
     let mut a = Some(start("replica-a", port_a)?);
     let _b = start("replica-b", port_b)?;
 
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
-    let holder = eventually(WAIT, "a lease holder", || async {
-        leases.get_opt("streamjob-operator-leader").await.ok()??.spec?.holder_identity
-    })
-    .await?;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &lease_namespace);
+    let holder =
+        eventually(WAIT, "a lease holder", || async { leases.get_opt(&lease_name).await.ok()??.spec?.holder_identity })
+            .await?;
     let (leader_port, follower_port) = if holder == "replica-a" { (port_a, port_b) } else { (port_b, port_a) };
     eventually(WAIT, "the leader metric", || async { (leader_metric(leader_port) == Some(true)).then_some(()) })
         .await?;
@@ -191,7 +209,7 @@ async fn leader_election_hands_over_within_the_lease_duration() -> anyhow::Resul
     }
     let survivor = if holder == "replica-a" { "replica-b" } else { "replica-a" };
     eventually(Duration::from_secs(25), "the lease to move to the survivor", || async {
-        let lease = leases.get_opt("streamjob-operator-leader").await.ok()??;
+        let lease = leases.get_opt(&lease_name).await.ok()??;
         (lease.spec?.holder_identity.as_deref() == Some(survivor)).then_some(())
     })
     .await?;
@@ -199,7 +217,7 @@ async fn leader_election_hands_over_within_the_lease_duration() -> anyhow::Resul
     second.metadata.name = Some("after-handover".into());
     jobs.create(&PostParams::default(), &second).await?;
     eventually(WAIT, "the new leader to reconcile", || async { sets.get_opt("after-handover").await.ok()? }).await?;
-    Ok(())
+    rbac.assert_nothing_refused()
 }
 
 /// Runs kubectl (built with the control plane) against the test's API server.
@@ -221,7 +239,8 @@ async fn kubectl_wait_scale_config_roll_and_pause_on_a_real_api_server() -> anyh
     let namespace = fresh_namespace(&client, "sj-kubectl").await?;
     let jobs: Api<StreamJob> = Api::namespaced(client.clone(), &namespace);
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
-    let controller = tokio::spawn(run_with_client(client.clone(), run_options("e2e-kubectl", false, &namespace)));
+    let rbac = ChartRbac::for_namespaces(&env, std::slice::from_ref(&namespace)).await?;
+    let controller = tokio::spawn(run_with_client(rbac.client().await?, run_options("e2e-kubectl", false, &namespace)));
     let kubelet =
         streamjob_e2e::kubelet_marks_pods_ready(client.clone(), &namespace, "app.kubernetes.io/instance=wordcount");
     let mut job = example("wordcount.yaml")?;
@@ -284,5 +303,5 @@ async fn kubectl_wait_scale_config_roll_and_pause_on_a_real_api_server() -> anyh
     .await?;
     kubelet.abort();
     controller.abort();
-    Ok(())
+    rbac.assert_nothing_refused()
 }

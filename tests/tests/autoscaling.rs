@@ -2,7 +2,9 @@
 //! with an autoscaled job whose source topic has real lag. The StatefulSets follow the
 //! decisions up and down, `status.lastScale` and the `ScaledUp`/`ScaledDown` events carry the
 //! numbers, `spec.replicas` is never written, and no status field one writer sets is reverted by
-//! the other while both write.
+//! the other while both write. The operator runs with nothing but a token of the chart's
+//! ServiceAccount (the chart installed with the Helm SDK for both namespaces, [`ChartRbac`]), and
+//! the API server refuses none of its requests.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,7 +17,9 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use streamjob_crds::StreamJob;
-use streamjob_e2e::{api_server, eventually, fresh_namespace, install_crd, kubelet_marks_pods_ready, unique};
+use streamjob_e2e::{
+    api_server, eventually, fresh_namespace, install_crd, kubelet_marks_pods_ready, unique, ChartRbac,
+};
 use streamjob_operator::run::{run_with_client, RunOptions};
 use streamjob_worker::topic_io::{create_topics, producer, send_waiting};
 
@@ -148,8 +152,10 @@ async fn two_namespaces_scale_up_and_down_on_real_lag_and_no_status_field_revert
         let history = Arc::new(Mutex::new([FieldHistory::default(), FieldHistory::default()]));
         watched.push(Watched { namespace, topic, job, history });
     }
+    let namespaces: Vec<String> = watched.iter().map(|w| w.namespace.clone()).collect();
+    let rbac = ChartRbac::for_namespaces(&env, &namespaces).await?;
     let options = RunOptions {
-        namespaces: watched.iter().map(|w| w.namespace.clone()).collect(),
+        namespaces,
         worker_image: "example.com/streamjob-worker:e2e".to_owned(),
         metrics_addr: "127.0.0.1:0".parse()?,
         leader_election: false,
@@ -158,7 +164,7 @@ async fn two_namespaces_scale_up_and_down_on_real_lag_and_no_status_field_revert
         lease_duration_seconds: 15,
         identity: "e2e-autoscaling".to_owned(),
     };
-    let operator = tokio::spawn(run_with_client(client.clone(), options));
+    let operator = tokio::spawn(run_with_client(rbac.client().await?, options));
     let mut background = vec![];
     for w in &watched {
         let jobs: Api<StreamJob> = Api::namespaced(client.clone(), &w.namespace);
@@ -231,5 +237,5 @@ async fn two_namespaces_scale_up_and_down_on_real_lag_and_no_status_field_revert
         assert_eq!(history[0].reverted(), Vec::<String>::new(), "{}: status.lastScale went back", w.namespace);
         assert_eq!(history[1].reverted(), Vec::<String>::new(), "{}: status.lag went back", w.namespace);
     }
-    Ok(())
+    rbac.assert_nothing_refused()
 }

@@ -10,17 +10,14 @@
 //!
 //! One file over 400 lines: each effect the RBAC must allow is one short function here.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::Scope;
@@ -29,9 +26,10 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use streamjob_crds::StreamJob;
+use streamjob_e2e::chart_rbac::Release;
 use streamjob_e2e::{
-    api_server, client_from_kubeconfig, eventually, free_port, fresh_namespace, kubelet_marks_pods_ready, repo_root,
-    require_real_part, scratch_dir, unique, workspace_binary, ApiServerEnv, ChildGuard,
+    api_server, eventually, free_port, fresh_namespace, kubelet_marks_pods_ready, require_real_part, scratch_dir,
+    unique, ChartRbac,
 };
 
 /// The tests of this binary share one API server, and a cluster-wide operator would take the
@@ -75,19 +73,16 @@ async fn chart_rbac_suffices(watch: Watch) -> anyhow::Result<()> {
         "leaderElection": {"enabled": true},
         "workerNetworkPolicy": {"enabled": true, "namespaces": policy_namespaces},
     });
-    let release = Release::install(&env, &values)?;
-    crd_established(&client).await?;
+    let rbac = ChartRbac::install(&env, &values).await?;
+    let release = &rbac.release;
 
     let dir = scratch_dir("chart-install")?;
-    let account = release.name_of("ServiceAccount")?;
-    let kubeconfig = service_account_kubeconfig(&env, &release.namespace, &account, &dir).await?;
-    token_is_only_the_service_account(&kubeconfig, &jobs_ns).await?;
     let identity = "chart-operator-0";
     let args = release.operator_args(&format!("127.0.0.1:{}", free_port()?))?;
-    let operator = Operator::start(&kubeconfig, &args, &release.namespace, identity, dir.join("operator.log"))?;
+    let operator = rbac.spawn_operator(&args, identity, &dir.join("operator.log"))?;
 
     let outcome = async {
-        takes_the_lease(&client, &release, identity).await?;
+        takes_the_lease(&client, release, identity).await?;
         tokio::try_join!(
             reconciles_and_follows_the_scale_subresource(&client, &jobs_ns, &bootstrap),
             autoscales_and_deletes_the_consumer_group(&client, &jobs_ns, &bootstrap),
@@ -98,18 +93,19 @@ async fn chart_rbac_suffices(watch: Watch) -> anyhow::Result<()> {
     .await;
     let log = operator.stop()?;
     outcome.with_context(|| format!("operator log:\n{log}"))?;
-    worker_policy_selects_the_workers(&client, &release, &jobs_ns).await?;
+    worker_policy_selects_the_workers(&client, release, &jobs_ns).await?;
     let refused: Vec<&str> = log.lines().filter(|line| line.to_lowercase().contains("forbidden")).collect();
     assert!(refused.is_empty(), "the API server refused the operator ({watch:?}):\n{}", refused.join("\n"));
+    rbac.assert_nothing_refused().with_context(|| format!("{watch:?}"))?;
 
     remove_jobs(&client, &jobs_ns).await?;
-    release.uninstall(&env)?;
+    release.uninstall(&env.kubeconfig)?;
     let left = eventually(WAIT, "helm uninstall to remove every object of the release", || async {
-        leftovers(&client, &release).await.ok().filter(Vec::is_empty)
+        leftovers(&client, release).await.ok().filter(Vec::is_empty)
     })
     .await;
     if left.is_err() {
-        bail!("left behind by helm uninstall: {:?}", leftovers(&client, &release).await?);
+        bail!("left behind by helm uninstall: {:?}", leftovers(&client, release).await?);
     }
     delete_namespace(&client, &release.namespace).await
 }
@@ -118,147 +114,6 @@ fn real_kafka() -> anyhow::Result<Option<String>> {
     match std::env::var("STREAMJOB_TEST_BOOTSTRAP") {
         Ok(bootstrap) => Ok(Some(bootstrap)),
         Err(_) => require_real_part("no real Kafka broker (set STREAMJOB_TEST_BOOTSTRAP)"),
-    }
-}
-
-/// A release of the chart, as the Helm SDK installed it.
-struct Release {
-    name: String,
-    namespace: String,
-    /// Every object of the release's manifest.
-    objects: Vec<Value>,
-}
-
-impl Release {
-    fn install(env: &ApiServerEnv, values: &Value) -> anyhow::Result<Self> {
-        let (name, namespace) = (unique("chart"), unique("sj-chart-release"));
-        let installed = release_script("install", &env.kubeconfig, &namespace, &name, values)?;
-        let objects = installed["objects"].as_array().context("release.py printed no objects")?.clone();
-        Ok(Self { name, namespace, objects })
-    }
-
-    fn uninstall(&self, env: &ApiServerEnv) -> anyhow::Result<()> {
-        release_script("uninstall", &env.kubeconfig, &self.namespace, &self.name, &json!({}))?;
-        Ok(())
-    }
-
-    fn object(&self, kind: &str) -> anyhow::Result<&Value> {
-        self.objects.iter().find(|o| o["kind"] == kind).with_context(|| format!("the release has no {kind}"))
-    }
-
-    fn name_of(&self, kind: &str) -> anyhow::Result<String> {
-        let name = self.object(kind)?["metadata"]["name"].as_str();
-        Ok(name.with_context(|| format!("the {kind} has no name"))?.to_owned())
-    }
-
-    /// The operator container's arguments in the chart's Deployment, but for the metrics address.
-    fn operator_args(&self, metrics_addr: &str) -> anyhow::Result<Vec<String>> {
-        let container = &self.object("Deployment")?["spec"]["template"]["spec"]["containers"][0];
-        let args = container["args"].as_array().context("the operator container has no args")?;
-        let metrics = format!("--metrics-addr={metrics_addr}");
-        let arg = |arg: &str| if arg.starts_with("--metrics-addr=") { metrics.clone() } else { arg.to_owned() };
-        Ok(args.iter().filter_map(Value::as_str).map(arg).collect())
-    }
-}
-
-/// Runs `tests/helm/release.py`, which drives the Helm SDK; returns what it printed.
-fn release_script(
-    action: &str,
-    kubeconfig: &Path,
-    namespace: &str,
-    name: &str,
-    values: &Value,
-) -> anyhow::Result<Value> {
-    let output = Command::new("python3")
-        .arg(repo_root().join("tests/helm/release.py"))
-        .arg(action)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(["--namespace", namespace, "--name", name, "--values-json", &values.to_string()])
-        .output()
-        .context("python3 tests/helm/release.py (needs the Helm SDK: pip install -r tests/python/requirements.txt)")?;
-    if !output.status.success() {
-        bail!("release.py {action} failed:\n{}", String::from_utf8_lossy(&output.stderr));
-    }
-    serde_json::from_slice(&output.stdout).context("release.py printed no JSON")
-}
-
-async fn crd_established(client: &Client) -> anyhow::Result<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    eventually(WAIT, "the chart's CRD to be Established", || async {
-        let conditions = crds.get("streamjobs.streamjob.io").await.ok()?.status?.conditions?;
-        conditions.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
-    })
-    .await
-}
-
-/// A kubeconfig for the API server of `env` whose only credentials are a token of `account`
-/// (TokenRequest API).
-async fn service_account_kubeconfig(
-    env: &ApiServerEnv,
-    namespace: &str,
-    account: &str,
-    dir: &Path,
-) -> anyhow::Result<PathBuf> {
-    let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), namespace);
-    let request = serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))?;
-    let answer = accounts.create_token_request(account, &PostParams::default(), &request).await?;
-    let token = answer.status.context("the TokenRequest came back without a token")?.token;
-    let mut kubeconfig: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&env.kubeconfig)?)?;
-    let users = kubeconfig.get_mut("users").and_then(serde_yaml::Value::as_sequence_mut);
-    for user in users.context("the admin kubeconfig has no users")? {
-        let user = user.as_mapping_mut().context("a kubeconfig user is not a mapping")?;
-        user.insert("user".into(), serde_yaml::to_value(json!({"token": token}))?);
-    }
-    let path = dir.join("operator.kubeconfig");
-    std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
-    Ok(path)
-}
-
-/// The operator's kubeconfig carries the ServiceAccount and nothing more: what the chart does
-/// not grant (listing Secrets) is refused.
-async fn token_is_only_the_service_account(kubeconfig: &Path, namespace: &str) -> anyhow::Result<()> {
-    let secrets: Api<Secret> = Api::namespaced(client_from_kubeconfig(kubeconfig).await?, namespace);
-    match secrets.list(&ListParams::default()).await {
-        Err(kube::Error::Api(status)) if status.code == 403 => Ok(()),
-        other => bail!("the ServiceAccount's token listed Secrets (only get is granted): {other:?}"),
-    }
-}
-
-/// The operator binary, its standard output and error in one log file.
-struct Operator {
-    process: ChildGuard,
-    log: PathBuf,
-}
-
-impl Operator {
-    fn start(
-        kubeconfig: &Path,
-        args: &[String],
-        namespace: &str,
-        identity: &str,
-        log: PathBuf,
-    ) -> anyhow::Result<Self> {
-        let file = std::fs::File::create(&log)?;
-        let child = Command::new(workspace_binary("streamjob-operator"))
-            .args(args)
-            .env("KUBECONFIG", kubeconfig)
-            // What the Deployment's downward API gives the pod.
-            .env("POD_NAMESPACE", namespace)
-            .env("POD_NAME", identity)
-            .env_remove("STREAMJOB_WATCH_NAMESPACES")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .context("starting streamjob-operator (cargo build --workspace --bins first)")?;
-        Ok(Self { process: ChildGuard(child), log })
-    }
-
-    /// Stops the operator; returns its log.
-    fn stop(self) -> anyhow::Result<String> {
-        drop(self.process);
-        Ok(std::fs::read_to_string(&self.log)?)
     }
 }
 
