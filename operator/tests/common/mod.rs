@@ -16,8 +16,8 @@ use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use streamjob_crds::{parse_manifest, Phase, StreamJob};
-use streamjob_operator::builders::CONFIG_CHECKSUM_ANNOTATION;
-use streamjob_operator::controller::{reconcile, ConsumerGroupDeleter, Context, ScaleDecisions};
+use streamjob_operator::build::CONFIG_CHECKSUM_ANNOTATION;
+use streamjob_operator::controller::{reconcile, ConsumerGroupDeleter, Context, GroupDeletionError, ScaleDecisions};
 use streamjob_operator::metrics::Metrics;
 use streamjob_testkit::fake_api::FakeApiServer;
 use streamjob_worker::topic_io::{producer, send_waiting};
@@ -36,9 +36,9 @@ pub struct FailingDeleter {
 }
 
 impl ConsumerGroupDeleter for FailingDeleter {
-    fn delete_group<'a>(&'a self, _job: &'a StreamJob) -> BoxFuture<'a, Result<(), String>> {
+    fn delete_group<'a>(&'a self, _job: &'a StreamJob) -> BoxFuture<'a, Result<(), GroupDeletionError>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async { Err("broker unreachable".to_owned()) })
+        Box::pin(async { Err("broker unreachable".into()) })
     }
 }
 
