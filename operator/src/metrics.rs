@@ -159,3 +159,20 @@ impl streamjob_runtime::http::Exposition for Metrics {
         &self.registry
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use streamjob_runtime::http::Exposition;
+
+    #[test]
+    fn partition_lag_is_labelled_by_job_then_partition() {
+        let metrics = Metrics::default();
+        let job = JobLabels { namespace: "team".into(), job: "j".into() };
+        let labels = JobPartitionLabels { job, partition: PartitionLabels::new("in", 0) };
+        metrics.partition_lag.get_or_create(&labels).set(5);
+        let text = metrics.encode();
+        let line = r#"streamjob_operator_partition_lag_records{namespace="team",job="j",topic="in",partition="0"} 5"#;
+        assert!(text.contains(line), "{text}");
+    }
+}
