@@ -12,7 +12,7 @@ use futures::StreamExt;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Api, Client, Config};
 use streamjob_crds::{parse_manifest, StreamJob};
-use streamjob_operator::controller::{reconcile, ConsumerGroupDeleter, Context, ScaleDecisions};
+use streamjob_operator::controller::{reconcile, ConsumerGroupDeleter, Context, GroupDeletionError, ScaleDecisions};
 use streamjob_operator::metrics::Metrics;
 use streamjob_testkit::fake_api::FakeApiServer;
 
@@ -24,7 +24,10 @@ const NAMESPACE: &str = "bench";
 struct NoKafka;
 
 impl ConsumerGroupDeleter for NoKafka {
-    fn delete_group<'a>(&'a self, _job: &'a StreamJob) -> futures::future::BoxFuture<'a, Result<(), String>> {
+    fn delete_group<'a>(
+        &'a self,
+        _job: &'a StreamJob,
+    ) -> futures::future::BoxFuture<'a, Result<(), GroupDeletionError>> {
         Box::pin(async { Ok(()) })
     }
 }

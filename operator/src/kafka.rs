@@ -8,22 +8,53 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use streamjob_crds::kafka::{connection_properties, CaBundle, Credentials};
 use streamjob_crds::{worker_paths, StreamJob};
 
-use crate::controller::ConsumerGroupDeleter;
+use crate::controller::{ConsumerGroupDeleter, GroupDeletionError};
 
-fn secret_string(secret: &Secret, key: &str) -> Result<String, String> {
+/// Why the client properties of a job's cluster could not be put together.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientConfigError {
+    #[error("reading Secret {name}: {source}")]
+    ReadSecret { name: String, source: kube::Error },
+    #[error("Secret {name} has no key {key}")]
+    MissingKey { name: String, key: String },
+    #[error("Secret {name} key {key} is not UTF-8")]
+    NotUtf8 { name: String, key: String },
+}
+
+/// Why a consumer group could not be deleted.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteGroupError {
+    #[error(transparent)]
+    ClientConfig(#[from] ClientConfigError),
+    #[error("creating admin client: {0}")]
+    AdminClient(#[source] KafkaError),
+    #[error("{0}")]
+    Request(#[source] KafkaError),
+    #[error("deleting consumer group {group}: {code}")]
+    Group { group: String, code: RDKafkaErrorCode },
+}
+
+fn secret_string(secret: &Secret, key: &str) -> Result<String, ClientConfigError> {
     let name = secret.name_any();
-    let bytes =
-        secret.data.as_ref().and_then(|data| data.get(key)).ok_or_else(|| format!("Secret {name} has no key {key}"))?;
-    String::from_utf8(bytes.0.clone()).map_err(|_| format!("Secret {name} key {key} is not UTF-8"))
+    let Some(bytes) = secret.data.as_ref().and_then(|data| data.get(key)) else {
+        return Err(ClientConfigError::MissingKey { name, key: key.to_owned() });
+    };
+    String::from_utf8(bytes.0.clone()).map_err(|_| ClientConfigError::NotUtf8 { name, key: key.to_owned() })
+}
+
+async fn read_secret(secrets: &Api<Secret>, name: &str) -> Result<Secret, ClientConfigError> {
+    secrets.get(name).await.map_err(|source| ClientConfigError::ReadSecret { name: name.to_owned(), source })
 }
 
 /// librdkafka properties for the job's source cluster, reading credentials and the CA bundle
 /// from the Secrets the job references.
-pub async fn source_client_config(client: &Client, job: &StreamJob) -> Result<ClientConfig, String> {
+pub async fn source_client_config(client: &Client, job: &StreamJob) -> Result<ClientConfig, ClientConfigError> {
     let namespace = job.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let source = &job.spec.source;
@@ -31,14 +62,13 @@ pub async fn source_client_config(client: &Client, job: &StreamJob) -> Result<Cl
     let mut ca = None;
     if let Some(auth) = &source.auth {
         let reference = &auth.secret_ref;
-        let secret =
-            secrets.get(&reference.name).await.map_err(|e| format!("reading Secret {}: {e}", reference.name))?;
+        let secret = read_secret(&secrets, &reference.name).await?;
         credentials = Some(Credentials {
             username: secret_string(&secret, &reference.username_key)?,
             password: secret_string(&secret, &reference.password_key)?,
         });
         if let Some(ca_ref) = auth.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref()) {
-            let secret = secrets.get(&ca_ref.name).await.map_err(|e| format!("reading Secret {}: {e}", ca_ref.name))?;
+            let secret = read_secret(&secrets, &ca_ref.name).await?;
             ca = Some(CaBundle::Pem(secret_string(&secret, worker_paths::CA_FILE_NAME)?));
         }
     }
@@ -61,26 +91,26 @@ impl KafkaGroupDeleter {
 }
 
 /// Deletes `group` on the cluster `config` reaches.
-pub async fn delete_consumer_group(config: &ClientConfig, group: &str) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> =
-        config.create().map_err(|e| format!("creating admin client: {e}"))?;
+pub async fn delete_consumer_group(config: &ClientConfig, group: &str) -> Result<(), DeleteGroupError> {
+    let admin: AdminClient<DefaultClientContext> = config.create().map_err(DeleteGroupError::AdminClient)?;
     let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
-    let results = admin.delete_groups(&[group], &options).await.map_err(|e| e.to_string())?;
+    let results = admin.delete_groups(&[group], &options).await.map_err(DeleteGroupError::Request)?;
     for result in results {
         match result {
             Ok(_) => {}
-            Err((_, rdkafka::types::RDKafkaErrorCode::GroupIdNotFound)) => {}
-            Err((name, code)) => return Err(format!("deleting consumer group {name}: {code}")),
+            Err((_, RDKafkaErrorCode::GroupIdNotFound)) => {}
+            Err((group, code)) => return Err(DeleteGroupError::Group { group, code }),
         }
     }
     Ok(())
 }
 
 impl ConsumerGroupDeleter for KafkaGroupDeleter {
-    fn delete_group<'a>(&'a self, job: &'a StreamJob) -> BoxFuture<'a, Result<(), String>> {
+    fn delete_group<'a>(&'a self, job: &'a StreamJob) -> BoxFuture<'a, Result<(), GroupDeletionError>> {
         Box::pin(async move {
-            let config = source_client_config(&self.client, job).await?;
-            delete_consumer_group(&config, &job.consumer_group()).await
+            let config = source_client_config(&self.client, job).await.map_err(DeleteGroupError::from)?;
+            delete_consumer_group(&config, &job.consumer_group()).await?;
+            Ok(())
         })
     }
 }

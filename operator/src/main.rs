@@ -69,6 +69,7 @@ impl RunArgs {
 }
 
 /// Flags of `dev`.
+#[cfg(feature = "dev")]
 #[derive(clap::Args)]
 struct DevArgs {
     /// The StreamJob manifest to run.
@@ -98,6 +99,7 @@ struct DevArgs {
     log_level: String,
 }
 
+#[cfg(feature = "dev")]
 impl DevArgs {
     fn into_options(self) -> Result<streamjob_operator::dev::DevOptions, String> {
         let load = self
@@ -123,6 +125,7 @@ impl DevArgs {
     }
 }
 
+#[cfg(feature = "dev")]
 fn run_dev(args: DevArgs) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
@@ -159,6 +162,7 @@ fn run_dev(args: DevArgs) -> ExitCode {
 enum Command {
     /// Run a StreamJob on this machine: embedded broker, synthetic load, in-process workers
     /// scaled by the autoscaler, and a live status screen.
+    #[cfg(feature = "dev")]
     Dev(DevArgs),
     /// Run the operator against the cluster in KUBECONFIG or the in-cluster service account.
     Run(RunArgs),
@@ -221,6 +225,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        #[cfg(feature = "dev")]
         Command::Dev(args) => run_dev(args),
         Command::Crd => {
             print!("{}", streamjob_crds::crd_yaml());

@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use streamjob_crds::{parse_manifest, ManifestErrors};
 
-use crate::builders::{build_children, desired_replicas, BuildContext};
+use crate::build::{build_children, BuildContext};
+use crate::replicas::desired_replicas;
 
 /// Renders every StreamJob document in `manifests` (YAML, `---` separated) into its children,
 /// as a multi-document YAML stream.

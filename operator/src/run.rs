@@ -17,11 +17,13 @@ use kube_lease_manager::LeaseManagerBuilder;
 use streamjob_crds::StreamJob;
 
 use crate::autoscaler::driver::Autoscaler;
-use crate::builders::{FIELD_MANAGER, MANAGED_BY_LABEL};
-use crate::controller::{error_policy, reconcile, record_phases, Context, ScaleDecisions};
+use streamjob_runtime::http::{serve, Health};
+use streamjob_runtime::shutdown::shutdown_signal;
+
+use crate::build::{FIELD_MANAGER, MANAGED_BY_LABEL};
+use crate::controller::{error_policy, reconcile, Context, ScaleDecisions};
 use crate::kafka::KafkaGroupDeleter;
 use crate::metrics::Metrics;
-use streamjob_worker::http::{serve, Health};
 
 /// Settings of `run`.
 #[derive(Clone, Debug)]
@@ -256,7 +258,7 @@ async fn run_controller(controller: JobController, namespace: Option<String>, co
         loop {
             tokio::time::sleep(Duration::from_secs(15)).await;
             let jobs = store.state();
-            record_phases(&metrics, jobs.iter().map(|job| job.as_ref()));
+            metrics.record_phases(jobs.iter().map(|job| job.as_ref()));
         }
     });
     tracing::info!(namespace = namespace.as_deref().unwrap_or("<all>"), "watching StreamJobs");
@@ -279,28 +281,6 @@ where
     match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
-    }
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
     }
 }
 

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 use streamjob_crds::{Phase, StreamJob, StreamJobStatus};
 
-use crate::builders::selector_string;
+use crate::build::selector_string;
 
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use common::*;
 use streamjob_crds::StreamJob;
 use streamjob_operator::autoscaler::driver::Autoscaler;
-use streamjob_worker::http::Exposition;
+use streamjob_runtime::http::Exposition;
 
 const PARTITIONS: i32 = 4;
 

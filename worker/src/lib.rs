@@ -1,14 +1,13 @@
 //! The streamjob worker: one consumer-group member that runs a StreamJob's pipeline.
 //!
 //! [`engine`] is the processing core without Kafka, [`runner`] connects it to the brokers,
-//! [`http`] serves health and metrics, [`mock_broker`] hosts librdkafka's mock cluster for
-//! tests and `streamjob-operator dev`.
+//! [`mock_broker`] hosts librdkafka's mock cluster for tests and `streamjob-operator dev`.
+//! Health and metrics are served by `streamjob-runtime`.
 
 pub mod aggregate;
 pub mod config;
 pub mod engine;
 pub mod group_offsets;
-pub mod http;
 pub mod liveness;
 pub mod metrics;
 pub mod mock_broker;

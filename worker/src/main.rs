@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use streamjob_crds::worker_paths;
-use streamjob_worker::http::Health;
+use streamjob_runtime::http::{serve, Health};
+use streamjob_runtime::shutdown::shutdown_signal;
 use streamjob_worker::{Control, Overrides, WorkerConfig};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -82,12 +83,12 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.http_address))?;
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let health = Health { metrics: control.metrics.clone(), ready: control.ready.clone(), not_ready: "not consuming" };
-    runtime.spawn(streamjob_worker::http::serve(listener, health, async {
+    runtime.spawn(serve(listener, health, async {
         let _ = stopped.await;
     }));
     let shutdown = control.shutdown.clone();
     runtime.spawn(async move {
-        wait_for_signal().await;
+        shutdown_signal().await;
         tracing::info!("stopping: draining, flushing and committing");
         shutdown.store(true, Ordering::SeqCst);
     });
@@ -95,26 +96,4 @@ fn main() -> anyhow::Result<()> {
     let result = worker.join().map_err(|_| anyhow::anyhow!("the worker thread panicked"))?;
     let _ = stop_http.send(());
     result.map_err(|error| anyhow::anyhow!("{error}"))
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

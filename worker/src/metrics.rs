@@ -5,19 +5,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::{Metric, Registry};
+use prometheus_client::registry::Registry;
+use streamjob_runtime::metrics::registered;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PartitionLabels {
-    pub topic: String,
-    pub partition: String,
-}
-
-impl PartitionLabels {
-    pub fn new(topic: &str, partition: i32) -> Self {
-        Self { topic: topic.to_owned(), partition: partition.to_string() }
-    }
-}
+pub use streamjob_runtime::metrics::PartitionLabels;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -153,13 +144,7 @@ impl Default for WorkerMetrics {
     }
 }
 
-/// Registers `metric` under `name` and hands it back, to be kept where the code updates it.
-pub fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
-    registry.register(name, help, metric.clone());
-    metric
-}
-
-impl crate::http::Exposition for WorkerMetrics {
+impl streamjob_runtime::http::Exposition for WorkerMetrics {
     fn registry(&self) -> &Registry {
         &self.registry
     }

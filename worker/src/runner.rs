@@ -3,8 +3,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
@@ -17,6 +17,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use streamjob_crds::kafka::connection_properties;
 use streamjob_crds::StartFrom;
+use streamjob_runtime::sync::lock;
 
 use crate::config::WorkerConfig;
 use crate::engine::{Commit, Destination, Engine, EngineSettings, Input, Output, Ticket, Totals};
@@ -63,9 +64,7 @@ pub struct Control {
     pub passed_over_by_resets: Arc<AtomicU64>,
 }
 
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+pub use streamjob_runtime::clock::now_ms;
 
 /// Collects delivery reports; the loop hands them to the engine.
 #[derive(Default)]
@@ -123,10 +122,6 @@ fn log_librdkafka(client: &str, level: RDKafkaLogLevel, facility: &str, message:
         RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(client, facility, "{message}"),
         RDKafkaLogLevel::Debug => tracing::debug!(client, facility, "{message}"),
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 type WorkerProducer = BaseProducer<DeliveryContext>;

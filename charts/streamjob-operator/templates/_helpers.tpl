@@ -18,7 +18,7 @@ app.kubernetes.io/name: {{ include "streamjob-operator.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
-{{/* Labels the operator puts on every worker pod (operator/src/builders.rs). */}}
+{{/* Labels the operator puts on every worker pod (operator/src/build/mod.rs). */}}
 {{- define "streamjob-operator.workerSelectorLabels" -}}
 app.kubernetes.io/name: streamjob-worker
 {{- end -}}

@@ -3,25 +3,27 @@
 //! never written: GitOps tools own the spec.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::EventType;
 use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use streamjob_crds::{LagStatus, PartitionLag, ScaleEvent, StreamJob, StreamJobStatus};
+use streamjob_runtime::metrics::PartitionLabels;
+use streamjob_runtime::sync::lock;
 
-use super::policy::{decide, observe, rates, Decision, History, LagSample, PartitionSample, Settings, Workers};
-use super::probe::{LagProbe, ProbeTarget};
-use crate::builders::FIELD_MANAGER;
-use crate::controller::{apply_status, publish, reconciliation_paused, Context};
-use crate::kafka::source_client_config;
-use crate::metrics::{DecisionLabels, JobLabels, PartitionLabels};
+use super::policy::{poll, rates, Decision, History, PartitionSample, Settings, Workers};
+use super::probe::{LagProbe, ProbeError, ProbeTarget};
+use crate::build::FIELD_MANAGER;
+use crate::controller::events::{publish, JobEvent};
+use crate::controller::{apply_status, job_key, reconciliation_paused, Context};
+use crate::kafka::{source_client_config, ClientConfigError};
+use crate::metrics::{DecisionLabels, JobLabels, JobPartitionLabels};
 use crate::status::{autoscaler_part, set_condition, AUTOSCALER_DEGRADED};
 
 /// The field manager of the status fields the autoscaler writes.
@@ -30,10 +32,21 @@ pub const AUTOSCALER_FIELD_MANAGER: &str = "streamjob-autoscaler";
 /// Most partitions listed in `status.lag.perPartition`.
 const MAX_PARTITIONS_IN_STATUS: usize = 64;
 
+/// Why a job's lag could not be measured.
+#[derive(Debug, thiserror::Error)]
+pub enum MeasureError {
+    #[error(transparent)]
+    ClientConfig(#[from] ClientConfigError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AutoscalerError {
+    #[error("lag probe failed: the job has no autoscaling section")]
+    NotAutoscaled,
     #[error("lag probe failed: {0}")]
-    Probe(String),
+    Probe(#[source] MeasureError),
     #[error("Kubernetes API error: {0}")]
     Kube(#[from] kube::Error),
 }
@@ -53,10 +66,6 @@ pub struct Autoscaler {
     context: Arc<Context>,
     probe: LagProbe,
     jobs: Mutex<HashMap<(String, String), JobScaling>>,
-}
-
-fn job_key(job: &StreamJob) -> (String, String) {
-    (job.namespace().unwrap_or_default(), job.name_any())
 }
 
 /// Whether the autoscaler acts on this job now.
@@ -120,15 +129,15 @@ impl Autoscaler {
         futures::future::join_all(polls).await;
     }
 
-    fn states(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), JobScaling>> {
-        self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
+    fn states(&self) -> MutexGuard<'_, HashMap<(String, String), JobScaling>> {
+        lock(&self.jobs)
     }
 
     /// One poll of one job at `now` (seconds on a monotonic clock): measure, decide, apply,
     /// report. A failed measurement holds the replicas and sets `AutoscalerDegraded`.
     pub async fn poll_job(&self, job: &StreamJob, now: f64) -> Result<Decision, AutoscalerError> {
         let Some(autoscaling) = job.spec.autoscaling.as_ref() else {
-            return Err(AutoscalerError::Probe("the job has no autoscaling section".to_owned()));
+            return Err(AutoscalerError::NotAutoscaled);
         };
         let key = job_key(job);
         let (namespace, name) = key.clone();
@@ -156,8 +165,7 @@ impl Autoscaler {
         let (decision, throughput, recovered) = {
             let mut states = self.states();
             let state = states.entry(key.clone()).or_default();
-            observe(&mut state.history, LagSample { at: now, partitions: samples.clone() }, workers, &settings);
-            let decision = decide(&mut state.history, workers, partitions, &settings, now);
+            let decision = poll(&mut state.history, samples.clone(), workers, &settings, now);
             let throughput = rates(&state.history.samples).map(|r| r.consume);
             let recovered = std::mem::replace(&mut state.degraded, false);
             (decision, throughput, recovered)
@@ -173,17 +181,17 @@ impl Autoscaler {
         }
         if recovered {
             let note = format!("lag measured again on {partitions} partitions; autoscaling resumed");
-            publish(&self.context, job, EventType::Normal, "AutoscalerRecovered", "Autoscale", note).await;
+            publish(&self.context, job, JobEvent::normal("AutoscalerRecovered", "Autoscale", note)).await;
         }
         self.write_status(job, partitions, lag, throughput, last_scale).await?;
         Ok(decision)
     }
 
-    async fn measure(&self, job: &StreamJob) -> Result<Vec<PartitionSample>, String> {
+    async fn measure(&self, job: &StreamJob) -> Result<Vec<PartitionSample>, MeasureError> {
         let connection = source_client_config(&self.context.client, job).await?;
         let target = ProbeTarget { connection, group: job.consumer_group(), topics: job.spec.source.topics.clone() };
         self.states().entry(job_key(job)).or_default().probe_target = Some(target.clone());
-        self.probe.measure(&target).await.map_err(|e| e.to_string())
+        Ok(self.probe.measure(&target).await?)
     }
 
     /// Sets the StatefulSet's replicas; the reconciler keeps them from the recorded decision.
@@ -198,7 +206,7 @@ impl Autoscaler {
         let (reason, action) =
             if decision.replicas > from { ("ScaledUp", "ScaleUp") } else { ("ScaledDown", "ScaleDown") };
         tracing::info!(job = %job.name_any(), namespace = ?job.namespace(), from, to = decision.replicas, reason = %decision.reason, "{reason}");
-        publish(&self.context, job, EventType::Normal, reason, action, decision.reason.clone()).await;
+        publish(&self.context, job, JobEvent::normal(reason, action, decision.reason.clone())).await;
         ScaleEvent {
             time: Time(Timestamp::now()),
             from,
@@ -210,8 +218,8 @@ impl Autoscaler {
 
     /// Holds the replicas and says why, once per failure streak in an event and on every poll
     /// in the condition and metric.
-    async fn report_probe_failure(&self, job: &StreamJob, error: &str) -> Result<(), AutoscalerError> {
-        let labels = JobLabels { namespace: job.namespace().unwrap_or_default(), job: job.name_any() };
+    async fn report_probe_failure(&self, job: &StreamJob, error: &MeasureError) -> Result<(), AutoscalerError> {
+        let labels = JobLabels::of(job);
         self.context.metrics.probe_errors.get_or_create(&labels).inc();
         let first_failure = {
             let mut states = self.states();
@@ -221,7 +229,7 @@ impl Autoscaler {
         let message = format!("cannot measure lag, holding the current replicas: {error}");
         if first_failure {
             tracing::warn!(job = %job.name_any(), namespace = ?job.namespace(), %error, "lag probe failed; holding replicas");
-            publish(&self.context, job, EventType::Warning, AUTOSCALER_DEGRADED, "Autoscale", message.clone()).await;
+            publish(&self.context, job, JobEvent::warning(AUTOSCALER_DEGRADED, "Autoscale", message.clone())).await;
         }
         self.patch_conditions(job, |conditions, generation, now| {
             set_condition(conditions, AUTOSCALER_DEGRADED, true, "LagProbeFailed", message, generation, now);
@@ -237,20 +245,18 @@ impl Autoscaler {
         total_lag: i64,
         decision: &Decision,
     ) {
-        let (namespace, name) = job_key(job);
         let metrics = &self.context.metrics;
-        let labels = JobLabels { namespace: namespace.clone(), job: name.clone() };
+        let labels = JobLabels::of(job);
         metrics.job_lag.get_or_create(&labels).set(total_lag);
         metrics.desired_replicas.get_or_create(&labels).set(decision.replicas.into());
         for sample in samples {
-            let partition_labels = PartitionLabels {
-                namespace: namespace.clone(),
-                job: name.clone(),
-                topic: sample.topic.clone(),
-                partition: sample.partition.to_string(),
+            let partition_labels = JobPartitionLabels {
+                job: labels.clone(),
+                partition: PartitionLabels::new(&sample.topic, sample.partition),
             };
             metrics.partition_lag.get_or_create(&partition_labels).set(sample.lag(settings.start_from));
         }
+        let JobLabels { namespace, job: name } = labels;
         let decision_labels = DecisionLabels { namespace, job: name, reason: decision.kind.to_owned() };
         metrics.scale_decisions.get_or_create(&decision_labels).inc();
     }

@@ -1,5 +1,6 @@
 //! The scaling policy: a pure function from lag samples and decision history to a replica count
-//! and the reason for it, with the numbers.
+//! and the reason for it, with the numbers. Over 400 lines because it is one rule: [`observe`]
+//! and [`decide`] keep the history's invariants together; its tests are in `policy_tests.rs`.
 
 use std::collections::VecDeque;
 
@@ -318,6 +319,20 @@ pub fn observe(history: &mut History, sample: LagSample, workers: Workers, setti
         Some(previous) => 0.5 * previous + 0.5 * measured,
         None => measured,
     });
+}
+
+/// One poll at `now`: records the measurement and decides. The operator's driver and
+/// `streamjob-operator dev` both scale through this.
+pub fn poll(
+    history: &mut History,
+    samples: Vec<PartitionSample>,
+    workers: Workers,
+    settings: &Settings,
+    now: f64,
+) -> Decision {
+    let partitions = i32::try_from(samples.len()).unwrap_or(i32::MAX);
+    observe(history, LagSample { at: now, partitions: samples }, workers, settings);
+    decide(history, workers, partitions, settings, now)
 }
 
 /// The decision for now. Call [`observe`] with the newest sample first; the recommendation is

@@ -4,11 +4,12 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use streamjob_runtime::sync::lock;
 
 use super::policy::PartitionSample;
 
@@ -77,12 +78,12 @@ impl LagProbe {
     /// Drops clients no target in `keep` uses (jobs deleted, credentials rotated).
     pub fn retain(&self, keep: &[ProbeTarget]) {
         let keys: Vec<u64> = keep.iter().map(ProbeTarget::client_key).collect();
-        self.clients.lock().unwrap_or_else(PoisonError::into_inner).retain(|key, _| keys.contains(key));
+        lock(&self.clients).retain(|key, _| keys.contains(key));
     }
 
     fn client_for(&self, target: &ProbeTarget) -> Result<Arc<BaseConsumer>, ProbeError> {
         let key = target.client_key();
-        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut clients = lock(&self.clients);
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }

@@ -3,12 +3,13 @@
 
 use std::io::BufRead;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseRecord, Producer};
-use streamjob_worker::runner::now_ms;
+use streamjob_runtime::clock::now_ms;
+use streamjob_runtime::sync::lock;
 use streamjob_worker::topic_io::{producer, send_waiting, TopicReader};
 
 use super::load::{LoadPlan, RecordGenerator};
@@ -150,11 +151,11 @@ impl SinkReader {
                     })
                     .collect();
                 count.fetch_add(lines.len() as u64, Ordering::Relaxed);
-                let mut newest = newest.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut newest = lock(&newest);
                 newest.extend(lines.iter().cloned());
                 let excess = newest.len().saturating_sub(RECENT);
                 newest.drain(..excess);
-                unseen.lock().unwrap_or_else(PoisonError::into_inner).extend(lines);
+                lock(&unseen).extend(lines);
             }
         });
         Ok(Self { received, recent, fresh, stop, thread: Some(thread) })
@@ -162,12 +163,12 @@ impl SinkReader {
 
     /// The newest records, oldest first.
     pub fn recent(&self) -> Vec<String> {
-        self.recent.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        lock(&self.recent).clone()
     }
 
     /// Records that arrived since the last call.
     pub fn take_fresh(&self) -> Vec<String> {
-        std::mem::take(&mut *self.fresh.lock().unwrap_or_else(PoisonError::into_inner))
+        std::mem::take(&mut *lock(&self.fresh))
     }
 
     pub fn stop(mut self) {

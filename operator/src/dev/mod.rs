@@ -19,7 +19,7 @@ use streamjob_worker::config::{Overrides, Timings, WorkerConfig};
 use streamjob_worker::mock_broker::MockBroker;
 use streamjob_worker::pipeline::CompiledPipeline;
 
-use crate::autoscaler::policy::{decide, observe, History, LagSample, PartitionSample, Settings, Workers};
+use crate::autoscaler::policy::{poll, History, PartitionSample, Settings, Workers};
 use crate::autoscaler::probe::{LagProbe, ProbeTarget};
 use io::{Feeder, InputSource, SinkReader};
 use load::{LoadPlan, RecordGenerator};
@@ -383,8 +383,7 @@ async fn poll_autoscaler(
         return None;
     };
     let workers = Workers { current: pool.len(), settled };
-    observe(&mut autoscaler.history, LagSample { at: now, partitions: samples }, workers, settings);
-    let decision = decide(&mut autoscaler.history, workers, autoscaler.partitions, settings, now);
+    let decision = poll(&mut autoscaler.history, samples, workers, settings, now);
     snapshot.decision = decision.reason.clone();
     if decision.replicas == workers.current {
         return None;

@@ -1,26 +1,21 @@
-//! The in-memory API server harness shared by the controller and autoscaler tests, and the
-//! real Kafka broker the lag tests run against.
+//! The in-memory API server harness shared by the controller and autoscaler tests, and (in
+//! `kafka`) the real Kafka broker the lag tests run against.
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use http::Method;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::producer::{BaseRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use streamjob_crds::{parse_manifest, Phase, StreamJob};
-use streamjob_operator::builders::CONFIG_CHECKSUM_ANNOTATION;
-use streamjob_operator::controller::{reconcile, ConsumerGroupDeleter, Context, ScaleDecisions};
+use streamjob_operator::build::CONFIG_CHECKSUM_ANNOTATION;
+use streamjob_operator::controller::{reconcile, ConsumerGroupDeleter, Context, GroupDeletionError, ScaleDecisions};
 use streamjob_operator::metrics::Metrics;
 use streamjob_testkit::fake_api::FakeApiServer;
-use streamjob_worker::topic_io::{producer, send_waiting};
 
 pub const JOBS: &str = "/apis/streamjob.io/v1alpha1/streamjobs";
 pub const STATEFUL_SETS: &str = "/apis/apps/v1/statefulsets";
@@ -36,9 +31,9 @@ pub struct FailingDeleter {
 }
 
 impl ConsumerGroupDeleter for FailingDeleter {
-    fn delete_group<'a>(&'a self, _job: &'a StreamJob) -> BoxFuture<'a, Result<(), String>> {
+    fn delete_group<'a>(&'a self, _job: &'a StreamJob) -> BoxFuture<'a, Result<(), GroupDeletionError>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async { Err("broker unreachable".to_owned()) })
+        Box::pin(async { Err("broker unreachable".into()) })
     }
 }
 
@@ -138,34 +133,9 @@ impl Harness {
 #[allow(unused_imports)] // not every test binary uses both
 pub use streamjob_testkit::{real_broker, unique};
 
-/// Creates `topics` with the admin API, waiting until the broker shows them.
-pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
-    if let Err(error) = streamjob_worker::topic_io::create_topics(bootstrap, topics) {
-        panic!("creating {topics:?} on {bootstrap}: {error}");
-    }
-}
-
-/// Writes `counts[p]` records to partition `p`.
-pub fn fill(bootstrap: &str, topic: &str, counts: &[i64]) {
-    let producer = producer(bootstrap).expect("producer");
-    for (partition, count) in counts.iter().enumerate() {
-        for n in 0..*count {
-            let payload = format!("record {n}");
-            let record =
-                BaseRecord::to(topic).partition(partition as i32).payload(payload.as_bytes()).key(&[] as &[u8]);
-            send_waiting(&producer, record).expect("send");
-        }
-    }
-    producer.flush(Duration::from_secs(30)).expect("flush");
-}
-
-/// Commits `offsets` (partition, offset) for `group`, as a worker would.
-pub fn commit(bootstrap: &str, group: &str, topic: &str, offsets: &[(i32, i64)]) {
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().expect("consumer");
-    let mut list = TopicPartitionList::new();
-    for (partition, offset) in offsets {
-        list.add_partition_offset(topic, *partition, Offset::Offset(*offset)).expect("offset");
-    }
-    consumer.commit(&list, CommitMode::Sync).expect("commit");
-}
+/// The Kafka helpers use the worker's topic I/O, which the operator reaches only with `dev`.
+#[cfg(feature = "dev")]
+mod kafka;
+#[cfg(feature = "dev")]
+#[allow(unused_imports)] // only the broker tests use them
+pub use kafka::*;

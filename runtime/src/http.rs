@@ -1,5 +1,5 @@
-//! The probe and metrics endpoints both processes serve (the operator uses this module too):
-//! `/healthz` (the process is alive), `/readyz` (it can do its work), `/metrics`.
+//! The admin endpoints the operator and each worker serve: `/healthz` (the process is alive),
+//! `/readyz` (it can do its work), `/metrics`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
