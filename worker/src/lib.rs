@@ -4,7 +4,6 @@
 //! [`http`] serves health and metrics, [`mock_broker`] hosts librdkafka's mock cluster for
 //! tests and `streamjob-operator dev`.
 
-pub mod aggregate;
 pub mod config;
 pub mod engine;
 pub mod group_offsets;
