@@ -1,8 +1,9 @@
 //! The streamjob worker: one consumer-group member that runs a StreamJob's pipeline.
 //!
 //! [`engine`] is the processing core without Kafka, [`runner`] connects it to the brokers,
-//! [`http`] serves health and metrics, [`mock_broker`] hosts librdkafka's mock cluster for
-//! tests and `streamjob-operator dev`.
+//! [`http`] serves health and metrics. Behind the `dev-broker` feature, `mock_broker` hosts
+//! librdkafka's mock cluster and `topic_io` produces and reads whole topics, for
+//! `streamjob-operator dev` and the tests.
 
 pub mod config;
 pub mod engine;
@@ -10,6 +11,7 @@ pub mod group_offsets;
 pub mod http;
 pub mod liveness;
 pub mod metrics;
+#[cfg(feature = "dev-broker")]
 pub mod mock_broker;
 pub mod offsets;
 pub mod partition_end;
@@ -17,6 +19,7 @@ pub mod pipeline;
 pub mod record;
 pub mod repartition;
 pub mod runner;
+#[cfg(feature = "dev-broker")]
 pub mod topic_io;
 pub mod undeliverable;
 

@@ -309,4 +309,3 @@ impl Emit for Stager<'_> {
         Ok(())
     }
 }
-

@@ -87,14 +87,8 @@ fn an_input_key_leaves_byte_for_byte() {
     let mut engine = direct_engine("[{map: {set: {seen: true}}}]");
     engine.assign("events", 0, None);
     let key = [0xff, 0x00, 0x80, b'k'];
-    let input = Input {
-        topic: "events",
-        partition: 0,
-        offset: 0,
-        key: Some(&key),
-        payload: Some(b"{}"),
-        timestamp_ms: None,
-    };
+    let input =
+        Input { topic: "events", partition: 0, offset: 0, key: Some(&key), payload: Some(b"{}"), timestamp_ms: None };
     engine.on_input(&input, 0);
     let outputs = engine.take_outputs();
     assert_eq!(outputs.len(), 1);

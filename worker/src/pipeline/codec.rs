@@ -63,4 +63,3 @@ pub fn encode(format: SinkFormat, record: &Record) -> Vec<u8> {
         },
     }
 }
-

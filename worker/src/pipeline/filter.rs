@@ -78,4 +78,3 @@ fn compare(a: &Value, b: &Value) -> std::cmp::Ordering {
         _ => key_text(a).cmp(&key_text(b)),
     }
 }
-

@@ -113,6 +113,5 @@ pub fn run_stateless(operators: &[Operator], record: Record) -> Result<Vec<Recor
     Ok(records)
 }
 
-
 #[cfg(test)]
 mod tests;

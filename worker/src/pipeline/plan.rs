@@ -119,4 +119,3 @@ fn operation_name(operation: &StageOperation<'_>) -> &'static str {
         StageOperation::Window(_) => "window",
     }
 }
-

@@ -117,4 +117,3 @@ fn lowercase_into<'a>(text: &'a str, buffer: &'a mut String) -> &'a str {
     }
     buffer
 }
-

@@ -24,9 +24,8 @@ fn key_of(record: &Record) -> Option<&str> {
 
 #[test]
 fn only_the_input_fields_some_stage_reads_are_decoded() {
-    let filter_then_select = compile(
-        "[{filter: {field: type, op: eq, value: click}}, {map: {select: [user, amount.value], set: {x: 1}}}]",
-    );
+    let filter_then_select =
+        compile("[{filter: {field: type, op: eq, value: click}}, {map: {select: [user, amount.value], set: {x: 1}}}]");
     assert_eq!(filter_then_select.input_fields, only(&["amount", "type", "user"]));
     let window = compile(
         "[{keyBy: {field: user.id}}, {window: {size: 10s, timeField: ts, aggregate: {function: sum, field: n}}}]",
@@ -45,8 +44,7 @@ fn key_by_moves_a_value_into_the_key_only_when_no_later_stage_reads_it() {
     let counted = compile("[{keyBy: {field: user}}, {window: {size: 10s, aggregate: {function: count}}}]");
     let records = run(&counted, json!({"user": 7, "n": 1}));
     assert_eq!((key_of(&records[0]), &records[0].fields), (Some("7"), &json!({"n": 1})));
-    let missing =
-        run_stateless(&counted.before_window, Record { fields: json!({"user": null}), ..Record::default() });
+    let missing = run_stateless(&counted.before_window, Record { fields: json!({"user": null}), ..Record::default() });
     assert!(missing.is_err_and(|e| e.message == "keyBy field user is missing"));
 }
 
@@ -83,10 +81,7 @@ fn split_copies_the_other_fields_and_the_key_only_when_a_later_stage_reads_them(
     );
     let records = run(&summed, json!({"text": "a b", "n": 2, "other": true}));
     let pieces: Vec<_> = records.iter().map(|r| (key_of(r), &r.fields)).collect();
-    assert_eq!(
-        pieces,
-        [(Some("a"), &json!({"n": 2, "other": true})), (Some("b"), &json!({"n": 2, "other": true}))]
-    );
+    assert_eq!(pieces, [(Some("a"), &json!({"n": 2, "other": true})), (Some("b"), &json!({"n": 2, "other": true}))]);
 
     let counted = compile(
         "[{split: {field: text}}, {keyBy: {field: text}}, {window: {size: 10s, aggregate: {function: count}}}]",

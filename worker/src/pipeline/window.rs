@@ -191,4 +191,3 @@ pub fn rfc3339(epoch_ms: i64) -> String {
         None => epoch_ms.to_string(),
     }
 }
-
