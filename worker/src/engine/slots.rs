@@ -14,19 +14,19 @@ use crate::metrics::{PartitionLabels, WorkerMetrics};
 use crate::offsets::PartitionProgress;
 
 pub(super) struct Slot {
-    pub topic: String,
-    pub partition: i32,
-    pub labels: PartitionLabels,
-    pub records_in: Counter,
-    pub records_out: Counter,
-    pub epoch: u64,
-    pub assigned: bool,
-    pub progress: PartitionProgress,
+    pub(super) topic: String,
+    pub(super) partition: i32,
+    pub(super) labels: PartitionLabels,
+    pub(super) records_in: Counter,
+    pub(super) records_out: Counter,
+    pub(super) epoch: u64,
+    pub(super) assigned: bool,
+    pub(super) progress: PartitionProgress,
     /// The offset last committed (or the first read, before any commit): where a rewind goes.
-    pub rewind_to: Option<i64>,
+    pub(super) rewind_to: Option<i64>,
     /// The commit metadata that went with `rewind_to`.
-    pub rewind_metadata: Option<String>,
-    pub role: Role,
+    pub(super) rewind_metadata: Option<String>,
+    pub(super) role: Role,
 }
 
 #[derive(Default)]
