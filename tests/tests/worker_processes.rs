@@ -8,11 +8,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use streamjob_e2e::{broker, free_port, repo_root, unique, workspace_binary, ChildGuard};
+use streamjob_testkit::kafka::{
+    expected_word_counts, final_word_counts, produce_all, word_count_differences, NewRecord,
+};
 use streamjob_worker::engine::Commit;
 use streamjob_worker::group_offsets;
-use streamjob_worker::topic_io::{
-    expected_word_counts, final_word_counts, produce_all, word_count_differences, NewRecord, TopicReader,
-};
+use streamjob_worker::topic_io::TopicReader;
 
 const LIMIT: Duration = Duration::from_secs(120);
 /// The wordcount example's window size.

@@ -1,15 +1,16 @@
 //! The streamjob worker: one consumer-group member that runs a StreamJob's pipeline.
 //!
-//! [`engine`] is the processing core without Kafka, [`runner`] connects it to the brokers,
-//! [`mock_broker`] hosts librdkafka's mock cluster for tests and `streamjob-operator dev`.
-//! Health and metrics are served by `streamjob-runtime`.
+//! [`engine`] is the processing core without Kafka, [`runner`] connects it to the brokers;
+//! health and metrics are served by `streamjob-runtime`. Behind the `dev-broker` feature,
+//! `mock_broker` hosts librdkafka's mock cluster and `topic_io` produces and reads whole topics,
+//! for `streamjob-operator dev` and the tests.
 
-pub mod aggregate;
 pub mod config;
 pub mod engine;
 pub mod group_offsets;
 pub mod liveness;
 pub mod metrics;
+#[cfg(feature = "dev-broker")]
 pub mod mock_broker;
 pub mod offset_reset;
 pub mod offsets;
@@ -18,6 +19,7 @@ pub mod pipeline;
 pub mod record;
 pub mod repartition;
 pub mod runner;
+#[cfg(feature = "dev-broker")]
 pub mod topic_io;
 pub mod undeliverable;
 

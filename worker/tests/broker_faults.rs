@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use streamjob_testkit::kafka::produce_all;
 use streamjob_worker::mock_broker::MockBroker;
-use streamjob_worker::topic_io::produce_all;
 
 #[test]
 fn broker_outage_and_request_errors_are_survived_without_loss() {

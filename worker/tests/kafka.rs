@@ -9,7 +9,8 @@ use std::time::Duration;
 use common::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
-use streamjob_worker::topic_io::{produce_all, NewRecord, ReadRecord, TopicReader};
+use streamjob_testkit::kafka::{produce_all, NewRecord};
+use streamjob_worker::topic_io::{ReadRecord, TopicReader};
 
 #[test]
 fn word_count_emits_the_exact_count_of_every_word_in_every_window() {

@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use streamjob_worker::topic_io::{self, NewRecord, ReadRecord, TopicReader, WordCounts};
+use streamjob_testkit::kafka::{self, NewRecord, WordCounts};
+use streamjob_worker::topic_io::{self, ReadRecord, TopicReader};
 use streamjob_worker::{Control, Overrides, Timings, WorkerConfig, WorkerError};
 
 pub const WINDOW_MS: i64 = 10_000;
@@ -173,12 +174,12 @@ pub fn text_lines(count: usize, start_ms: i64, spacing_ms: i64) -> Vec<NewRecord
 
 /// An independent word count of `lines` in the jobs' 10 s windows.
 pub fn expected_word_counts(lines: &[NewRecord]) -> WordCounts {
-    topic_io::expected_word_counts(lines, WINDOW_MS)
+    kafka::expected_word_counts(lines, WINDOW_MS)
 }
 
 /// The last count the sink holds for each (window, word); every sink record must be JSON.
 pub fn final_word_counts(records: &[ReadRecord]) -> WordCounts {
-    topic_io::final_word_counts(records).unwrap_or_else(|error| panic!("{error}"))
+    kafka::final_word_counts(records).unwrap_or_else(|error| panic!("{error}"))
 }
 
 /// Every (window, word) emitted more than once.
@@ -238,7 +239,7 @@ pub fn read_until_counts_are(
     assert!(
         complete,
         "missing or wrong {when}: {:?}",
-        topic_io::word_count_differences(expected, &final_word_counts(&sink.records))
+        kafka::word_count_differences(expected, &final_word_counts(&sink.records))
     );
     sink
 }

@@ -113,7 +113,7 @@ impl AggregateStage {
 
     /// The commit metadata. With `unacknowledged` holds (at-least-once), the watermark saved
     /// stays below the end of every window whose results are not all acknowledged.
-    pub fn checkpoint(&self, progress: &PartitionProgress, unacknowledged: bool) -> String {
+    pub fn commit_metadata(&self, progress: &PartitionProgress, unacknowledged: bool) -> String {
         let pending_end = self
             .emitted
             .iter()
@@ -244,7 +244,7 @@ mod tests {
             progress.read(offset);
         }
         stage.advance_watermark(&expected);
-        let metadata = stage.checkpoint(&progress, true);
+        let metadata = stage.commit_metadata(&progress, true);
         assert!(metadata.len() <= 64, "{} bytes: {metadata}", metadata.len());
         let restored = AggregateStage::restore(Some(&metadata));
         assert_eq!(restored.watermark, Some(1_700_000_000_000 + 9_000_000_000));

@@ -1,6 +1,11 @@
 //! Source partitions changing owners, as in a crash: a window closes only once the live owner
 //! of every source partition has reported past its end, and a dead owner's silence holds it.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use streamjob_crds::{SinkFormat, SourceFormat};
+
 use super::*;
 
 const SECOND: i64 = 1000;

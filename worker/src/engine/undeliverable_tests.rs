@@ -1,8 +1,13 @@
 //! Outputs no retry can deliver: the input goes to the dead-letter topic, or is counted and
 //! skipped, and its partition moves on instead of rewinding forever.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use streamjob_crds::{SinkFormat, SourceFormat};
+
 use super::*;
-use crate::undeliverable::FailureKind;
+use crate::undeliverable::{DeliveryFailure, FailureKind};
 
 fn passthrough(dead_letter: bool) -> Engine {
     let stages: Vec<streamjob_crds::PipelineStage> =
