@@ -31,10 +31,9 @@ use rdkafka::producer::{BaseRecord, Producer};
 use streamjob_e2e::{
     free_port, in_ci, repo_root, require_real_part, scratch_dir, unique, workspace_binary, ChildGuard,
 };
+use streamjob_testkit::kafka::{expected_word_counts, NewRecord, WordCounts};
 use streamjob_worker::runner::now_ms;
-use streamjob_worker::topic_io::{
-    create_topics, expected_word_counts, producer, send_waiting, NewRecord, ReadRecord, TopicReader, WordCounts,
-};
+use streamjob_worker::topic_io::{create_topics, producer, send_waiting, ReadRecord, TopicReader};
 
 /// The word-count examples' window size.
 const WINDOW_MS: i64 = 10_000;

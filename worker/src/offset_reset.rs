@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+use streamjob_runtime::sync::lock;
+
 /// librdkafka's warning, without its thread prefix: `<topic> [<partition>]: offset reset (at
 /// offset <n> (leader epoch <e>), broker <b>) to offset BEGINNING ...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +47,7 @@ pub struct PendingResets {
 impl PendingResets {
     pub fn record(&self, reset: &OffsetReset) {
         if let Some(at) = reset.at_offset {
-            let mut pending = self.at.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut pending = lock(&self.at);
             pending.insert((reset.topic.clone(), reset.partition), at);
             self.any.store(true, Ordering::SeqCst);
         }
@@ -57,7 +59,7 @@ impl PendingResets {
         if !self.any.load(Ordering::Relaxed) {
             return None;
         }
-        let mut pending = self.at.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut pending = lock(&self.at);
         let at = pending.remove(&(topic.to_owned(), partition))?;
         self.any.store(!pending.is_empty(), Ordering::SeqCst);
         u64::try_from(offset - at).ok()

@@ -312,3 +312,43 @@ fn a_new_aggregator_rebuilds_each_sources_progress_from_the_log() {
     assert_eq!(topics.counts(), vec![(fox_at(WINDOW), 3), (fox_at(WINDOW + 10 * SECOND), 1)]);
     assert_eq!(second.totals.late.load(Ordering::Relaxed), 0);
 }
+
+/// A new owner replays a window that already closed together with records that are new, in one
+/// flush: the closed window's partial covers only replayed offsets, so it is absorbed, not
+/// counted late, and the window's result stands once.
+#[test]
+fn a_replay_of_a_closed_window_flushed_with_new_records_is_not_late() {
+    let mut topics = Topics::default();
+    let mut first = worker();
+    first.assign("lines", 0, None);
+    let mut other = worker();
+    other.assign("lines", 1, None);
+    other.assign(REPARTITION, 0, None);
+    let mut now = WINDOW + 60 * SECOND;
+    read_lines(&mut first, 0, 0..3, WINDOW + SECOND);
+    read_lines(&mut first, 0, 3..4, WINDOW + 11 * SECOND);
+    read_lines(&mut other, 1, 0..1, WINDOW + 2 * SECOND);
+    read_lines(&mut other, 1, 1..2, WINDOW + 12 * SECOND);
+    for _ in 0..3 {
+        now += SECOND;
+        topics.tick(&mut first, now);
+        topics.tick(&mut other, now);
+    }
+    assert_eq!(topics.counts(), vec![(fox_at(WINDOW), 4)], "the first window closed");
+    drop(first);
+
+    let mut next = worker();
+    next.assign("lines", 0, None);
+    read_lines(&mut next, 0, 0..3, WINDOW + SECOND);
+    read_lines(&mut next, 0, 3..6, WINDOW + 11 * SECOND);
+    for _ in 0..3 {
+        now += SECOND;
+        topics.tick(&mut next, now);
+        topics.tick(&mut other, now);
+    }
+    assert_eq!(topics.counts(), vec![(fox_at(WINDOW), 4)], "the closed window is not emitted again");
+    for engine in [&next, &other] {
+        assert_eq!(engine.totals.late.load(Ordering::Relaxed), 0, "a replay is not late");
+        assert_eq!(engine.totals.skipped.load(Ordering::Relaxed), 0);
+    }
+}

@@ -26,6 +26,10 @@ pub(super) struct SourceStage {
     partials: BTreeMap<i64, foldhash::HashMap<String, Accumulator>>,
     /// The keys in `partials`, over all windows.
     partial_count: usize,
+    /// Window start → the last offset of the range that added to it: a window's partial says
+    /// it covers no more than that, so a replay of a closed window sent with new records for
+    /// later windows is still known for a replay.
+    last_offset_of_window: BTreeMap<i64, i64>,
     range_start: Option<i64>,
     range_end: i64,
     max_event_ms: Option<i64>,
@@ -63,7 +67,7 @@ impl Stage for SourceStage {
             self.staged = staged;
             return self.reject(input, &error, false, out);
         }
-        let late = self.add_partials(window, &staged);
+        let late = self.add_partials(window, &staged, input.offset);
         self.range_start.get_or_insert(input.offset);
         self.range_end = input.offset;
         self.staged = staged;
@@ -99,15 +103,16 @@ impl Stage for SourceStage {
         let Some(from) = self.range_start.take() else {
             return;
         };
-        let to = self.range_end;
-        self.through = Some(to);
+        self.through = Some(self.range_end);
         let partials = std::mem::take(&mut self.partials);
+        let last_offsets = std::mem::take(&mut self.last_offset_of_window);
         let partial_count = std::mem::take(&mut self.partial_count);
         let ticket = out.ticket(from, None, Destination::Repartition { partition: 0 });
         out.progress.hold(from, partial_count as u32);
         for (window, key, accumulator) in
             partials.into_iter().flat_map(|(window, keys)| keys.into_iter().map(move |(key, a)| (window, key, a)))
         {
+            let to = last_offsets.get(&window).copied().unwrap_or(self.range_end);
             let payload = RepartitionMessage::Partial { src: self.id.clone(), from, to, window, accumulator }.encode();
             out.push(Output {
                 destination: Destination::Repartition { partition: partition_for(&key, partitions) },
@@ -214,7 +219,12 @@ impl SourceStage {
 
     /// Adds a record's contributions to the open windows; returns the event time and the
     /// watermark when some contribution came too late for every window it falls in.
-    fn add_partials(&mut self, window: &WindowOperator, staged: &StagedContributions) -> Option<(i64, i64)> {
+    fn add_partials(
+        &mut self,
+        window: &WindowOperator,
+        staged: &StagedContributions,
+        offset: i64,
+    ) -> Option<(i64, i64)> {
         let watermark = self.watermark(window.allowed_lateness_ms);
         let mut late = None;
         let mut run_start = 0;
@@ -230,6 +240,7 @@ impl SourceStage {
                 late = Some((event_ms, watermark.unwrap_or_default()));
             } else {
                 for start in open {
+                    self.last_offset_of_window.insert(start, offset);
                     let keys = self.partials.entry(start).or_default();
                     for index in run_start..run_end {
                         let accumulator = &staged.entries[index].accumulator;
