@@ -204,7 +204,19 @@ fn default_identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// glibc gives each thread that allocates an arena of its own, up to eight per core, and a
+/// long-lived process keeps them all: two are plenty for a controller, whose heap is its caches.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets a tunable of the allocator; called before any thread starts.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
