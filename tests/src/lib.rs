@@ -217,3 +217,16 @@ fn pod_ready_status(pod: &k8s_openapi::api::core::v1::Pod) -> serde_json::Value 
         "containerStatuses": containers,
     }})
 }
+
+/// The response to `GET path` from a local HTTP port (a worker's health and metrics), empty
+/// when nothing answers.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes());
+    let mut body = String::new();
+    let _ = stream.read_to_string(&mut body);
+    body
+}

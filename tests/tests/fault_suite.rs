@@ -29,7 +29,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, Producer};
 use streamjob_e2e::{
-    free_port, in_ci, repo_root, require_real_part, scratch_dir, unique, workspace_binary, ChildGuard,
+    free_port, http_get, in_ci, repo_root, require_real_part, scratch_dir, unique, workspace_binary, ChildGuard,
 };
 use streamjob_testkit::kafka::{expected_word_counts, NewRecord, WordCounts};
 use streamjob_worker::runner::now_ms;
@@ -575,18 +575,6 @@ impl Worker {
     }
 }
 
-/// The response to `GET path` from a worker's HTTP port, empty when it does not answer.
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes());
-    let mut body = String::new();
-    let _ = stream.read_to_string(&mut body);
-    body
-}
-
 fn sleep_until(at: Instant) {
     std::thread::sleep(at.saturating_duration_since(Instant::now()));
 }
@@ -611,24 +599,19 @@ fn records_for(job: Job) -> usize {
 
 /// Two workers; `kill -9` of one under load, and at once a new process in its place.
 fn kill_9(case: &Case) -> Row {
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    let outcome = (|| {
-        workers = case.workers(2)?;
-        let feed = case.feed(records_for(case.job), Duration::from_secs(16));
-        std::thread::sleep(Duration::from_secs(6));
-        wait_busy(&workers[1]);
-        if let Some(victim) = workers.pop() {
-            victim.kill_9();
-        }
-        workers.push(case.worker(1)?);
-        case.check(feed.join()?)
-    })();
-    case.row(outcome, &mut workers, started)
+    replace_a_worker_under_load(case, |victim| {
+        victim.kill_9();
+        Ok(())
+    })
 }
 
 /// Two workers; SIGTERM to one under load, it drains and leaves, and a new process replaces it.
 fn sigterm(case: &Case) -> Row {
+    replace_a_worker_under_load(case, Worker::terminate)
+}
+
+/// Two workers under load; `stop` ends the second one, and a new process takes its place.
+fn replace_a_worker_under_load(case: &Case, stop: impl FnOnce(Worker) -> anyhow::Result<()>) -> Row {
     let started = Instant::now();
     let mut workers = Vec::new();
     let outcome = (|| {
@@ -636,7 +619,7 @@ fn sigterm(case: &Case) -> Row {
         let feed = case.feed(records_for(case.job), Duration::from_secs(16));
         std::thread::sleep(Duration::from_secs(6));
         wait_busy(&workers[1]);
-        workers.pop().map(Worker::terminate).transpose()?;
+        workers.pop().map(stop).transpose()?;
         workers.push(case.worker(1)?);
         case.check(feed.join()?)
     })();

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use streamjob_e2e::{broker, free_port, repo_root, unique, workspace_binary, ChildGuard};
+use streamjob_e2e::{broker, free_port, http_get, repo_root, unique, workspace_binary, ChildGuard};
 use streamjob_testkit::kafka::{
     expected_word_counts, final_word_counts, produce_all, word_count_differences, NewRecord,
 };
@@ -67,18 +67,6 @@ fn lines(range: std::ops::Range<usize>, start_ms: i64) -> Vec<NewRecord> {
             timestamp_ms: Some(start_ms + (i as i64 % 300) * 3),
         })
         .collect()
-}
-
-/// The response to `GET path` from the worker's HTTP port, empty when it does not answer.
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes());
-    let mut body = String::new();
-    let _ = stream.read_to_string(&mut body);
-    body
 }
 
 /// The sum of a counter's samples whose labels contain `labels`, read from the worker's /metrics.
@@ -286,23 +274,8 @@ const LONG_SESSION: [&str; 6] =
 /// reset is counted.
 #[test]
 fn an_out_of_range_commit_resumes_where_start_from_says_and_is_counted() {
-    let (lines_topic, counts_topic) = (unique("reset-lines"), unique("reset-counts"));
-    let broker = broker(&[(&lines_topic, 1), (&counts_topic, 1)]);
-    let manifest = manifest(&lines_topic, &counts_topic);
-    let group = unique("reset-wordcount");
-    let written: Vec<NewRecord> = (0..30).map(live_line).collect();
-    produce_all(&broker.bootstrap, &lines_topic, &written).expect("lines written");
-    let beyond_the_end = Commit { topic: lines_topic.clone(), partition: 0, offset: 1000, metadata: None };
-    group_offsets::commit(&broker.bootstrap, &group, &[beyond_the_end]).expect("commit for the group");
-
-    let port = free_port().expect("a free port");
-    let _worker = worker_with(&manifest, &broker.bootstrap, &group, ("reset-0", port), &LONG_SESSION);
-    let want = expected_word_counts(&written, WINDOW_MS);
-    let mut sink = TopicReader::new(&broker.bootstrap, &counts_topic, false).expect("reader");
-    let complete = sink.read_until(LIMIT, |records| final_word_counts(records).is_ok_and(|counts| counts == want));
-    let got = final_word_counts(&sink.records).unwrap_or_else(|error| panic!("{error}"));
-    assert!(complete, "lines skipped after the reset: {:?}", word_count_differences(&want, &got));
-    let resets = format!("topic=\"{lines_topic}\"");
+    let (port, topic, _worker) = count_after_an_out_of_range_commit("reset", 1000, None);
+    let resets = format!("topic=\"{topic}\"");
     assert!(counter(port, "streamjob_worker_offset_resets_total", &resets) >= 1, "the reset is counted");
 }
 
@@ -310,26 +283,41 @@ fn an_out_of_range_commit_resumes_where_start_from_says_and_is_counted() {
 /// start): the reset says how many records it jumped over, and the rest is counted exactly.
 #[test]
 fn records_deleted_before_they_were_read_are_counted_as_passed_over() {
-    let (lines_topic, counts_topic) = (unique("deleted-lines"), unique("deleted-counts"));
+    let (port, topic, _worker) = count_after_an_out_of_range_commit("deleted", 10, Some(25));
+    let labels = format!("topic=\"{topic}\"");
+    let passed_over = counter(port, "streamjob_worker_records_passed_over_by_offset_reset_total", &labels);
+    assert_eq!(passed_over, 15, "offsets 10 to 24 were deleted unread");
+}
+
+/// A word count of 30 lines whose group has `committed` as its offset, the records before
+/// `deleted_before` deleted by the broker: the worker counts every line the broker kept, exactly.
+/// Returns the worker's HTTP port, the source topic and the running worker.
+fn count_after_an_out_of_range_commit(
+    name: &str,
+    committed: i64,
+    deleted_before: Option<i64>,
+) -> (u16, String, ChildGuard) {
+    let (lines_topic, counts_topic) = (unique(&format!("{name}-lines")), unique(&format!("{name}-counts")));
     let broker = broker(&[(&lines_topic, 1), (&counts_topic, 1)]);
     let manifest = manifest(&lines_topic, &counts_topic);
-    let group = unique("deleted-wordcount");
+    let group = unique(&format!("{name}-wordcount"));
     let written: Vec<NewRecord> = (0..30).map(live_line).collect();
     produce_all(&broker.bootstrap, &lines_topic, &written).expect("lines written");
-    let committed = Commit { topic: lines_topic.clone(), partition: 0, offset: 10, metadata: None };
-    group_offsets::commit(&broker.bootstrap, &group, &[committed]).expect("commit for the group");
-    delete_records_before(&broker.bootstrap, &lines_topic, 25);
+    let commit = Commit { topic: lines_topic.clone(), partition: 0, offset: committed, metadata: None };
+    group_offsets::commit(&broker.bootstrap, &group, &[commit]).expect("commit for the group");
+    if let Some(offset) = deleted_before {
+        delete_records_before(&broker.bootstrap, &lines_topic, offset);
+    }
 
     let port = free_port().expect("a free port");
-    let _worker = worker_with(&manifest, &broker.bootstrap, &group, ("deleted-0", port), &LONG_SESSION);
-    let want = expected_word_counts(&written[25..], WINDOW_MS);
+    let worker = worker_with(&manifest, &broker.bootstrap, &group, (&format!("{name}-0"), port), &LONG_SESSION);
+    let kept = deleted_before.map_or(0, |offset| offset as usize);
+    let want = expected_word_counts(&written[kept..], WINDOW_MS);
     let mut sink = TopicReader::new(&broker.bootstrap, &counts_topic, false).expect("reader");
     let complete = sink.read_until(LIMIT, |records| final_word_counts(records).is_ok_and(|counts| counts == want));
     let got = final_word_counts(&sink.records).unwrap_or_else(|error| panic!("{error}"));
-    assert!(complete, "the records kept: {:?}", word_count_differences(&want, &got));
-    let labels = format!("topic=\"{lines_topic}\"");
-    let passed_over = counter(port, "streamjob_worker_records_passed_over_by_offset_reset_total", &labels);
-    assert_eq!(passed_over, 15, "offsets 10 to 24 were deleted unread");
+    assert!(complete, "lines skipped after the reset: {:?}", word_count_differences(&want, &got));
+    (port, lines_topic, worker)
 }
 
 fn delete_records_before(bootstrap: &str, topic: &str, offset: i64) {

@@ -110,6 +110,17 @@ fn read_lines(engine: &mut Engine, partition: i32, offsets: std::ops::Range<i64>
     }
 }
 
+/// The topics, the first owner of `lines/0`, and a worker owning `lines/1` and the repartition
+/// topic.
+fn two_workers() -> (Topics, Engine, Engine) {
+    let mut first = worker();
+    first.assign("lines", 0, None);
+    let mut other = worker();
+    other.assign("lines", 1, None);
+    other.assign(REPARTITION, 0, None);
+    (Topics::default(), first, other)
+}
+
 fn fox_at(window_start: i64) -> String {
     format!("fox@{}", pipeline::rfc3339(window_start))
 }
@@ -120,12 +131,7 @@ fn fox_at(window_start: i64) -> String {
 /// once and nothing counted late.
 #[test]
 fn a_dead_owners_silence_holds_the_window_until_the_new_owner_replays() {
-    let mut topics = Topics::default();
-    let mut first = worker();
-    first.assign("lines", 0, None);
-    let mut other = worker();
-    other.assign("lines", 1, None);
-    other.assign(REPARTITION, 0, None);
+    let (mut topics, mut first, mut other) = two_workers();
     let mut now = WINDOW + 60 * SECOND;
     read_lines(&mut first, 0, 0..3, WINDOW + SECOND);
     read_lines(&mut other, 1, 0..2, WINDOW + 2 * SECOND);
@@ -228,12 +234,7 @@ fn a_record_after_idleness_wakes_the_partition() {
 /// the new records waits for the next owner, which counts them, none late.
 #[test]
 fn an_idle_partition_whose_owner_died_stops_moving_the_watermark() {
-    let mut topics = Topics::default();
-    let mut first = worker();
-    first.assign("lines", 0, None);
-    let mut other = worker();
-    other.assign("lines", 1, None);
-    other.assign(REPARTITION, 0, None);
+    let (mut topics, mut first, mut other) = two_workers();
     let mut now = WINDOW;
     for _ in 0..100 {
         now += 100;
@@ -318,12 +319,7 @@ fn a_new_aggregator_rebuilds_each_sources_progress_from_the_log() {
 /// counted late, and the window's result stands once.
 #[test]
 fn a_replay_of_a_closed_window_flushed_with_new_records_is_not_late() {
-    let mut topics = Topics::default();
-    let mut first = worker();
-    first.assign("lines", 0, None);
-    let mut other = worker();
-    other.assign("lines", 1, None);
-    other.assign(REPARTITION, 0, None);
+    let (mut topics, mut first, mut other) = two_workers();
     let mut now = WINDOW + 60 * SECOND;
     read_lines(&mut first, 0, 0..3, WINDOW + SECOND);
     read_lines(&mut first, 0, 3..4, WINDOW + 11 * SECOND);
