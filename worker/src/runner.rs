@@ -2,7 +2,7 @@
 //! feeds the [`Engine`] and commits what it reports safe.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,8 +60,6 @@ pub struct Control {
     pub ready: Arc<AtomicBool>,
     pub metrics: Arc<WorkerMetrics>,
     pub totals: Arc<Totals>,
-    /// Records that resets of out-of-range offsets jumped over unread (retention deleted them).
-    pub passed_over_by_resets: Arc<AtomicU64>,
 }
 
 pub use streamjob_runtime::clock::now_ms;
@@ -148,8 +146,7 @@ struct Shared {
     /// The partitions whose cached high watermark is recent, from the last statistics.
     fresh_fetches: Mutex<HashMap<String, HashSet<i32>>>,
     pending_resets: PendingResets,
-    /// Records offset resets passed over, in all: what `dev` reports as lost.
-    passed_over: Arc<AtomicU64>,
+    totals: Arc<Totals>,
     ready: Arc<AtomicBool>,
 }
 
@@ -230,7 +227,7 @@ impl Shared {
         };
         let labels = PartitionLabels::new(input.topic, input.partition);
         self.metrics.records_passed_over_by_reset.get_or_create(&labels).inc_by(count);
-        self.passed_over.fetch_add(count, Ordering::Relaxed);
+        self.totals.passed_over_by_resets.fetch_add(count, Ordering::Relaxed);
         if count > 0 {
             tracing::warn!(
                 topic = input.topic,
@@ -658,7 +655,7 @@ pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
         starts: Mutex::default(),
         fresh_fetches: Mutex::default(),
         pending_resets: PendingResets::default(),
-        passed_over: control.passed_over_by_resets.clone(),
+        totals: control.totals.clone(),
         ready: control.ready.clone(),
     });
     let consumer = create_consumer(&config, shared.clone())?;

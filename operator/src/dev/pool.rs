@@ -123,7 +123,7 @@ impl WorkerPool {
             totals.records_out += t.records_out.load(Ordering::Relaxed);
             totals.dead_lettered += t.dead_lettered.load(Ordering::Relaxed);
             totals.skipped += t.skipped.load(Ordering::Relaxed);
-            totals.lost_before_read += control.passed_over_by_resets.load(Ordering::Relaxed);
+            totals.lost_before_read += t.passed_over_by_resets.load(Ordering::Relaxed);
         }
         totals
     }

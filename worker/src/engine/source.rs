@@ -21,15 +21,10 @@ const IDLE_HEARTBEAT: Duration = Duration::from_secs(1);
 #[derive(Default)]
 pub(super) struct SourceStage {
     id: String,
-    /// Window start → key → partial aggregate. Keys are user data, so hashed with a seeded
-    /// hasher: fast, and not open to collision floods.
-    partials: BTreeMap<i64, foldhash::HashMap<String, Accumulator>>,
+    /// Window start → what the current range added to that window.
+    partials: BTreeMap<i64, WindowPartials>,
     /// The keys in `partials`, over all windows.
     partial_count: usize,
-    /// Window start → the last offset of the range that added to it: a window's partial says
-    /// it covers no more than that, so a replay of a closed window sent with new records for
-    /// later windows is still known for a replay.
-    last_offset_of_window: BTreeMap<i64, i64>,
     range_start: Option<i64>,
     range_end: i64,
     max_event_ms: Option<i64>,
@@ -105,14 +100,12 @@ impl Stage for SourceStage {
         };
         self.through = Some(self.range_end);
         let partials = std::mem::take(&mut self.partials);
-        let last_offsets = std::mem::take(&mut self.last_offset_of_window);
         let partial_count = std::mem::take(&mut self.partial_count);
         let ticket = out.ticket(from, None, Destination::Repartition { partition: 0 });
         out.progress.hold(from, partial_count as u32);
-        for (window, key, accumulator) in
-            partials.into_iter().flat_map(|(window, keys)| keys.into_iter().map(move |(key, a)| (window, key, a)))
-        {
-            let to = last_offsets.get(&window).copied().unwrap_or(self.range_end);
+        for (window, to, key, accumulator) in partials.into_iter().flat_map(|(window, partials)| {
+            partials.keys.into_iter().map(move |(key, a)| (window, partials.last_offset, key, a))
+        }) {
             let payload = RepartitionMessage::Partial { src: self.id.clone(), from, to, window, accumulator }.encode();
             out.push(Output {
                 destination: Destination::Repartition { partition: partition_for(&key, partitions) },
@@ -240,8 +233,9 @@ impl SourceStage {
                 late = Some((event_ms, watermark.unwrap_or_default()));
             } else {
                 for start in open {
-                    self.last_offset_of_window.insert(start, offset);
-                    let keys = self.partials.entry(start).or_default();
+                    let window_partials = self.partials.entry(start).or_default();
+                    window_partials.last_offset = offset;
+                    let keys = &mut window_partials.keys;
                     for index in run_start..run_end {
                         let accumulator = &staged.entries[index].accumulator;
                         match keys.get_mut(staged.key(index)) {
@@ -260,6 +254,17 @@ impl SourceStage {
         }
         late
     }
+}
+
+/// What one range of the partition's offsets added to one window.
+#[derive(Default)]
+struct WindowPartials {
+    /// The last offset that added to the window: its partials say they cover no more than that,
+    /// so a replay of a closed window sent with new records for later windows is known for one.
+    last_offset: i64,
+    /// Key → partial aggregate. Keys are user data, so hashed with a seeded hasher: fast, and
+    /// not open to collision floods.
+    keys: foldhash::HashMap<String, Accumulator>,
 }
 
 /// One input record's keyed contributions, held back until every piece of it has gone through

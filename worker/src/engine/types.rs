@@ -92,4 +92,6 @@ pub struct Totals {
     pub dead_lettered: AtomicU64,
     pub skipped: AtomicU64,
     pub late: AtomicU64,
+    /// Records that resets of out-of-range offsets jumped over unread (retention deleted them).
+    pub passed_over_by_resets: AtomicU64,
 }
