@@ -44,7 +44,7 @@ pub struct ApiServerEnv {
     pub local: Option<&'static ControlPlane>,
 }
 
-pub use streamjob_testkit::{in_ci, unique};
+pub use streamjob_testkit::{in_ci, real_broker, unique};
 
 /// A real part (API server, Kafka) is missing: an error under CI, else a one-line skip.
 pub fn require_real_part<T>(what: &str) -> anyhow::Result<Option<T>> {

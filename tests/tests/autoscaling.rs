@@ -18,7 +18,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use streamjob_crds::StreamJob;
 use streamjob_e2e::{
-    api_server, eventually, fresh_namespace, install_crd, kubelet_marks_pods_ready, unique, ChartRbac,
+    api_server, eventually, fresh_namespace, install_crd, kubelet_marks_pods_ready, real_broker, unique, ChartRbac,
 };
 use streamjob_operator::run::{run_with_client, RunOptions};
 use streamjob_worker::topic_io::{create_topics, producer, send_waiting};
@@ -26,13 +26,6 @@ use streamjob_worker::topic_io::{create_topics, producer, send_waiting};
 const PARTITIONS: i32 = 6;
 const BACKLOG: usize = 30_000;
 const LAG_THRESHOLD: i64 = 1_000;
-
-fn real_kafka() -> anyhow::Result<Option<String>> {
-    match std::env::var("STREAMJOB_TEST_BOOTSTRAP") {
-        Ok(bootstrap) => Ok(Some(bootstrap)),
-        Err(_) => streamjob_e2e::require_real_part("no real Kafka broker (set STREAMJOB_TEST_BOOTSTRAP)"),
-    }
-}
 
 fn autoscaled_job(name: &str, bootstrap: &str, topic: &str) -> anyhow::Result<StreamJob> {
     Ok(serde_json::from_value(json!({
@@ -138,7 +131,7 @@ struct Watched {
 #[tokio::test]
 async fn two_namespaces_scale_up_and_down_on_real_lag_and_no_status_field_reverts() -> anyhow::Result<()> {
     let Some(env) = api_server().await? else { return Ok(()) };
-    let Some(bootstrap) = real_kafka()? else { return Ok(()) };
+    let Some(bootstrap) = real_broker() else { return Ok(()) };
     let client = env.client.clone();
     install_crd(&client).await?;
 

@@ -28,8 +28,8 @@ use serde_json::{json, Value};
 use streamjob_crds::StreamJob;
 use streamjob_e2e::chart_rbac::Release;
 use streamjob_e2e::{
-    api_server, eventually, free_port, fresh_namespace, kubelet_marks_pods_ready, require_real_part, scratch_dir,
-    unique, ChartRbac,
+    api_server, eventually, free_port, fresh_namespace, kubelet_marks_pods_ready, real_broker, scratch_dir, unique,
+    ChartRbac,
 };
 
 /// The tests of this binary share one API server, and a cluster-wide operator would take the
@@ -61,7 +61,7 @@ enum Watch {
 
 async fn chart_rbac_suffices(watch: Watch) -> anyhow::Result<()> {
     let Some(env) = api_server().await? else { return Ok(()) };
-    let Some(bootstrap) = real_kafka()? else { return Ok(()) };
+    let Some(bootstrap) = real_broker() else { return Ok(()) };
     let _turn = ONE_AT_A_TIME.lock().await;
     let client = env.client.clone();
     let jobs_ns = fresh_namespace(&client, "sj-chart-jobs").await?;
@@ -108,13 +108,6 @@ async fn chart_rbac_suffices(watch: Watch) -> anyhow::Result<()> {
         bail!("left behind by helm uninstall: {:?}", leftovers(&client, release).await?);
     }
     delete_namespace(&client, &release.namespace).await
-}
-
-fn real_kafka() -> anyhow::Result<Option<String>> {
-    match std::env::var("STREAMJOB_TEST_BOOTSTRAP") {
-        Ok(bootstrap) => Ok(Some(bootstrap)),
-        Err(_) => require_real_part("no real Kafka broker (set STREAMJOB_TEST_BOOTSTRAP)"),
-    }
 }
 
 async fn takes_the_lease(client: &Client, release: &Release, identity: &str) -> anyhow::Result<()> {

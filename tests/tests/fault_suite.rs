@@ -29,7 +29,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, Producer};
 use streamjob_e2e::{
-    free_port, http_get, in_ci, repo_root, require_real_part, scratch_dir, unique, workspace_binary, ChildGuard,
+    free_port, http_get, in_ci, real_broker, repo_root, require_real_part, scratch_dir, unique, workspace_binary,
+    ChildGuard,
 };
 use streamjob_testkit::kafka::{expected_word_counts, NewRecord, WordCounts};
 use streamjob_worker::runner::now_ms;
@@ -1002,11 +1003,7 @@ fn table(rows: &[Row]) -> String {
 /// once) duplicated record.
 #[test]
 fn fault_suite() {
-    let Ok(bootstrap) = std::env::var("STREAMJOB_TEST_BOOTSTRAP") else {
-        require_real_part::<()>("no real Kafka broker: set STREAMJOB_TEST_BOOTSTRAP (scripts/test.sh starts one)")
-            .expect("a real Kafka broker");
-        return;
-    };
+    let Some(bootstrap) = real_broker() else { return };
     let started = Instant::now();
     let rows = run_all(plan(&bootstrap));
     eprintln!("\nfault suite ({} rows, {:.0?}):\n{}", rows.len(), started.elapsed(), table(&rows));
