@@ -1,6 +1,7 @@
 //! The `StreamJob` custom resource (`streamjob.io/v1alpha1`): API types, the generated CRD, and
 //! client-side validation that matches what the API server enforces.
 
+pub mod capacity_report;
 pub mod cel_fields;
 pub mod duration;
 pub mod kafka;

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 mod common;
 
-use common::{commit, create_topics, fill, real_broker, unique};
+use common::{commit, commit_with_metadata, create_topics, fill, real_broker, unique};
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::ClientConfig;
+use streamjob_crds::capacity_report::CapacityReport;
 use streamjob_crds::StartFrom;
 use streamjob_operator::autoscaler::policy::PartitionSample;
 use streamjob_operator::autoscaler::probe::{measure_blocking, LagProbe, ProbeError, ProbeTarget};
@@ -21,7 +22,7 @@ fn target(bootstrap: &str, group: &str, topics: &[&str]) -> ProbeTarget {
 }
 
 fn sample(topic: &str, partition: i32, high: i64, committed: Option<i64>) -> PartitionSample {
-    PartitionSample { topic: topic.to_owned(), partition, low: 0, high, committed }
+    PartitionSample { topic: topic.to_owned(), partition, low: 0, high, committed, committed_by: None }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -58,6 +59,31 @@ async fn committed_offsets_and_watermarks_give_the_lag_per_partition() {
     assert_eq!(samples[1], sample(&orders, 1, 27, Some(20)));
     assert_eq!(samples[2], sample(&orders, 2, 30, Some(25)));
     assert_eq!(samples[1].lag(StartFrom::Earliest), 27 - 20);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workers_capacity_report_comes_back_with_its_commit() {
+    let Some(bootstrap) = real_broker() else { return };
+    let (orders, group) = (unique("orders"), unique("billing"));
+    create_topics(&bootstrap, &[(&orders, 2)]);
+    fill(&bootstrap, &orders, &[10, 10]);
+    let report = CapacityReport {
+        worker: "billing-worker-0".into(),
+        records_per_busy_second: 45_000.0,
+        busy_share: 0.25,
+        at_ms: streamjob_runtime::clock::now_ms() - 4_000,
+    };
+    commit_with_metadata(&bootstrap, &group, &orders, &[(0, 5)], &report.encode());
+    commit_with_metadata(&bootstrap, &group, &orders, &[(1, 5)], "some other client's metadata");
+
+    let samples = LagProbe::default().measure(&target(&bootstrap, &group, &[orders.as_str()])).await.expect("probe");
+    let rate = samples[0].committed_by.as_ref().expect("the report of partition 0's commit");
+    assert_eq!(
+        (rate.worker.as_str(), rate.records_per_busy_second, rate.busy_share),
+        ("billing-worker-0", 45_000.0, 0.25)
+    );
+    assert!((4.0..30.0).contains(&rate.age_seconds), "measured 4 s before the probe: {}", rate.age_seconds);
+    assert_eq!(samples[1].committed_by, None, "other metadata is no report");
 }
 
 #[tokio::test(flavor = "multi_thread")]

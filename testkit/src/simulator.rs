@@ -166,6 +166,7 @@ pub fn simulate(model: &Model, trace: &Trace, scaler: &mut dyn Scaler) -> Outcom
                 low: 0,
                 high: high[p] as i64,
                 committed: Some(committed[p] as i64),
+                committed_by: None,
             })
             .collect();
         let wanted = scaler.poll(t, &samples, replicas, t >= paused_until).clamp(0, model.max_replicas);

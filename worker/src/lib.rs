@@ -5,6 +5,7 @@
 //! `mock_broker` hosts librdkafka's mock cluster and `topic_io` produces and reads whole topics,
 //! for `streamjob-operator dev` and the tests.
 
+pub mod busy_time;
 pub mod config;
 pub mod engine;
 pub mod group_offsets;

@@ -1,5 +1,7 @@
 //! The worker's Prometheus metrics (prefix `streamjob_worker`).
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -40,6 +42,9 @@ pub struct WorkerMetrics {
     pub open_windows: Gauge,
     pub open_keys: Gauge,
     pub assigned_partitions: Gauge,
+    pub busy_seconds: Counter<f64, AtomicU64>,
+    pub records_per_busy_second: Gauge<f64, AtomicU64>,
+    pub busy_share: Gauge<f64, AtomicU64>,
 }
 
 impl Default for WorkerMetrics {
@@ -137,6 +142,24 @@ impl Default for WorkerMetrics {
                 &mut registry,
                 "assigned_partitions",
                 "Partitions assigned to this worker",
+                Gauge::default(),
+            ),
+            busy_seconds: registered(
+                &mut registry,
+                "busy_seconds",
+                "Time spent processing records, windows and outputs; waiting for input, the producer's queue or a commit is not counted",
+                Counter::default(),
+            ),
+            records_per_busy_second: registered(
+                &mut registry,
+                "records_per_busy_second",
+                "Source records processed per second of busy time over the last 10 s: what this worker can do, reported to the autoscaler",
+                Gauge::default(),
+            ),
+            busy_share: registered(
+                &mut registry,
+                "busy_ratio",
+                "Busy time over wall time in the last 10 s",
                 Gauge::default(),
             ),
             registry,

@@ -15,10 +15,12 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
+use streamjob_crds::capacity_report::CapacityReport;
 use streamjob_crds::kafka::connection_properties;
 use streamjob_crds::StartFrom;
 use streamjob_runtime::sync::lock;
 
+use crate::busy_time::BusyMeter;
 use crate::config::WorkerConfig;
 use crate::engine::{Commit, Destination, Engine, EngineSettings, Input, Output, Ticket, Totals};
 use crate::metrics::{KindLabel, PartitionLabels, ResultLabel, WorkerMetrics};
@@ -148,6 +150,11 @@ struct Shared {
     pending_resets: PendingResets,
     totals: Arc<Totals>,
     ready: Arc<AtomicBool>,
+    /// Who this worker is in its capacity reports.
+    instance_id: String,
+    busy: Mutex<BusyMeter>,
+    /// Time spent waiting for room in a producer's queue since the loop last took it: not busy.
+    queue_full_wait: Mutex<Duration>,
 }
 
 pub struct GroupContext {
@@ -391,7 +398,9 @@ impl Shared {
                 Ok(()) => return,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     record = returned;
+                    let waiting = Instant::now();
                     producer.poll(Duration::from_millis(10));
+                    *lock(&self.queue_full_wait) += waiting.elapsed();
                     self.deliver_reports(engine);
                 }
                 Err((error, returned)) => {
@@ -449,13 +458,50 @@ impl Shared {
         if commits.is_empty() {
             return Ok(());
         }
-        let list = commit_list(&commits)?;
+        let list = self.commit_list(&commits)?;
         let result = consumer.commit(&list, mode);
         self.count_commit(&result);
         if result.is_ok() {
             engine.committed(&commits);
         }
         result
+    }
+
+    /// The commit of `commits`, each source partition's carrying this worker's capacity report
+    /// for the operator's autoscaler (the aggregating stage's partitions carry its checkpoint).
+    fn commit_list(&self, commits: &[Commit]) -> Result<TopicPartitionList, KafkaError> {
+        let list = commit_list(commits)?;
+        let Some(report) = self.capacity_report() else { return Ok(list) };
+        for commit in commits.iter().filter(|c| c.metadata.is_none()) {
+            if Some(commit.topic.as_str()) == self.repartition_topic.as_deref() {
+                continue;
+            }
+            if let Some(mut element) = list.find_partition(&commit.topic, commit.partition) {
+                element.set_metadata(report.as_str());
+            }
+        }
+        Ok(list)
+    }
+
+    /// This worker's true rate now, as commit metadata, also shown in its metrics.
+    fn capacity_report(&self) -> Option<String> {
+        let (at_ms, rate) = lock(&self.busy).latest(now_ms())?;
+        self.metrics.records_per_busy_second.set(rate.records_per_busy_second);
+        self.metrics.busy_share.set(rate.busy_share);
+        let report = CapacityReport {
+            worker: self.instance_id.clone(),
+            records_per_busy_second: rate.records_per_busy_second,
+            busy_share: rate.busy_share,
+            at_ms,
+        };
+        Some(report.encode())
+    }
+
+    /// `busy` spent on `source_records` (and whatever else the loop did) just now.
+    fn count_busy(&self, busy: Duration, source_records: u64) {
+        let busy = busy.saturating_sub(std::mem::take(&mut *lock(&self.queue_full_wait)));
+        lock(&self.busy).add(now_ms(), busy, source_records);
+        self.metrics.busy_seconds.inc_by(busy.as_secs_f64());
     }
 
     fn count_commit(&self, result: &Result<(), KafkaError>) {
@@ -468,7 +514,7 @@ impl Shared {
         let result = (|| {
             if !commits.is_empty() {
                 let metadata = consumer.group_metadata().ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::State))?;
-                self.producer.send_offsets_to_transaction(&commit_list(&commits)?, &metadata, REQUEST_TIMEOUT)?;
+                self.producer.send_offsets_to_transaction(&self.commit_list(&commits)?, &metadata, REQUEST_TIMEOUT)?;
             }
             self.producer.commit_transaction(REQUEST_TIMEOUT)
         })();
@@ -657,6 +703,9 @@ pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
         pending_resets: PendingResets::default(),
         totals: control.totals.clone(),
         ready: control.ready.clone(),
+        instance_id: config.instance_id.clone(),
+        busy: Mutex::new(BusyMeter::new(now_ms())),
+        queue_full_wait: Mutex::default(),
     });
     let consumer = create_consumer(&config, shared.clone())?;
     let mut topics: Vec<&str> = config.job.spec.source.topics.iter().map(String::as_str).collect();
@@ -692,7 +741,7 @@ fn consume_until_stopped(
     let mut last_tick = Instant::now();
     let mut last_commit = Instant::now();
     while !control.shutdown.load(Ordering::Relaxed) && !control.abandon.load(Ordering::Relaxed) {
-        read_batch(shared, consumer);
+        let (read_busy, source_records) = read_batch(shared, consumer);
         let mut engine = lock(&shared.engine);
         let now = Instant::now();
         if now - last_tick >= TICK_INTERVAL {
@@ -704,6 +753,7 @@ fn consume_until_stopped(
             shared.send_outputs(&mut engine);
         }
         shared.poll_producers(&mut engine);
+        shared.count_busy(read_busy + now.elapsed(), source_records);
         if let Some(failure) = engine.failure().map(str::to_owned) {
             tracing::error!(error = %failure, "a record was not delivered; rewinding to the last commit");
             for producer in shared.producers() {
@@ -734,11 +784,14 @@ fn consume_until_stopped(
 
 /// Reads what the consumer has ready, up to [`READ_BATCH`] records or errors, waiting up to
 /// [`POLL_TIMEOUT`] for the first. The engine is locked per record, never across a poll: a
-/// poll may run the rebalance callback, which locks it too.
-fn read_batch(shared: &Shared, consumer: &WorkerConsumer) {
+/// poll may run the rebalance callback, which locks it too. Returns the time spent on the
+/// records (not the wait for the first) and how many came from the source topics.
+fn read_batch(shared: &Shared, consumer: &WorkerConsumer) -> (Duration, u64) {
     let mut next = consumer.poll(POLL_TIMEOUT);
+    let started = Instant::now();
     let now_ms = now_ms();
     let mut events = 0;
+    let mut source_records = 0;
     while let Some(result) = next.take() {
         match result {
             Ok(message) => {
@@ -752,6 +805,9 @@ fn read_batch(shared: &Shared, consumer: &WorkerConsumer) {
                 };
                 shared.count_passed_over(&input);
                 lock(&shared.engine).on_input(&input, now_ms);
+                if Some(input.topic) != shared.repartition_topic.as_deref() {
+                    source_records += 1;
+                }
             }
             Err(KafkaError::PartitionEOF(_)) => {}
             Err(error) => tracing::warn!(%error, "consumer error; librdkafka retries"),
@@ -761,6 +817,7 @@ fn read_batch(shared: &Shared, consumer: &WorkerConsumer) {
             next = consumer.poll(Duration::ZERO);
         }
     }
+    (started.elapsed(), source_records)
 }
 
 fn is_fatal(error: &KafkaError) -> bool {

@@ -9,7 +9,9 @@ use std::time::Duration;
 use common::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
+use streamjob_crds::capacity_report::CapacityReport;
 use streamjob_testkit::kafka::{produce_all, NewRecord};
+use streamjob_worker::group_offsets;
 use streamjob_worker::topic_io::{ReadRecord, TopicReader};
 
 #[test]
@@ -154,4 +156,37 @@ fn the_repartition_topic_has_as_many_partitions_as_the_source() {
     let ready = wait_until(LIMIT, || worker.control.ready.load(std::sync::atomic::Ordering::SeqCst));
     assert!(ready, "the worker never became ready");
     assert_eq!(partition_count(&bootstrap, &names.repartition()), 4);
+}
+
+#[test]
+fn every_commit_of_a_source_partition_carries_the_workers_true_rate() {
+    let Some(bootstrap) = real_broker() else { return };
+    let names = JobNames::new("true-rate");
+    create_topics(&bootstrap, &[(&names.source, 4), (&names.sink, 4)]);
+    let lines = text_lines(20_000, now_ms() - 35_000, 1);
+    let expected = expected_word_counts(&lines);
+    produce_all(&bootstrap, &names.source, &lines).expect("input produced");
+
+    let worker = TestWorker::start(config("wordcount.yaml", &bootstrap, &names, "0"));
+    let mut sink = TopicReader::new(&bootstrap, &names.sink, false).expect("reader");
+    let complete = sink.read_until(LIMIT, |records| final_word_counts(records).len() >= expected.len());
+    worker.stop();
+    assert!(complete, "only {} of {} counts arrived", final_word_counts(&sink.records).len(), expected.len());
+    assert_eq!(final_word_counts(&sink.records), expected, "the reports leave the results alone");
+
+    let source = group_offsets::committed(&bootstrap, &names.group, &names.source, &[0, 1, 2, 3]).expect("commits");
+    assert_eq!(source.len(), 4, "{source:?}");
+    for commit in &source {
+        let metadata = commit.metadata.as_deref().unwrap_or_default();
+        let report = CapacityReport::decode(metadata).unwrap_or_else(|| panic!("no report in {metadata:?}"));
+        assert_eq!(report.worker, names.instance("0"));
+        assert!(report.records_per_busy_second > 0.0 && report.busy_share > 0.0, "{report:?}");
+    }
+    let repartition = names.repartition();
+    let checkpoints = group_offsets::committed(&bootstrap, &names.group, &repartition, &[0, 1, 2, 3]).expect("commits");
+    assert!(!checkpoints.is_empty());
+    for commit in &checkpoints {
+        let metadata = commit.metadata.as_deref().unwrap_or_default();
+        assert_eq!(CapacityReport::decode(metadata), None, "the aggregating stage keeps its checkpoint: {metadata:?}");
+    }
 }

@@ -6,6 +6,8 @@ use std::collections::VecDeque;
 
 use streamjob_crds::{AutoscalingSpec, StartFrom};
 
+pub use super::capacity::{Capacity, WorkerRate};
+
 /// One partition at one measurement.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PartitionSample {
@@ -17,6 +19,8 @@ pub struct PartitionSample {
     pub high: i64,
     /// The group's committed offset; `None` when the group has none for this partition.
     pub committed: Option<i64>,
+    /// The committing worker's report of its own speed, carried by that commit.
+    pub committed_by: Option<WorkerRate>,
 }
 
 impl PartitionSample {
@@ -91,7 +95,8 @@ pub struct History {
     pub samples: VecDeque<LagSample>,
     /// Recent recommendations (time, replicas), oldest first.
     pub recommendations: VecDeque<(f64, i32)>,
-    /// Records per second one worker processes, measured while the group had a backlog.
+    /// Records per second one worker processes, measured from the consume rate while the group
+    /// had a backlog: the fallback when the workers report no true rate.
     pub capacity_per_replica: Option<f64>,
     /// Since when the total lag has been 0.
     pub zero_lag_since: Option<f64>,
@@ -377,15 +382,21 @@ pub fn decide(history: &mut History, workers: Workers, partitions: i32, settings
         format!("lag {total_lag} over {current} replicas, target {} per replica: base {base}", settings.lag_threshold);
     let rates = rates(&history.samples);
     let mut catch_up = 0;
-    if let (Some(rates), Some(capacity)) = (rates, history.capacity_per_replica) {
-        if capacity > 0.0 {
+    match (rates, Capacity::choose(latest, history.capacity_per_replica)) {
+        (Some(rates), Some(capacity)) => {
             let needed_rate = total_lag as f64 / settings.target_catch_up_seconds + rates.produce;
-            catch_up = (needed_rate / capacity).ceil() as i32;
+            catch_up = (needed_rate / capacity.per_replica()).ceil() as i32;
             explanation.push_str(&format!(
-                "; input {:.0}/s, {:.0}/s per replica: catch-up within {}s needs {catch_up}",
-                rates.produce, capacity, settings.target_catch_up_seconds
+                "; input {:.0}/s, {}: catch-up within {}s needs {catch_up}",
+                rates.produce,
+                capacity.describe(),
+                settings.target_catch_up_seconds
             ));
         }
+        (Some(_), None) => {
+            explanation.push_str("; no catch-up estimate: no true rate from the workers and no backlog measured yet")
+        }
+        (None, _) => {}
     }
     if !stuck.is_empty() {
         let names: Vec<String> = stuck.iter().map(|(t, p)| format!("{t}/{p}")).collect();

@@ -31,6 +31,7 @@ fn sample(at: f64, partitions: i32, lag_each: i64, committed: i64) -> LagSample 
                 low: 0,
                 high: committed + lag_each,
                 committed: Some(committed),
+                committed_by: None,
             })
             .collect(),
     }
@@ -72,12 +73,19 @@ fn base_rule_is_lag_over_threshold_clamped_to_bounds_and_partitions() {
 fn partitions_without_commits_count_per_start_from() {
     let uncommitted = LagSample {
         at: 0.0,
-        partitions: vec![PartitionSample { topic: "t".into(), partition: 0, low: 100, high: 5100, committed: None }],
+        partitions: vec![PartitionSample {
+            topic: "t".into(),
+            partition: 0,
+            low: 100,
+            high: 5100,
+            committed: None,
+            committed_by: None,
+        }],
     };
     assert_eq!(uncommitted.total_lag(StartFrom::Earliest), 5000);
     assert_eq!(uncommitted.total_lag(StartFrom::Latest), 0);
     let committed_past_high =
-        PartitionSample { topic: "t".into(), partition: 0, low: 0, high: 10, committed: Some(20) };
+        PartitionSample { topic: "t".into(), partition: 0, low: 0, high: 10, committed: Some(20), committed_by: None };
     assert_eq!(committed_past_high.lag(StartFrom::Earliest), 0, "never negative");
 
     let s = Settings { start_from: StartFrom::Latest, ..settings() };
@@ -85,7 +93,14 @@ fn partitions_without_commits_count_per_start_from() {
     let many = LagSample {
         at: 0.0,
         partitions: (0..12)
-            .map(|p| PartitionSample { topic: "t".into(), partition: p, low: 0, high: 1_000_000, committed: None })
+            .map(|p| PartitionSample {
+                topic: "t".into(),
+                partition: p,
+                low: 0,
+                high: 1_000_000,
+                committed: None,
+                committed_by: None,
+            })
             .collect(),
     };
     observe(&mut history, many.clone(), settled(1), &s);
@@ -238,6 +253,7 @@ fn stuck_partitions_do_not_drive_scaling() {
                 low: 0,
                 high: 1000 * i64::from(step),
                 committed: Some(1000 * i64::from(step)),
+                committed_by: None,
             })
             .collect();
         partitions.push(PartitionSample {
@@ -246,6 +262,7 @@ fn stuck_partitions_do_not_drive_scaling() {
             low: 0,
             high: 50_000 + 1000 * i64::from(step),
             committed: Some(10),
+            committed_by: None,
         });
         observe(&mut history, LagSample { at: t, partitions }, settled(2), &s);
     }
@@ -278,4 +295,55 @@ fn after_a_scale_change_workers_settle_only_once_commits_move_again() {
     let judged = decide(&mut history, settled(1), 12, &settings, 60.0);
     assert_eq!(judged.replicas, 1, "{}", judged.reason);
     assert_ne!(judged.kind, "hold", "{}", judged.reason);
+}
+
+/// `sample`, each partition's commit carrying a report of `rate` records per busy second.
+fn reported(mut sample: LagSample, rate: f64, busy_share: f64) -> LagSample {
+    for partition in &mut sample.partitions {
+        partition.committed_by = Some(WorkerRate {
+            worker: format!("w-{}", partition.partition % 2),
+            records_per_busy_second: rate,
+            busy_share,
+            age_seconds: 1.0,
+        });
+    }
+    sample
+}
+
+#[test]
+fn the_workers_true_rate_decides_the_catch_up_not_the_rate_they_were_fed() {
+    let s = Settings { lag_threshold: 1_000_000, scale_down_stabilization_seconds: 0.0, ..settings() };
+    // Six workers after a spike, fed 2000/s and keeping up (standing lag of 1 s), each able to
+    // do 57 000/s. The consume rate would credit them with 333/s each.
+    let mut history = History::default();
+    for (i, t) in [0.0, 10.0, 20.0].into_iter().enumerate() {
+        let committed = 20_000 * i as i64 / 12;
+        observe(&mut history, reported(sample(t, 12, 170, committed), 57_000.0, 0.006), settled(6), &s);
+    }
+    history.capacity_per_replica = Some(333.0);
+    let decision = decide(&mut history, settled(6), 12, &s, 20.0);
+    assert_eq!((decision.replicas, decision.kind), (1, "scale-down"), "{}", decision.reason);
+    assert!(
+        decision.reason.contains("true rate 57000/s per replica (measured by 2 workers, busy 1% of the time)"),
+        "{}",
+        decision.reason
+    );
+}
+
+#[test]
+fn without_a_report_the_decision_falls_back_to_the_backlog_rate_and_says_so() {
+    let s = Settings { lag_threshold: 1_000_000, scale_down_stabilization_seconds: 0.0, ..settings() };
+    let mut history = History::default();
+    for (i, t) in [0.0, 10.0, 20.0].into_iter().enumerate() {
+        observe(&mut history, sample(t, 12, 170, 20_000 * i as i64 / 12), settled(6), &s);
+    }
+    history.capacity_per_replica = Some(333.0);
+    let decision = decide(&mut history, settled(6), 12, &s, 20.0);
+    assert!(decision.reason.contains("333/s per replica from the consume rate under backlog"), "{}", decision.reason);
+    assert!(decision.reason.contains("no fresh true rate from the workers"), "{}", decision.reason);
+    assert_eq!(decision.replicas, 6, "2000/s + 2040 lag over 60 s at 333/s needs 7: {}", decision.reason);
+
+    history.capacity_per_replica = None;
+    let decision = decide(&mut history, settled(6), 12, &s, 20.0);
+    assert!(decision.reason.contains("no catch-up estimate"), "{}", decision.reason);
 }

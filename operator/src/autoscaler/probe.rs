@@ -1,5 +1,6 @@
-//! The lag probe: per partition of a job's source topics, the group's committed offset and the
-//! low and high watermarks, read with librdkafka off the async runtime.
+//! The lag probe: per partition of a job's source topics, the group's committed offset (with the
+//! capacity report the committing worker put in its metadata) and the low and high watermarks,
+//! read with librdkafka off the async runtime.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -9,9 +10,11 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use streamjob_crds::capacity_report::CapacityReport;
+use streamjob_runtime::clock::now_ms;
 use streamjob_runtime::sync::lock;
 
-use super::policy::PartitionSample;
+use super::policy::{PartitionSample, WorkerRate};
 
 /// How long one probe request (metadata, committed offsets, watermarks) may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -140,7 +143,13 @@ pub fn measure_blocking(
             Offset::Offset(offset) if offset >= 0 => Some(offset),
             _ => None,
         };
-        samples.push(PartitionSample { topic, partition, low, high, committed });
+        let committed_by = CapacityReport::decode(element.metadata()).map(|report| WorkerRate {
+            age_seconds: (now_ms() - report.at_ms).max(0) as f64 / 1000.0,
+            worker: report.worker,
+            records_per_busy_second: report.records_per_busy_second,
+            busy_share: report.busy_share,
+        });
+        samples.push(PartitionSample { topic, partition, low, high, committed, committed_by });
     }
     samples.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
     Ok(samples)

@@ -30,11 +30,19 @@ pub fn fill(bootstrap: &str, topic: &str, counts: &[i64]) {
 
 /// Commits `offsets` (partition, offset) for `group`, as a worker would.
 pub fn commit(bootstrap: &str, group: &str, topic: &str, offsets: &[(i32, i64)]) {
+    commit_with_metadata(bootstrap, group, topic, offsets, "");
+}
+
+/// [`commit`], every offset with `metadata`.
+pub fn commit_with_metadata(bootstrap: &str, group: &str, topic: &str, offsets: &[(i32, i64)], metadata: &str) {
     let consumer: BaseConsumer =
         ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().expect("consumer");
     let mut list = TopicPartitionList::new();
     for (partition, offset) in offsets {
         list.add_partition_offset(topic, *partition, Offset::Offset(*offset)).expect("offset");
+        if let Some(mut element) = list.find_partition(topic, *partition) {
+            element.set_metadata(metadata);
+        }
     }
     consumer.commit(&list, CommitMode::Sync).expect("commit");
 }

@@ -1,0 +1,153 @@
+//! The worker's true rate: source records processed per second of processing time, over a
+//! sliding window. Busy time is what the loop spends on records, windows and outputs; waiting
+//! for a fetch, for the producer's queue to drain, or for a commit's acknowledgements is not.
+//! A worker kept waiting by a slow input still reports what it could do, which the rate it
+//! consumes at cannot tell (Flink's autoscaler measures the same way).
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// How far back the measurement looks.
+const WINDOW_MS: i64 = 10_000;
+const BUCKET_MS: i64 = 1_000;
+/// Less than this says more about the loop's fixed costs than about the records' cost.
+const MIN_BUSY: Duration = Duration::from_millis(20);
+const MIN_RECORDS: u64 = 100;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrueRate {
+    pub records_per_busy_second: f64,
+    /// Busy time ÷ the wall time the window covers.
+    pub busy_share: f64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Bucket {
+    start_ms: i64,
+    busy: Duration,
+    records: u64,
+}
+
+#[derive(Debug)]
+pub struct BusyMeter {
+    buckets: VecDeque<Bucket>,
+    /// When measuring started: the window never reaches before it.
+    since_ms: i64,
+    /// The last rate measured, and when.
+    last: Option<(i64, TrueRate)>,
+}
+
+impl BusyMeter {
+    /// A meter of a worker that started at `started_ms`.
+    pub fn new(started_ms: i64) -> Self {
+        Self { buckets: VecDeque::new(), since_ms: started_ms, last: None }
+    }
+
+    /// `busy` spent at `now_ms` (its end), on `records` source records.
+    pub fn add(&mut self, now_ms: i64, busy: Duration, records: u64) {
+        let start_ms = now_ms - now_ms.rem_euclid(BUCKET_MS);
+        match self.buckets.back_mut() {
+            Some(bucket) if bucket.start_ms == start_ms => {
+                bucket.busy += busy;
+                bucket.records += records;
+            }
+            _ => self.buckets.push_back(Bucket { start_ms, busy, records }),
+        }
+        while self.buckets.front().is_some_and(|b| b.start_ms + BUCKET_MS <= now_ms - WINDOW_MS) {
+            self.buckets.pop_front();
+        }
+    }
+
+    /// The rate now if there is one, else the last one measured, with when it was measured: an
+    /// idle worker still says what it could do, and the reader judges how old that is.
+    pub fn latest(&mut self, now_ms: i64) -> Option<(i64, TrueRate)> {
+        if let Some(rate) = self.true_rate(now_ms) {
+            self.last = Some((now_ms, rate));
+        }
+        self.last
+    }
+
+    /// The rate over the last [`WINDOW_MS`], or `None` when too little was processed to tell.
+    pub fn true_rate(&self, now_ms: i64) -> Option<TrueRate> {
+        let window_start = now_ms - WINDOW_MS;
+        let in_window = self.buckets.iter().filter(|b| b.start_ms + BUCKET_MS > window_start);
+        let (busy, records) =
+            in_window.fold((Duration::ZERO, 0u64), |(busy, records), b| (busy + b.busy, records + b.records));
+        if busy < MIN_BUSY || records < MIN_RECORDS {
+            return None;
+        }
+        let covered_ms = (now_ms - window_start.max(self.since_ms)).max(1);
+        Some(TrueRate {
+            records_per_busy_second: records as f64 / busy.as_secs_f64(),
+            busy_share: (busy.as_secs_f64() * 1000.0 / covered_ms as f64).min(1.0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds one second at a time: `busy_ms` of work on `records` records each second.
+    fn steady(meter: &mut BusyMeter, from_s: i64, seconds: i64, busy_ms: u64, records: u64) {
+        for s in from_s..from_s + seconds {
+            meter.add(s * 1000 + 999, Duration::from_millis(busy_ms), records);
+        }
+    }
+
+    #[test]
+    fn an_unsaturated_worker_reports_what_it_could_do_not_what_it_was_given() {
+        let mut meter = BusyMeter::new(0);
+        // 2000 records a second, each costing 1/50 000 s: busy 40 ms a second.
+        steady(&mut meter, 0, 20, 40, 2000);
+        let rate = meter.true_rate(20_000).expect("measured");
+        assert!((rate.records_per_busy_second - 50_000.0).abs() < 1.0, "{rate:?}");
+        assert!((rate.busy_share - 0.04).abs() < 0.001, "{rate:?}");
+    }
+
+    #[test]
+    fn a_saturated_worker_is_busy_all_the_time_at_its_rate() {
+        let mut meter = BusyMeter::new(0);
+        steady(&mut meter, 0, 20, 1000, 30_000);
+        let rate = meter.true_rate(20_000).expect("measured");
+        assert_eq!((rate.records_per_busy_second.round(), rate.busy_share), (30_000.0, 1.0));
+    }
+
+    #[test]
+    fn only_the_last_ten_seconds_count() {
+        let mut meter = BusyMeter::new(0);
+        steady(&mut meter, 0, 30, 500, 1000);
+        steady(&mut meter, 30, 10, 500, 4000);
+        let rate = meter.true_rate(40_000).expect("measured");
+        assert_eq!(rate.records_per_busy_second.round(), 8000.0);
+    }
+
+    #[test]
+    fn a_young_worker_is_measured_over_the_time_it_has_run() {
+        let mut meter = BusyMeter::new(100_000);
+        steady(&mut meter, 100, 2, 250, 1000);
+        let rate = meter.true_rate(102_000).expect("measured");
+        assert!((rate.busy_share - 0.25).abs() < 0.01, "{rate:?}");
+    }
+
+    #[test]
+    fn too_little_work_to_tell_gives_no_rate() {
+        let mut meter = BusyMeter::new(0);
+        assert_eq!(meter.true_rate(0), None);
+        steady(&mut meter, 0, 10, 1, 5);
+        assert_eq!(meter.true_rate(10_000), None, "10 ms busy and 50 records");
+        steady(&mut meter, 10, 5, 100, 1000);
+        assert!(meter.true_rate(15_000).is_some());
+        assert_eq!(meter.true_rate(40_000), None, "nothing in the last ten seconds");
+    }
+
+    #[test]
+    fn an_idle_worker_repeats_its_last_rate_with_when_it_was_measured() {
+        let mut meter = BusyMeter::new(0);
+        assert_eq!(meter.latest(0), None);
+        steady(&mut meter, 0, 10, 100, 1000);
+        let (at, rate) = meter.latest(10_000).expect("measured");
+        assert_eq!((at, rate.records_per_busy_second.round()), (10_000, 10_000.0));
+        assert_eq!(meter.latest(60_000), Some((10_000, rate)));
+    }
+}
