@@ -2,7 +2,8 @@
 //! with an autoscaled job whose source topic has real lag. The StatefulSets follow the
 //! decisions up and down, `status.lastScale` and the `ScaledUp`/`ScaledDown` events carry the
 //! numbers, `spec.replicas` is never written, and no status field one writer sets is reverted by
-//! the other while both write. The operator runs with nothing but a token of the chart's
+//! the other while both write; after the scale-down, at a load one worker carries (reporting its
+//! true rate with its commits), the size stays. The operator runs with nothing but a token of the chart's
 //! ServiceAccount (the chart installed with the Helm SDK for both namespaces, [`ChartRbac`]), and
 //! the API server refuses none of its requests.
 
@@ -16,6 +17,7 @@ use kube::{Api, Client, ResourceExt};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
+use streamjob_crds::capacity_report::CapacityReport;
 use streamjob_crds::StreamJob;
 use streamjob_e2e::{
     api_server, eventually, fresh_namespace, install_crd, kubelet_marks_pods_ready, real_broker, unique, ChartRbac,
@@ -53,16 +55,45 @@ fn produce_backlog(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Commits the end of every partition for `group`, as workers that caught up would.
-fn commit_caught_up(bootstrap: &str, group: &str, topic: &str) -> anyhow::Result<()> {
+/// Commits the end of every partition for `group`, as workers that caught up would, with
+/// `metadata` on each commit.
+fn commit_caught_up(bootstrap: &str, group: &str, topic: &str, metadata: &str) -> anyhow::Result<()> {
     let consumer: BaseConsumer =
         ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create()?;
     let mut offsets = TopicPartitionList::new();
     for partition in 0..PARTITIONS {
         let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
         offsets.add_partition_offset(topic, partition, Offset::Offset(high))?;
+        if let Some(mut element) = offsets.find_partition(topic, partition) {
+            element.set_metadata(metadata);
+        }
     }
     consumer.commit(&offsets, CommitMode::Sync)?;
+    Ok(())
+}
+
+/// As one worker that keeps up would, for `seconds`: `RATE` records a second come in, and every
+/// quarter second the worker commits all of them with a report of its true rate (far above the
+/// input: it is busy 1% of the time).
+fn keep_up(bootstrap: &str, group: &str, topic: &str, seconds: u64) -> anyhow::Result<()> {
+    const RATE: usize = 400;
+    let producer = producer(bootstrap)?;
+    let end = std::time::Instant::now() + Duration::from_secs(seconds);
+    while std::time::Instant::now() < end {
+        for i in 0..RATE / 4 {
+            let value = format!("steady {i}");
+            send_waiting(&producer, rdkafka::producer::BaseRecord::to(topic).payload(value.as_bytes()))?;
+        }
+        rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30))?;
+        let report = CapacityReport {
+            worker: "scaled-0".to_owned(),
+            records_per_busy_second: 40_000.0,
+            busy_share: 0.01,
+            at_ms: streamjob_worker::runner::now_ms(),
+        };
+        commit_caught_up(bootstrap, group, topic, &report.encode())?;
+        std::thread::sleep(Duration::from_millis(250));
+    }
     Ok(())
 }
 
@@ -121,6 +152,11 @@ async fn scale_notes(client: &Client, namespace: &str, name: &str, reason: &str)
     events.into_iter().filter(|e| e.reason.as_deref() == Some(reason)).filter_map(|e| e.message).collect()
 }
 
+/// The consumer group of `w`'s job in its namespace.
+fn group_of(w: &Watched) -> String {
+    w.job.consumer_group().replace("default", &w.namespace)
+}
+
 struct Watched {
     namespace: String,
     topic: String,
@@ -129,7 +165,7 @@ struct Watched {
 }
 
 #[tokio::test]
-async fn two_namespaces_scale_up_and_down_on_real_lag_and_no_status_field_reverts() -> anyhow::Result<()> {
+async fn two_namespaces_scale_up_and_down_on_real_lag_then_hold_at_a_steady_load_and_no_status_field_reverts() -> anyhow::Result<()> {
     let Some(env) = api_server().await? else { return Ok(()) };
     let Some(bootstrap) = real_broker() else { return Ok(()) };
     let client = env.client.clone();
@@ -196,7 +232,7 @@ async fn two_namespaces_scale_up_and_down_on_real_lag_and_no_status_field_revert
 
     // The workers catch up: the lag goes, and after the stabilisation window they scale down.
     for w in &watched {
-        commit_caught_up(&bootstrap, &w.job.consumer_group().replace("default", &w.namespace), &w.topic)?;
+        commit_caught_up(&bootstrap, &group_of(w), &w.topic, "")?;
     }
     for w in &watched {
         let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &w.namespace);
@@ -207,8 +243,37 @@ async fn two_namespaces_scale_up_and_down_on_real_lag_and_no_status_field_revert
         let notes = scale_notes(&client, &w.namespace, "scaled", "ScaledDown").await;
         assert!(notes.iter().any(|n| n.contains("6 → 1")), "ScaledDown events: {notes:?}");
     }
-    // Let both writers run a little longer at the new size.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // At a constant load one worker carries, it stays one worker: no scaling after the scale-down.
+    let steady: Vec<_> = watched
+        .iter()
+        .map(|w| {
+            let (bootstrap, group, topic) = (bootstrap.clone(), group_of(w), w.topic.clone());
+            tokio::task::spawn_blocking(move || keep_up(&bootstrap, &group, &topic, 16))
+        })
+        .collect();
+    let mut sizes = Vec::new();
+    while !steady.iter().all(|task| task.is_finished()) {
+        for w in &watched {
+            let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &w.namespace);
+            sizes.push((w.namespace.clone(), replicas(&sets, "scaled").await));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for task in steady {
+        task.await??;
+    }
+    let changed: Vec<_> = sizes.iter().filter(|(_, size)| *size != Some(1)).collect();
+    assert!(changed.is_empty(), "at a load one worker carries, the size changed after the scale-down: {changed:?}");
+    for w in &watched {
+        let ups = scale_notes(&client, &w.namespace, "scaled", "ScaledUp").await;
+        let downs = scale_notes(&client, &w.namespace, "scaled", "ScaledDown").await;
+        assert_eq!(
+            (ups.len(), downs.len()),
+            (1, 1),
+            "{}: one scale-up, one scale-down: {ups:?} {downs:?}",
+            w.namespace
+        );
+    }
     for task in background {
         task.abort();
     }
