@@ -165,7 +165,8 @@ struct Watched {
 }
 
 #[tokio::test]
-async fn two_namespaces_scale_up_and_down_on_real_lag_then_hold_at_a_steady_load_and_no_status_field_reverts() -> anyhow::Result<()> {
+async fn two_namespaces_scale_up_and_down_on_real_lag_then_hold_at_a_steady_load_and_no_status_field_reverts(
+) -> anyhow::Result<()> {
     let Some(env) = api_server().await? else { return Ok(()) };
     let Some(bootstrap) = real_broker() else { return Ok(()) };
     let client = env.client.clone();

@@ -1,0 +1,79 @@
+//! The Kafka clients' configuration, and the engine's settings from the job.
+
+use super::*;
+
+pub(super) fn client_config(config: &WorkerConfig, bootstrap: &str) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    for (key, value) in
+        connection_properties(bootstrap, &config.job.spec.source, config.credentials.as_ref(), config.ca.as_ref())
+    {
+        client.set(key, value);
+    }
+    client.set("client.id", format!("streamjob-worker-{}", config.instance_id));
+    client.set_log_level(RDKafkaLogLevel::Warning);
+    if let Ok(contexts) = std::env::var("STREAMJOB_LIBRDKAFKA_DEBUG") {
+        client.set("debug", contexts).set_log_level(RDKafkaLogLevel::Debug);
+    }
+    client
+}
+
+pub(super) fn create_producer(
+    config: &WorkerConfig,
+    bootstrap: &str,
+    transactional: bool,
+) -> Result<WorkerProducer, WorkerError> {
+    let mut client = client_config(config, bootstrap);
+    client.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
+    if transactional {
+        client.set("transactional.id", config.transactional_id());
+    }
+    client
+        .create_with_context(DeliveryContext::default())
+        .map_err(|source| WorkerError::Client { client: "producer", source })
+}
+
+pub(super) fn create_consumer(config: &WorkerConfig, shared: Arc<Shared>) -> Result<WorkerConsumer, WorkerError> {
+    let mut client = client_config(config, &config.source_bootstrap);
+    client
+        .set("group.id", &config.consumer_group)
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // Also how soon a partition whose leader went away stops counting as read to its end.
+        .set("statistics.interval.ms", "1000")
+        // librdkafka pauses a partition's fetching for a second once its local queue is above
+        // queued.min.messages; a worker that drains that queue would then wait idle.
+        .set("fetch.queue.backoff.ms", "10")
+        .set("session.timeout.ms", config.timings.session_timeout.as_millis().to_string())
+        .set("heartbeat.interval.ms", (config.timings.session_timeout.as_millis() / 6).max(100).to_string())
+        .set("isolation.level", if config.exactly_once() { "read_committed" } else { "read_uncommitted" })
+        // Where a committed offset the broker no longer has resumes (without it librdkafka
+        // jumps to the end and skips what is left).
+        .set(
+            "auto.offset.reset",
+            match config.job.spec.source.start_from {
+                StartFrom::Earliest => "earliest",
+                StartFrom::Latest => "latest",
+            },
+        );
+    if config.job.spec.source.static_membership {
+        client.set("group.instance.id", &config.instance_id);
+    }
+    client
+        .create_with_context(GroupContext { shared })
+        .map_err(|source| WorkerError::Client { client: "consumer", source })
+}
+
+/// The engine's settings for `config`'s job; `repartition` is the repartition topic and its
+/// partition count, for windowed jobs.
+pub fn engine_settings(config: &WorkerConfig, repartition: Option<(String, i32)>) -> EngineSettings {
+    EngineSettings {
+        source_format: config.job.spec.source.format,
+        sink_format: config.job.spec.sink.format,
+        dead_letter: config.job.spec.sink.dead_letter_topic.is_some(),
+        repartition,
+        flush_interval_ms: config.timings.flush_interval.as_millis() as i64,
+        idle_timeout_ms: config.timings.idle_timeout.as_millis() as i64,
+        max_partials: 100_000,
+    }
+}

@@ -1,0 +1,159 @@
+//! Commits (offsets, or the open transaction), with this worker's capacity report in the
+//! source partitions' metadata; abort and rewind.
+
+use super::*;
+
+impl Shared {
+    /// Commits what is safe now: with at-least-once, after every output is acknowledged (the
+    /// producers are flushed); with exactly-once, by committing the open transaction.
+    pub(super) fn commit_now(&self, consumer: &WorkerConsumer, engine: &mut Engine) -> Result<(), KafkaError> {
+        engine.flush_all();
+        self.send_outputs(engine);
+        if self.exactly_once {
+            return self.commit_transaction(consumer, engine);
+        }
+        for producer in self.producers() {
+            if let Err(error) = producer.flush(self.flush_timeout) {
+                tracing::warn!(%error, "flush did not finish; unacknowledged records stay uncommitted");
+            }
+        }
+        self.deliver_reports(engine);
+        self.commit_offsets(consumer, engine, CommitMode::Sync)
+    }
+
+    pub(super) fn commit_offsets(
+        &self,
+        consumer: &WorkerConsumer,
+        engine: &mut Engine,
+        mode: CommitMode,
+    ) -> Result<(), KafkaError> {
+        let commits = engine.commits(true);
+        if commits.is_empty() {
+            return Ok(());
+        }
+        let list = self.commit_list(&commits)?;
+        let result = consumer.commit(&list, mode);
+        self.count_commit(&result);
+        if result.is_ok() {
+            engine.committed(&commits);
+        }
+        result
+    }
+
+    /// The commit of `commits`, each source partition's carrying this worker's capacity report
+    /// for the operator's autoscaler (the aggregating stage's partitions carry its checkpoint).
+    pub(super) fn commit_list(&self, commits: &[Commit]) -> Result<TopicPartitionList, KafkaError> {
+        let list = commit_list(commits)?;
+        let Some(report) = self.capacity_report() else { return Ok(list) };
+        for commit in commits.iter().filter(|c| c.metadata.is_none()) {
+            if Some(commit.topic.as_str()) == self.repartition_topic.as_deref() {
+                continue;
+            }
+            if let Some(mut element) = list.find_partition(&commit.topic, commit.partition) {
+                element.set_metadata(report.as_str());
+            }
+        }
+        Ok(list)
+    }
+
+    /// This worker's true rate now, as commit metadata, also shown in its metrics.
+    pub(super) fn capacity_report(&self) -> Option<String> {
+        let (at_ms, rate) = lock(&self.busy).latest(now_ms())?;
+        self.metrics.records_per_busy_second.set(rate.records_per_busy_second);
+        self.metrics.busy_share.set(rate.busy_share);
+        let report = CapacityReport {
+            worker: self.instance_id.clone(),
+            records_per_busy_second: rate.records_per_busy_second,
+            busy_share: rate.busy_share,
+            at_ms,
+        };
+        Some(report.encode())
+    }
+
+    /// `busy` spent on `source_records` (and whatever else the loop did) just now.
+    pub(super) fn count_busy(&self, busy: Duration, source_records: u64) {
+        let busy = busy.saturating_sub(std::mem::take(&mut *lock(&self.queue_full_wait)));
+        lock(&self.busy).add(now_ms(), busy, source_records);
+        self.metrics.busy_seconds.inc_by(busy.as_secs_f64());
+    }
+
+    pub(super) fn count_commit(&self, result: &Result<(), KafkaError>) {
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.commits.get_or_create(&ResultLabel { result: label.into() }).inc();
+    }
+
+    pub(super) fn commit_transaction(&self, consumer: &WorkerConsumer, engine: &mut Engine) -> Result<(), KafkaError> {
+        let commits = engine.commits(false);
+        let result = (|| {
+            if !commits.is_empty() {
+                let metadata = consumer.group_metadata().ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::State))?;
+                self.producer.send_offsets_to_transaction(&self.commit_list(&commits)?, &metadata, REQUEST_TIMEOUT)?;
+            }
+            self.producer.commit_transaction(REQUEST_TIMEOUT)
+        })();
+        self.count_commit(&result);
+        self.deliver_reports(engine);
+        match result {
+            Ok(()) => {
+                engine.committed(&commits);
+                self.producer.begin_transaction()
+            }
+            Err(error) => {
+                tracing::warn!(%error, "transaction failed; aborting and rewinding to the last commit");
+                self.abort_and_rewind(consumer, engine)?;
+                Err(error)
+            }
+        }
+    }
+
+    pub(super) fn abort_and_rewind(&self, consumer: &WorkerConsumer, engine: &mut Engine) -> Result<(), KafkaError> {
+        if self.exactly_once {
+            self.abort_transaction(engine)?;
+        }
+        self.deliver_reports(engine);
+        rewind(consumer, engine);
+        if self.exactly_once {
+            self.producer.begin_transaction()?;
+        }
+        Ok(())
+    }
+
+    /// Aborts the open transaction. librdkafka first waits for the delivery report of every
+    /// message still outstanding, and those reports only come through `poll`: so it aborts in
+    /// short steps and serves the reports in between (they belong to the aborted transaction;
+    /// the rewind that follows drops their tickets). Aborting without polling times out, and
+    /// the broker then aborts the transaction itself and fences this producer.
+    pub(super) fn abort_transaction(&self, engine: &mut Engine) -> Result<(), KafkaError> {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            match self.producer.abort_transaction(ABORT_STEP) {
+                Err(KafkaError::Transaction(error)) if error.is_retriable() && Instant::now() < deadline => {
+                    self.poll_producers(engine);
+                }
+                result => return result,
+            }
+        }
+    }
+}
+
+pub(crate) fn commit_list(commits: &[Commit]) -> Result<TopicPartitionList, KafkaError> {
+    let mut list = TopicPartitionList::new();
+    for commit in commits {
+        list.add_partition_offset(&commit.topic, commit.partition, Offset::Offset(commit.offset))?;
+        if let (Some(metadata), Some(mut element)) =
+            (&commit.metadata, list.find_partition(&commit.topic, commit.partition))
+        {
+            element.set_metadata(metadata.as_str());
+        }
+    }
+    Ok(list)
+}
+
+/// Drops all state and reads every assigned partition again from its last commit.
+pub(super) fn rewind(consumer: &WorkerConsumer, engine: &mut Engine) {
+    for (topic, partition, offset) in engine.rewind() {
+        if let Err(error) = consumer.seek(&topic, partition, Offset::Offset(offset), REQUEST_TIMEOUT) {
+            tracing::error!(%error, topic, partition, offset, "seek failed during rewind");
+        }
+    }
+}

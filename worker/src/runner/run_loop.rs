@@ -1,0 +1,172 @@
+//! The worker's life: start the clients, consume until stopped, drain and commit.
+
+use super::admin::ensure_repartition_topic;
+use super::clients::{create_consumer, create_producer};
+use super::*;
+
+/// Runs the worker until `control.shutdown` (drain, commit, leave) or `control.abandon`.
+pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
+    let pipeline = CompiledPipeline::compile(&config.job.spec.pipeline)?;
+    let windowed = pipeline.window.is_some();
+    let (repartition, sources) = if windowed {
+        let (partitions, sources) = ensure_repartition_topic(&config, &control)?;
+        (Some((config.repartition_topic(), partitions)), sources)
+    } else {
+        (None, Vec::new())
+    };
+    let settings = engine_settings(&config, repartition.clone());
+    let mut engine = Engine::new(settings, pipeline, control.metrics.clone(), control.totals.clone());
+    engine.expect_sources(sources);
+    let exactly_once = config.exactly_once();
+    let producer = create_producer(&config, &config.source_bootstrap, exactly_once)?;
+    let sink_producer = if config.sink_bootstrap != config.source_bootstrap {
+        Some(create_producer(&config, &config.sink_bootstrap, false)?)
+    } else {
+        None
+    };
+    if exactly_once {
+        producer
+            .init_transactions(REQUEST_TIMEOUT)
+            .map_err(|source| WorkerError::Kafka { what: "cannot start transactions", source })?;
+        producer
+            .begin_transaction()
+            .map_err(|source| WorkerError::Kafka { what: "cannot begin a transaction", source })?;
+    }
+    let shared = Arc::new(Shared {
+        engine: Mutex::new(engine),
+        producer,
+        sink_producer,
+        sink_topic: config.job.spec.sink.topic.clone(),
+        dead_letter_topic: config.job.spec.sink.dead_letter_topic.clone(),
+        repartition_topic: repartition.map(|(topic, _)| topic),
+        exactly_once,
+        start_from: config.job.spec.source.start_from,
+        abandoned: AtomicBool::new(false),
+        leaving: AtomicBool::new(false),
+        metrics: control.metrics.clone(),
+        flush_timeout: config.timings.shutdown_timeout,
+        starts: Mutex::default(),
+        fresh_fetches: Mutex::default(),
+        pending_resets: PendingResets::default(),
+        totals: control.totals.clone(),
+        ready: control.ready.clone(),
+        instance_id: config.instance_id.clone(),
+        busy: Mutex::new(BusyMeter::new(now_ms())),
+        queue_full_wait: Mutex::default(),
+    });
+    let consumer = create_consumer(&config, shared.clone())?;
+    let mut topics: Vec<&str> = config.job.spec.source.topics.iter().map(String::as_str).collect();
+    if let Some(topic) = &shared.repartition_topic {
+        topics.push(topic);
+    }
+    consumer.subscribe(&topics).map_err(|source| WorkerError::Kafka { what: "cannot subscribe", source })?;
+    tracing::info!(group = %config.consumer_group, ?topics, instance = %config.instance_id, exactly_once, "worker started");
+    let result = consume_until_stopped(&config, &control, &shared, &consumer);
+    control.ready.store(false, Ordering::SeqCst);
+    if control.abandon.load(Ordering::SeqCst) {
+        shared.abandoned.store(true, Ordering::SeqCst);
+        tracing::warn!("abandoned without committing");
+        return result;
+    }
+    shared.leaving.store(true, Ordering::SeqCst);
+    let mut engine = lock(&shared.engine);
+    if let Err(error) = shared.commit_now(&consumer, &mut engine) {
+        tracing::warn!(%error, "final commit failed; nothing is lost: the next owner replays from the last commit");
+    }
+    drop(engine);
+    drop(consumer);
+    tracing::info!("worker stopped: drained, committed and left the group");
+    result
+}
+
+fn consume_until_stopped(
+    config: &WorkerConfig,
+    control: &Control,
+    shared: &Shared,
+    consumer: &WorkerConsumer,
+) -> Result<(), WorkerError> {
+    let mut last_tick = Instant::now();
+    let mut last_commit = Instant::now();
+    while !control.shutdown.load(Ordering::Relaxed) && !control.abandon.load(Ordering::Relaxed) {
+        let (read_busy, source_records) = read_batch(shared, consumer);
+        let mut engine = lock(&shared.engine);
+        let now = Instant::now();
+        if now - last_tick >= TICK_INTERVAL {
+            last_tick = now;
+            shared.observe_source_ends(consumer, &mut engine);
+            engine.on_tick(now_ms());
+        }
+        if engine.has_outputs() {
+            shared.send_outputs(&mut engine);
+        }
+        shared.poll_producers(&mut engine);
+        shared.count_busy(read_busy + now.elapsed(), source_records);
+        if let Some(failure) = engine.failure().map(str::to_owned) {
+            tracing::error!(error = %failure, "a record was not delivered; rewinding to the last commit");
+            for producer in shared.producers() {
+                let _ = producer.flush(REQUEST_TIMEOUT);
+            }
+            shared.deliver_reports(&mut engine);
+            if let Err(error) = shared.abort_and_rewind(consumer, &mut engine) {
+                return Err(WorkerError::Kafka { what: "cannot rewind", source: error });
+            }
+        }
+        if now - last_commit >= config.timings.commit_interval {
+            last_commit = now;
+            let result = if shared.exactly_once {
+                shared.commit_now(consumer, &mut engine)
+            } else {
+                shared.commit_offsets(consumer, &mut engine, CommitMode::Async)
+            };
+            if let Err(error) = result {
+                if is_fatal(&error) {
+                    return Err(WorkerError::Kafka { what: "fatal transaction error", source: error });
+                }
+                tracing::warn!(%error, "commit failed; retrying at the next interval");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads what the consumer has ready, up to [`READ_BATCH`] records or errors, waiting up to
+/// [`POLL_TIMEOUT`] for the first. The engine is locked per record, never across a poll: a
+/// poll may run the rebalance callback, which locks it too. Returns the time spent on the
+/// records (not the wait for the first) and how many came from the source topics.
+fn read_batch(shared: &Shared, consumer: &WorkerConsumer) -> (Duration, u64) {
+    let mut next = consumer.poll(POLL_TIMEOUT);
+    let started = Instant::now();
+    let now_ms = now_ms();
+    let mut events = 0;
+    let mut source_records = 0;
+    while let Some(result) = next.take() {
+        match result {
+            Ok(message) => {
+                let input = Input {
+                    topic: message.topic(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key(),
+                    payload: message.payload(),
+                    timestamp_ms: message.timestamp().to_millis(),
+                };
+                shared.count_passed_over(&input);
+                lock(&shared.engine).on_input(&input, now_ms);
+                if Some(input.topic) != shared.repartition_topic.as_deref() {
+                    source_records += 1;
+                }
+            }
+            Err(KafkaError::PartitionEOF(_)) => {}
+            Err(error) => tracing::warn!(%error, "consumer error; librdkafka retries"),
+        }
+        events += 1;
+        if events < READ_BATCH {
+            next = consumer.poll(Duration::ZERO);
+        }
+    }
+    (started.elapsed(), source_records)
+}
+
+fn is_fatal(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::Transaction(e) if e.is_fatal())
+}
