@@ -2,10 +2,14 @@
 //! sliding window. Busy time is what the loop spends on records, windows and outputs; waiting
 //! for a fetch, for the producer's queue to drain, or for a commit's acknowledgements is not.
 //! A worker kept waiting by a slow input still reports what it could do, which the rate it
-//! consumes at cannot tell (Flink's autoscaler measures the same way).
+//! consumes at cannot tell (Flink's autoscaler measures the same way). A worker that is behind
+//! (records wait for it on the broker) waits for its own fetches and producer, which are part
+//! of what it can do: then all its time counts as busy.
 
 use std::collections::VecDeque;
 use std::time::Duration;
+
+use rdkafka::statistics::Statistics;
 
 /// How far back the measurement looks.
 const WINDOW_MS: i64 = 10_000;
@@ -13,6 +17,8 @@ const BUCKET_MS: i64 = 1_000;
 /// Less than this says more about the loop's fixed costs than about the records' cost.
 const MIN_BUSY: Duration = Duration::from_millis(20);
 const MIN_RECORDS: u64 = 100;
+/// Fewer unread records than this are what a worker that keeps up has in flight.
+const BEHIND_MIN_RECORDS: i64 = 1_000;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TrueRate {
@@ -67,6 +73,16 @@ impl BusyMeter {
         self.last
     }
 
+    /// Whether `unread` records waiting on the broker are a backlog: more than a second of what
+    /// this worker consumed lately.
+    pub fn behind(&self, unread: i64, now_ms: i64) -> bool {
+        let window_start = now_ms - WINDOW_MS;
+        let records: u64 =
+            self.buckets.iter().filter(|b| b.start_ms + BUCKET_MS > window_start).map(|b| b.records).sum();
+        let seconds = ((now_ms - window_start.max(self.since_ms)) as f64 / 1000.0).max(1.0);
+        unread >= BEHIND_MIN_RECORDS && unread as f64 >= records as f64 / seconds
+    }
+
     /// The rate over the last [`WINDOW_MS`], or `None` when too little was processed to tell.
     pub fn true_rate(&self, now_ms: i64) -> Option<TrueRate> {
         let window_start = now_ms - WINDOW_MS;
@@ -82,6 +98,16 @@ impl BusyMeter {
             busy_share: (busy.as_secs_f64() * 1000.0 / covered_ms as f64).min(1.0),
         })
     }
+}
+
+/// Records on the broker the consumer has not yet returned, over the partitions it fetches
+/// (librdkafka's statistics: each partition's high watermark minus the application's offset).
+pub fn unread_records(statistics: &Statistics) -> i64 {
+    let fetching = statistics.topics.values().flat_map(|topic| topic.partitions.iter());
+    fetching
+        .filter(|(partition, stats)| **partition >= 0 && stats.fetch_state == "active" && stats.app_offset >= 0)
+        .map(|(_, stats)| (stats.hi_offset - stats.app_offset).max(0))
+        .sum()
 }
 
 #[cfg(test)]
@@ -139,6 +165,17 @@ mod tests {
         steady(&mut meter, 10, 5, 100, 1000);
         assert!(meter.true_rate(15_000).is_some());
         assert_eq!(meter.true_rate(40_000), None, "nothing in the last ten seconds");
+    }
+
+    #[test]
+    fn a_backlog_is_more_than_a_second_of_what_the_worker_consumes() {
+        let mut meter = BusyMeter::new(0);
+        steady(&mut meter, 0, 10, 100, 5000);
+        for (unread, behind) in [(0, false), (999, false), (4_000, false), (5_000, true), (200_000, true)] {
+            assert_eq!(meter.behind(unread, 10_000), behind, "{unread} unread at 5000/s");
+        }
+        let idle = BusyMeter::new(0);
+        assert!(!idle.behind(999, 10_000) && idle.behind(1_000, 10_000));
     }
 
     #[test]

@@ -71,9 +71,18 @@ impl Shared {
     }
 
     /// `busy` spent on `source_records` (and whatever else the loop did) just now.
-    pub(super) fn count_busy(&self, busy: Duration, source_records: u64) {
-        let busy = busy.saturating_sub(std::mem::take(&mut *lock(&self.queue_full_wait)));
-        lock(&self.busy).add(now_ms(), busy, source_records);
+    /// One turn of the loop: `busy` on records and outputs, `turn` the whole turn (waits
+    /// included), `source_records` read in it. While the worker is behind, the whole turn counts.
+    pub(super) fn count_busy(&self, busy: Duration, turn: Duration, source_records: u64) {
+        let queue_full_wait = std::mem::take(&mut *lock(&self.queue_full_wait));
+        let now = now_ms();
+        let mut meter = lock(&self.busy);
+        let busy = if meter.behind(self.unread.load(Ordering::Relaxed), now) {
+            turn
+        } else {
+            busy.saturating_sub(queue_full_wait)
+        };
+        meter.add(now, busy, source_records);
         self.metrics.busy_seconds.inc_by(busy.as_secs_f64());
     }
 

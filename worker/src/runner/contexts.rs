@@ -85,6 +85,7 @@ impl ClientContext for GroupContext {
 
     fn stats(&self, statistics: Statistics) {
         *lock(&self.shared.fresh_fetches) = partition_end::fresh_fetches(&statistics);
+        self.shared.unread.store(busy_time::unread_records(&statistics), Ordering::Relaxed);
         for (topic, stats) in &statistics.topics {
             for (partition, partition_stats) in &stats.partitions {
                 if *partition >= 0 && partition_stats.consumer_lag >= 0 {

@@ -6,7 +6,7 @@
 //! settings, `admin.rs` the repartition topic.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ use streamjob_crds::kafka::connection_properties;
 use streamjob_crds::StartFrom;
 use streamjob_runtime::sync::lock;
 
-use crate::busy_time::BusyMeter;
+use crate::busy_time::{self, BusyMeter};
 use crate::config::WorkerConfig;
 use crate::engine::{Commit, Destination, Engine, EngineSettings, Input, Output, Ticket, Totals};
 use crate::metrics::{KindLabel, PartitionLabels, ResultLabel, WorkerMetrics};
@@ -114,6 +114,8 @@ struct Shared {
     busy: Mutex<BusyMeter>,
     /// Time spent waiting for room in a producer's queue since the loop last took it: not busy.
     queue_full_wait: Mutex<Duration>,
+    /// Records on the broker not yet read, from the last statistics.
+    unread: AtomicI64,
 }
 
 type WorkerConsumer = BaseConsumer<GroupContext>;

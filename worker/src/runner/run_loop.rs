@@ -53,6 +53,7 @@ pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
         instance_id: config.instance_id.clone(),
         busy: Mutex::new(BusyMeter::new(now_ms())),
         queue_full_wait: Mutex::default(),
+        unread: AtomicI64::new(0),
     });
     let consumer = create_consumer(&config, shared.clone())?;
     let mut topics: Vec<&str> = config.job.spec.source.topics.iter().map(String::as_str).collect();
@@ -88,6 +89,7 @@ fn consume_until_stopped(
     let mut last_tick = Instant::now();
     let mut last_commit = Instant::now();
     while !control.shutdown.load(Ordering::Relaxed) && !control.abandon.load(Ordering::Relaxed) {
+        let turn = Instant::now();
         let (read_busy, source_records) = read_batch(shared, consumer);
         let mut engine = lock(&shared.engine);
         let now = Instant::now();
@@ -100,7 +102,7 @@ fn consume_until_stopped(
             shared.send_outputs(&mut engine);
         }
         shared.poll_producers(&mut engine);
-        shared.count_busy(read_busy + now.elapsed(), source_records);
+        shared.count_busy(read_busy + now.elapsed(), turn.elapsed(), source_records);
         if let Some(failure) = engine.failure().map(str::to_owned) {
             tracing::error!(error = %failure, "a record was not delivered; rewinding to the last commit");
             for producer in shared.producers() {
