@@ -76,12 +76,16 @@ fn print_trace(report: &TraceReport) {
     }
     match &report.oracle {
         Some(oracle) => println!(
-            "    oracle: replica·s {:.0} replayed ({}), lower bound {}, {} model, λ {:.0e}; ours/oracle replica·s {:.3}",
+            "    oracle: replica·s {:.0} replayed ({}; {}), lower bound {} ({} model); ours/oracle replica·s {:.3}",
             oracle.replay.replica_seconds,
             if oracle.within_budget { "within ours' lag·s and max lag" } else { "OVER ours' lag·s or max lag" },
+            if oracle.from_search {
+                format!("searched, λ {:.0e}", oracle.lambda)
+            } else {
+                "ours' own schedule: the search found none cheaper".to_owned()
+            },
             oracle.lower_bound.map_or("-".to_owned(), |b| format!("{b:.0}")),
             if oracle.exact_model { "exact" } else { "optimistic" },
-            oracle.lambda,
             report.ours.replica_seconds / oracle.replay.replica_seconds
         ),
         None => println!("    oracle: no schedule meets ours' max lag"),

@@ -163,6 +163,13 @@ pub struct Schedule {
     pub changes: Vec<(f64, i32)>,
 }
 
+impl Schedule {
+    /// The changes a run made.
+    pub fn of(outcome: &Outcome) -> Self {
+        Self { changes: outcome.scales.iter().map(|&(at, _, to)| (at, to)).collect() }
+    }
+}
+
 /// A [`Schedule`] being replayed.
 pub struct Replay<'a> {
     schedule: &'a Schedule,

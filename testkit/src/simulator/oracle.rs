@@ -13,21 +13,20 @@
 //! schedule. Where the reduced model is optimistic (a stuck partition) and no replay is within
 //! the budget, the budget is tightened by the excess and the search runs again.
 //!
-//! Where it errs, and which way: the schedule changes replicas only every
-//! `decision_interval` seconds, and merging the paths in a lag bucket can drop the one that
-//! would have been cheapest later. Both make the oracle err high (more replica·s than the best
-//! schedule), so ours/oracle errs in ours' favour. The lower bound beside it errs the other way:
-//! the same search on the same grid with finer buckets, merging optimistically (least cost,
-//! least lag, least lag·s of all paths that reach a state; the model is monotone, so the merged
-//! label is no worse than any of them), gives through Lagrangian duality a replica·s that no
-//! schedule on that grid within the budget can beat in the reduced model, which itself never
-//! lags more than the simulator (see `oracle_model`). Merging rounds lag down by up to a
-//! bucket per step, so the bound is loose where a count runs exactly at capacity for long (lag
-//! that should stay flat drifts down). The grid itself is not bounded: a schedule off the grid
-//! could be cheaper by about the replica difference × the interval per scale event.
-
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+//! Where it errs, and which way: the schedule changes replicas only at multiples of
+//! `decision_interval` seconds (as our policy, polling every 10 s, does), and merging the paths
+//! in a lag bucket can drop the one that would have been cheapest later. Both make the oracle
+//! err high (more replica·s than the best schedule), so ours/oracle errs in ours' favour. The
+//! lower bound beside it errs the other way: the same search merging optimistically (least
+//! cost, least lag, least lag·s of all paths that reach a state; the model is monotone, so the
+//! merged label is no worse than any of them) gives, for each λ, `V(λ) − λ·budget`, a
+//! replica·s that no schedule on the grid within the budget can beat in the reduced model,
+//! which itself never lags more than the simulator (see `oracle_model`). The bound is loose
+//! where the reduced model is (a stuck partition) and where two lag coordinates share coarse
+//! buckets (a hot partition); the grid itself is not bounded: a schedule off it could save
+//! about the replica difference × the interval per scale event. The trace ends where it ends:
+//! the oracle may let lag build up just before the end, which a job that goes on would pay for
+//! later.
 
 use streamjob_operator::autoscaler::policy::efficient_counts;
 
@@ -54,7 +53,7 @@ impl Budget {
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct OracleSettings {
-    /// Seconds between the points where the oracle's schedule may change replicas.
+    /// The oracle's schedule may change replicas at the multiples of this many seconds.
     pub decision_interval: usize,
     /// Lag buckets between 0 and the max-lag budget; paths in one bucket are merged.
     pub lag_buckets: usize,
@@ -93,16 +92,27 @@ pub struct Oracle {
     pub exact_model: bool,
     /// The multiplier of lag·s whose search found the schedule.
     pub lambda: f64,
+    /// Whether the search found it (else it is one of the known schedules: the search found
+    /// none cheaper).
+    pub from_search: bool,
 }
 
-/// Multipliers of lag·s tried: none, then one per decade.
-const LAMBDAS: [f64; 10] = [0.0, 1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2];
+/// Multipliers of lag·s tried: none, then one per decade (replica·s per lag·s: about 1/(1000 ×
+/// the seconds a record waits) is where one more replica pays).
+const LAMBDAS: [f64; 7] = [0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3];
 /// Refinement around the best multiplier: factors tried on either side, in turn.
 const REFINE: [f64; 3] = [3.16, 1.78, 1.33];
 
 /// The oracle for `trace` within `budget`; `None` when no schedule on the decision grid meets
-/// the max-lag bound at all.
-pub fn oracle(model: &Model, trace: &Trace, budget: Budget, settings: &OracleSettings) -> Option<Oracle> {
+/// the max-lag bound at all. `known` schedules (ours, which meets its own budget) are
+/// candidates beside the search's, so the oracle never costs more than they do.
+pub fn oracle(
+    model: &Model,
+    trace: &Trace,
+    budget: Budget,
+    known: &[Schedule],
+    settings: &OracleSettings,
+) -> Option<Oracle> {
     let mut counts: Vec<i32> = efficient_counts(model.partitions as i32)
         .into_iter()
         .filter(|c| (model.min_replicas.max(1)..=model.max_replicas).contains(c))
@@ -116,62 +126,147 @@ pub fn oracle(model: &Model, trace: &Trace, budget: Budget, settings: &OracleSet
         Search::new(model, &lag_model, &counts, interval.max(1), budget.max_lag, buckets)
     };
     let primal = search(settings.decision_interval, settings.lag_buckets);
-    // A replay a little over the budget (the reduced model is optimistic, or its floating-point
-    // sums differ from the simulator's in the last digits) tightens this target.
-    let mut target = budget;
-    let mut best: Option<(Schedule, Outcome)> = None;
-    let mut best_lambda = 0.0;
-    let mut closest_miss: Option<(Schedule, Outcome)> = None;
-    for _round in 0..=settings.tightening_rounds {
-        let mut try_lambda = |lambda: f64, best: &mut Option<(Schedule, Outcome)>| {
-            let Some(schedule) = primal.run(lambda, target, Merge::Cheapest).map(|s| s.schedule) else { return false };
-            let replay = simulate(model, trace, &mut Replay::new(&schedule));
-            if !budget.admits(&replay) {
-                let miss = |o: &Outcome| o.lag_seconds / budget.lag_seconds + o.max_lag / budget.max_lag.max(1.0);
-                if closest_miss.as_ref().is_none_or(|(_, o)| miss(&replay) < miss(o)) {
-                    closest_miss = Some((schedule, replay));
+    let mut found = Candidates::default();
+    found.sweep(&primal, model, trace, budget, budget);
+    // A replay over the budget (the reduced model is optimistic, or its floating-point sums differ
+    // from the simulator's in the last digits): search again within a target lowered by a
+    // multiple of the closest miss's excess, doubling it until a replay fits, then bisecting
+    // between the last multiple that did not fit and the first that did.
+    if let Some((_, miss)) = found.closest_miss.clone().filter(|_| found.best.is_none()) {
+        let excess = [(miss.lag_seconds - budget.lag_seconds).max(0.0), (miss.max_lag - budget.max_lag).max(0.0)];
+        let target = |multiple: f64| Budget {
+            lag_seconds: budget.lag_seconds - multiple * excess[0],
+            max_lag: budget.max_lag - multiple * excess[1],
+        };
+        let (mut misses, mut fits) = (0.0, 1.0);
+        for _ in 0..settings.tightening_rounds {
+            if found.sweep(&primal, model, trace, budget, target(fits)) {
+                break;
+            }
+            (misses, fits) = (fits, fits * 2.0);
+        }
+        if found.best.is_some() {
+            for _ in 0..settings.tightening_rounds {
+                let middle = (misses + fits) / 2.0;
+                if found.sweep(&primal, model, trace, budget, target(middle)) {
+                    fits = middle;
+                } else {
+                    misses = middle;
                 }
-                return false;
             }
-            let better = best.as_ref().is_none_or(|(_, o)| replay.replica_seconds < o.replica_seconds);
-            if better {
-                *best = Some((schedule, replay));
+        }
+    }
+    let searched = found.best.as_ref().map(|(_, o, _)| o.replica_seconds);
+    for schedule in known.iter().filter(|k| k.changes.iter().all(|(_, r)| counts.contains(r))) {
+        let replay = simulate(model, trace, &mut Replay::new(schedule));
+        if budget.admits(&replay)
+            && found.best.as_ref().is_none_or(|(_, o, _)| replay.replica_seconds < o.replica_seconds)
+        {
+            found.best = Some((schedule.clone(), replay, f64::NAN));
+        }
+    }
+    let from_search = found.best.as_ref().is_some_and(|(_, o, _)| Some(o.replica_seconds) == searched);
+    let within_budget = found.best.is_some();
+    let best_lambda = found.best.as_ref().map_or(0.0, |(_, _, lambda)| *lambda);
+    let (schedule, replay) = found.best.map(|(s, o, _)| (s, o)).or(found.closest_miss)?;
+    let lower_bound = lower_bound(&search(settings.bound_decision_interval, settings.bound_lag_buckets), budget);
+    Some(Oracle {
+        schedule,
+        replay,
+        within_budget,
+        lower_bound,
+        exact_model: lag_model.exact,
+        lambda: best_lambda,
+        from_search,
+    })
+}
+
+/// The schedules the searches found, replayed.
+#[derive(Default)]
+struct Candidates {
+    /// The cheapest replay within the budget, and its λ.
+    best: Option<(Schedule, Outcome, f64)>,
+    /// The replay over the budget that is nearest to it.
+    closest_miss: Option<(Schedule, Outcome)>,
+}
+
+impl Candidates {
+    /// Searches within `target` over the λ grid, refined around the λ of this sweep's cheapest
+    /// fitting replay, replaying each schedule against `budget`. Whether any replay fitted.
+    fn sweep(&mut self, primal: &Search<'_>, model: &Model, trace: &Trace, budget: Budget, target: Budget) -> bool {
+        let mut cheapest: Option<(f64, f64)> = None;
+        let consider = |candidates: &mut Self, lambda: f64, cheapest: &mut Option<(f64, f64)>| {
+            let Some(replica_seconds) = candidates.replay(primal, model, trace, budget, target, lambda) else { return };
+            if cheapest.is_none_or(|(r, _)| replica_seconds < r) {
+                *cheapest = Some((replica_seconds, lambda));
             }
-            better
         };
         for lambda in LAMBDAS {
-            if try_lambda(lambda, &mut best) {
-                best_lambda = lambda;
+            consider(self, lambda, &mut cheapest);
+        }
+        for factor in REFINE {
+            let Some((_, around)) = cheapest else { break };
+            for lambda in [around.max(1e-11) / factor, around.max(1e-11) * factor] {
+                consider(self, lambda, &mut cheapest);
             }
         }
-        if best.is_some() {
-            for factor in REFINE {
-                let around = best_lambda.max(1e-11);
-                for lambda in [around / factor, around * factor] {
-                    if try_lambda(lambda, &mut best) {
-                        best_lambda = lambda;
-                    }
-                }
-            }
-            break;
-        }
-        let Some((_, miss)) = &closest_miss else { break };
-        target.lag_seconds -= (miss.lag_seconds - budget.lag_seconds).max(0.0) * 1.1;
-        target.max_lag -= (miss.max_lag - budget.max_lag).max(0.0) * 1.1;
+        cheapest.is_some()
     }
-    let within_budget = best.is_some();
-    let (schedule, replay) = best.or(closest_miss)?;
-    let bound = search(settings.bound_decision_interval, settings.bound_lag_buckets);
-    let mut lambdas = vec![0.0, best_lambda];
-    lambdas.dedup();
-    let lower_bound = lambdas
-        .into_iter()
-        .filter_map(|lambda| {
-            let solution = bound.run(lambda, budget, Merge::Optimistic)?;
-            Some(solution.cost - lambda * budget.lag_seconds)
-        })
-        .reduce(f64::max);
-    Some(Oracle { schedule, replay, within_budget, lower_bound, exact_model: lag_model.exact, lambda: best_lambda })
+
+    /// Searches with `lambda` within `target` and replays the schedule: its replica·s when the
+    /// replay is within `budget` (kept if the cheapest yet), else `None` (kept if the nearest
+    /// miss yet).
+    fn replay(
+        &mut self,
+        primal: &Search<'_>,
+        model: &Model,
+        trace: &Trace,
+        budget: Budget,
+        target: Budget,
+        lambda: f64,
+    ) -> Option<f64> {
+        let schedule = primal.run(lambda, target, Merge::Cheapest)?.schedule;
+        let replay = simulate(model, trace, &mut Replay::new(&schedule));
+        if !budget.admits(&replay) {
+            let miss = |o: &Outcome| o.lag_seconds / budget.lag_seconds + o.max_lag / budget.max_lag.max(1.0);
+            if self.closest_miss.as_ref().is_none_or(|(_, o)| miss(&replay) < miss(o)) {
+                self.closest_miss = Some((schedule, replay));
+            }
+            return None;
+        }
+        let replica_seconds = replay.replica_seconds;
+        if self.best.as_ref().is_none_or(|(_, o, _)| replica_seconds < o.replica_seconds) {
+            self.best = Some((schedule, replay, lambda));
+        }
+        Some(replica_seconds)
+    }
+}
+
+/// The best of the Lagrangian bounds `V(λ) − λ·budget` over a grid of λ refined around the
+/// best: each is a valid bound, since a schedule within the budget costs at least
+/// replica·s + λ·(lag·s − budget) ≥ V(λ) − λ·budget.
+fn lower_bound(search: &Search<'_>, budget: Budget) -> Option<f64> {
+    let bound_at =
+        |lambda: f64| search.run(lambda, budget, Merge::Optimistic).map(|s| s.cost - lambda * budget.lag_seconds);
+    let mut best: Option<(f64, f64)> = None;
+    let consider = |lambda: f64, best: &mut Option<(f64, f64)>| {
+        if let Some(bound) = bound_at(lambda) {
+            if best.is_none_or(|(b, _)| bound > b) {
+                *best = Some((bound, lambda));
+            }
+        }
+    };
+    for lambda in LAMBDAS {
+        consider(lambda, &mut best);
+    }
+    for factor in &REFINE[..2] {
+        let Some((_, around)) = best else { break };
+        let around = around.max(1e-11);
+        for lambda in [around / factor, around * factor] {
+            consider(lambda, &mut best);
+        }
+    }
+    best.map(|(bound, _)| bound)
 }
 
 /// How paths that reach the same state are merged.
@@ -202,41 +297,27 @@ pub(super) struct Solution {
     pub schedule: Schedule,
 }
 
-/// A multiplicative hash for the packed state keys.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.write_u64(self.0 ^ u64::from(*byte));
-        }
-    }
-
-    fn write_u64(&mut self, key: u64) {
-        let mixed = (self.0 ^ key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.0 = mixed ^ (mixed >> 29);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// One time step's states: their labels, and where each key is.
-#[derive(Default)]
+/// One time step's states: their labels, and for every possible key where its state is.
 struct Layer {
-    states: Vec<(u64, Label)>,
-    index: HashMap<u64, u32, BuildHasherDefault<KeyHasher>>,
+    states: Vec<(usize, Label)>,
+    /// By key: the index into `states`, or `EMPTY`.
+    slots: Vec<u32>,
 }
+
+const EMPTY: u32 = u32::MAX;
 
 impl Layer {
-    fn offer(&mut self, key: u64, path: Label, merge: Merge) {
-        let Some(&at) = self.index.get(&key) else {
-            self.index.insert(key, self.states.len() as u32);
+    fn new(keys: usize) -> Self {
+        Self { states: Vec::new(), slots: vec![EMPTY; keys] }
+    }
+
+    fn offer(&mut self, key: usize, path: Label, merge: Merge) {
+        let at = self.slots[key];
+        if at == EMPTY {
+            self.slots[key] = self.states.len() as u32;
             self.states.push((key, path));
             return;
-        };
+        }
         let kept = &mut self.states[at as usize].1;
         match merge {
             Merge::Cheapest if path.cost < kept.cost => *kept = path,
@@ -254,8 +335,10 @@ impl Layer {
     }
 
     fn clear(&mut self) {
+        for (key, _) in &self.states {
+            self.slots[*key] = EMPTY;
+        }
         self.states.clear();
-        self.index.clear();
     }
 }
 
@@ -269,11 +352,13 @@ pub(super) struct Search<'a> {
     pause: usize,
     /// Records per bucket along each of the model's coordinates.
     bucket_width: [f64; 2],
+    /// Buckets along each coordinate.
+    buckets: [usize; 2],
 }
 
-/// The second coordinate (the cold partitions' lag beside a hot one) gets this many times
-/// coarser buckets than the first.
-const SECOND_COORDINATE_COARSER: f64 = 16.0;
+/// Buckets along the second coordinate (the cold partitions' lag beside a hot one, which
+/// matters only while one worker holds them all): few, whatever the first's.
+const SECOND_COORDINATE_BUCKETS: usize = 25;
 
 impl<'a> Search<'a> {
     pub(super) fn new(
@@ -284,41 +369,51 @@ impl<'a> Search<'a> {
         max_lag: f64,
         lag_buckets: usize,
     ) -> Self {
-        let width = max_lag.max(1.0) / lag_buckets.max(1) as f64;
+        let second = if lag_model.coordinates_used() > 1 { SECOND_COORDINATE_BUCKETS } else { 0 };
+        let max_lag = max_lag.max(1.0);
         Self {
             lag_model,
             counts,
             initial: counts.iter().position(|&c| c == model.initial_replicas).unwrap_or(0),
             interval,
             pause: (model.rebalance_pause.ceil() as usize).saturating_sub(1),
-            bucket_width: [width, width * SECOND_COORDINATE_COARSER],
+            bucket_width: [max_lag / lag_buckets.max(1) as f64, max_lag / second.max(1) as f64],
+            buckets: [lag_buckets.max(1) + 1, second + 1],
         }
     }
 
-    /// count (8 bits), pause left (16 bits), the two buckets (20 bits each).
-    fn key(&self, count: usize, pause_left: usize, lag: [f64; 2]) -> u64 {
-        let coordinates = self.lag_model.coordinates(lag);
-        let bucket = |i: usize| ((coordinates[i] / self.bucket_width[i]) as u64).min((1 << 20) - 1);
-        (count as u64) << 56 | (pause_left as u64) << 40 | bucket(0) << 20 | bucket(1)
+    fn keys(&self) -> usize {
+        self.counts.len() * (self.pause + 1) * self.buckets[0] * self.buckets[1]
     }
 
-    fn decode(key: u64) -> (usize, usize) {
-        ((key >> 56) as usize, ((key >> 40) & 0xFFFF) as usize)
+    /// Count, pause left, then the two buckets, row-major.
+    fn key(&self, count: usize, pause_left: usize, lag: [f64; 2]) -> usize {
+        let coordinates = self.lag_model.coordinates(lag);
+        let bucket = |i: usize| ((coordinates[i] / self.bucket_width[i]) as usize).min(self.buckets[i] - 1);
+        ((count * (self.pause + 1) + pause_left) * self.buckets[0] + bucket(0)) * self.buckets[1] + bucket(1)
+    }
+
+    fn decode(&self, key: usize) -> (usize, usize) {
+        let state = key / (self.buckets[0] * self.buckets[1]);
+        (state / (self.pause + 1), state % (self.pause + 1))
     }
 
     /// The search with multiplier `lambda` within `target`; `None` when no path stays within it.
     pub(super) fn run(&self, lambda: f64, target: Budget, merge: Merge) -> Option<Solution> {
         let seconds = self.lag_model.seconds();
-        let blocks = seconds.div_ceil(self.interval);
+        // A change decided at the end of second t counts from t + 1: the decision points are the
+        // multiples of the interval (where our policy polls), so the blocks start one later.
+        let starts: Vec<usize> = std::iter::once(0).chain((1..seconds).step_by(self.interval)).collect();
+        let blocks = starts.len();
         let start = Label { cost: 0.0, lag_seconds: 0.0, replica_seconds: 0.0, lag: [0.0; 2], parent: u32::MAX };
-        let mut layer = Layer::default();
+        let mut layer = Layer::new(self.keys());
         layer.offer(self.key(self.initial, 0, start.lag), start, merge);
-        let mut next = Layer::default();
-        let mut history: Vec<Vec<(u64, u32)>> = Vec::with_capacity(blocks);
+        let mut next = Layer::new(self.keys());
+        let mut history: Vec<Vec<(usize, u32)>> = Vec::with_capacity(blocks);
         for block in 0..blocks {
-            let (first, end) = (block * self.interval, ((block + 1) * self.interval).min(seconds));
+            let (first, end) = (starts[block], starts.get(block + 1).copied().unwrap_or(seconds));
             for (id, (key, label)) in layer.states.iter().enumerate() {
-                let (count, pause_left) = Self::decode(*key);
+                let (count, pause_left) = self.decode(*key);
                 for choice in 0..self.counts.len() {
                     // The first block runs with the initial replicas: nothing is decided before it.
                     if block == 0 && choice != count {
@@ -364,12 +459,12 @@ impl<'a> Search<'a> {
         let mut per_block = vec![0usize; blocks];
         for block in (0..blocks).rev() {
             let (key, parent) = history[block][index];
-            per_block[block] = Self::decode(key).0;
+            per_block[block] = self.decode(key).0;
             index = parent as usize;
         }
         let changes = (1..blocks)
             .filter(|&b| per_block[b] != per_block[b - 1])
-            .map(|b| ((b * self.interval - 1) as f64, self.counts[per_block[b]]))
+            .map(|b| ((starts[b] - 1) as f64, self.counts[per_block[b]]))
             .collect();
         Some(Solution { cost, schedule: Schedule { changes } })
     }

@@ -38,6 +38,9 @@ pub struct LagModel {
     capacity: f64,
     /// Records arriving in each second, per state component.
     arrivals: Vec<[f64; 2]>,
+    /// For [`Shape::Pooled`], by replica count: records per second the workers holding a
+    /// consumable partition drain.
+    pool_capacity: Vec<f64>,
 }
 
 /// Rates of every partition in every second of `trace`.
@@ -89,7 +92,18 @@ impl LagModel {
                 Shape::HotAndRest { hot } => [row[(hot + 1) % n], row[hot]],
             })
             .collect();
-        Self { shape, exact, partitions: n, capacity: model.capacity_per_replica, arrivals }
+        let stuck = match shape {
+            Shape::Pooled { stuck } => stuck,
+            Shape::HotAndRest { .. } => None,
+        };
+        let most = counts.iter().copied().max().unwrap_or(0).max(0) as usize;
+        let pool_capacity = (0..=most)
+            .map(|workers| {
+                let draining = (0..workers).filter(|w| (0..n).any(|p| p % workers == *w && Some(p) != stuck)).count();
+                draining as f64 * model.capacity_per_replica
+            })
+            .collect();
+        Self { shape, exact, partitions: n, capacity: model.capacity_per_replica, arrivals, pool_capacity }
     }
 
     pub fn seconds(&self) -> usize {
@@ -105,11 +119,10 @@ impl LagModel {
         }
         let workers = replicas as usize;
         match self.shape {
-            Shape::Pooled { stuck } => {
-                let draining = (0..workers)
-                    .filter(|w| (0..self.partitions).any(|p| p % workers == *w && Some(p) != stuck))
-                    .count();
-                next[0] = (next[0] - draining as f64 * self.capacity).max(0.0);
+            Shape::Pooled { .. } => {
+                let capacity =
+                    self.pool_capacity.get(workers).copied().unwrap_or(self.partitions as f64 * self.capacity);
+                next[0] = (next[0] - capacity).max(0.0);
             }
             Shape::HotAndRest { .. } => {
                 let per_worker = self.partitions.div_ceil(workers);
@@ -127,6 +140,14 @@ impl LagModel {
         match self.shape {
             Shape::Pooled { .. } => lag[0] + lag[1],
             Shape::HotAndRest { .. } => lag[0] * (self.partitions - 1) as f64 + lag[1],
+        }
+    }
+
+    /// How many of [`LagModel::coordinates`] vary.
+    pub fn coordinates_used(&self) -> usize {
+        match self.shape {
+            Shape::Pooled { .. } => 1,
+            Shape::HotAndRest { .. } => 2,
         }
     }
 

@@ -41,7 +41,7 @@ fn with_a_max_lag_of_one_seconds_shortfall_it_never_runs_one_worker_twice_in_a_r
     // without consumption) and a max lag of 5, the cheapest schedule alternates 1 and 2 from
     // the initial 1: five seconds each, 15 replica·s, lag 5 in every other second.
     let (model, trace) = tiny(1.0);
-    let oracle = found(oracle(&model, &trace, Budget { lag_seconds: 1e9, max_lag: 5.0 }, &every_second()));
+    let oracle = found(oracle(&model, &trace, Budget { lag_seconds: 1e9, max_lag: 5.0 }, &[], &every_second()));
     assert!(oracle.within_budget && oracle.exact_model);
     assert_eq!((oracle.replay.replica_seconds, oracle.replay.max_lag, oracle.replay.lag_seconds), (15.0, 5.0, 25.0));
     assert!(oracle.lower_bound.is_some_and(|b| b <= 15.0 + 1e-9), "{:?}", oracle.lower_bound);
@@ -81,7 +81,7 @@ fn on_a_tiny_trace_it_finds_what_trying_every_schedule_finds() {
     for (case, pause, budget) in cases {
         let (model, trace) = tiny(pause);
         let best = brute_force(&model, &trace, budget);
-        let oracle = found(oracle(&model, &trace, budget, &every_second()));
+        let oracle = found(oracle(&model, &trace, budget, &[], &every_second()));
         assert!(oracle.within_budget && budget.admits(&oracle.replay), "{case}: {:?}", oracle.replay);
         assert_eq!(oracle.replay.replica_seconds, best, "{case}");
         assert!(
@@ -131,18 +131,14 @@ fn a_searched_schedule_replays_within_the_bounds_it_was_searched_for() {
 #[test]
 fn on_every_trace_the_oracle_is_within_ours_and_the_bound_below_both() {
     let model = Model::default();
-    let settings = OracleSettings {
-        lag_buckets: 100,
-        bound_decision_interval: 1,
-        bound_lag_buckets: 100,
-        ..OracleSettings::default()
-    };
+    let settings = OracleSettings { lag_buckets: 100, bound_lag_buckets: 100, ..OracleSettings::default() };
     for trace in traces().iter().map(|t| shortened(t, 300.0)) {
         let ours = simulate(&model, &trace, &mut Ours::new(&model));
         let budget = Budget::of(&ours);
-        let oracle = found(oracle(&model, &trace, budget, &settings));
+        let oracle = found(oracle(&model, &trace, budget, &[], &settings));
         assert!(oracle.within_budget && budget.admits(&oracle.replay), "{}: {:?}", trace.name, oracle.replay);
-        // Ours is a schedule on the one-second grid within its own budget, so no bound is above it.
+        // Ours changes replicas at multiples of 10 s, on the bound's 5 s grid, within its own
+        // budget: no bound is above it.
         let bound = oracle.lower_bound.unwrap_or(f64::INFINITY);
         let (replay, ours_cost) = (oracle.replay.replica_seconds, ours.replica_seconds);
         assert!(
@@ -151,4 +147,23 @@ fn on_every_trace_the_oracle_is_within_ours_and_the_bound_below_both() {
             trace.name
         );
     }
+}
+
+#[test]
+fn a_known_schedule_is_the_oracle_when_the_search_finds_none_cheaper() {
+    // With decision points only every 100 s, the search can only keep one worker for the whole
+    // 10 s trace, which is over the budget; the known schedule meets it.
+    let (model, trace) = tiny(1.0);
+    let known = Schedule { changes: vec![(1.0, 2)] };
+    let budget = Budget::of(&simulate(&model, &trace, &mut Replay::new(&known)));
+    let coarse = OracleSettings { decision_interval: 100, ..every_second() };
+    let oracle = found(oracle(&model, &trace, budget, std::slice::from_ref(&known), &coarse));
+    assert!(oracle.within_budget && !oracle.from_search);
+    assert_eq!(oracle.schedule, known);
+    let unknown = oracle_without(&model, &trace, budget, &coarse);
+    assert!(unknown.is_none_or(|o| !o.within_budget), "the search alone finds nothing within the budget");
+}
+
+fn oracle_without(model: &Model, trace: &Trace, budget: Budget, settings: &OracleSettings) -> Option<Oracle> {
+    oracle(model, trace, budget, &[], settings)
 }

@@ -11,7 +11,7 @@ use super::keda::{sweep, KedaConfig, KedaHpa};
 use super::oracle::{oracle, Budget, Oracle, OracleSettings};
 use super::ours::Ours;
 use super::traces::{traces, Trace};
-use super::{simulate, Model, Outcome};
+use super::{simulate, Model, Outcome, Schedule};
 
 /// The runs on one trace.
 #[derive(Clone, Debug)]
@@ -62,7 +62,7 @@ pub fn report(model: &Model, trace: &Trace, settings: &OracleSettings) -> TraceR
         .into_iter()
         .map(|config| (config, simulate(model, trace, &mut KedaHpa::with_config(model, config))))
         .collect();
-    let oracle = oracle(model, trace, Budget::of(&ours), settings);
+    let oracle = oracle(model, trace, Budget::of(&ours), &[Schedule::of(&ours)], settings);
     TraceReport {
         trace: trace.clone(),
         ours,
