@@ -151,19 +151,16 @@ fn on_every_trace_the_oracle_is_within_ours_and_the_bound_below_both() {
 
 #[test]
 fn a_known_schedule_is_the_oracle_when_the_search_finds_none_cheaper() {
-    // With decision points only every 100 s, the search can only keep one worker for the whole
-    // 10 s trace, which is over the budget; the known schedule meets it.
+    // With decision points every 100 s the search can change replicas only at second 0 (two
+    // workers from second 1: 19 replica·s); the known schedule changes at second 1 (18).
     let (model, trace) = tiny(1.0);
     let known = Schedule { changes: vec![(1.0, 2)] };
     let budget = Budget::of(&simulate(&model, &trace, &mut Replay::new(&known)));
     let coarse = OracleSettings { decision_interval: 100, ..every_second() };
-    let oracle = found(oracle(&model, &trace, budget, std::slice::from_ref(&known), &coarse));
-    assert!(oracle.within_budget && !oracle.from_search);
-    assert_eq!(oracle.schedule, known);
-    let unknown = oracle_without(&model, &trace, budget, &coarse);
-    assert!(unknown.is_none_or(|o| !o.within_budget), "the search alone finds nothing within the budget");
-}
-
-fn oracle_without(model: &Model, trace: &Trace, budget: Budget, settings: &OracleSettings) -> Option<Oracle> {
-    oracle(model, trace, budget, &[], settings)
+    let alone = found(oracle(&model, &trace, budget, &[], &coarse));
+    assert!(alone.within_budget && alone.from_search);
+    assert_eq!((alone.schedule.changes.as_slice(), alone.replay.replica_seconds), (&[(0.0, 2)][..], 19.0));
+    let seeded = found(oracle(&model, &trace, budget, std::slice::from_ref(&known), &coarse));
+    assert!(seeded.within_budget && !seeded.from_search);
+    assert_eq!((seeded.schedule, seeded.replay.replica_seconds), (known, 18.0));
 }
