@@ -4,14 +4,15 @@
 //! KEDA's Kafka scaler behind an HPA, and an oracle (the cheapest schedule that does as well as
 //! ours, the trace known ahead) on the same traces.
 //!
-//! Files: `traces` (the inputs), `ours` and `keda` (the scalers), `oracle` and `oracle_model`
-//! (the cheapest schedule), `frontier` (how ours compares), `report` (everything on every trace,
-//! as rows), `plot` (the timelines as PNG).
+//! Files: `traces` (the inputs), `ours` and `keda` (the scalers), `oracle`, `oracle_model` and
+//! `oracle_search` (the cheapest schedule), `frontier` (how ours compares), `report` (everything
+//! on every trace, as rows), `plot` (the timelines as PNG).
 
 mod frontier;
 mod keda;
 mod oracle;
 mod oracle_model;
+mod oracle_search;
 mod ours;
 mod plot;
 mod report;
