@@ -1,77 +1,178 @@
-//! Our autoscaler vs KEDA's Kafka scaler on an HPA, simulated on the same traces.
-//! Run: `cargo bench -p streamjob-operator --bench autoscaler`; the table is printed and the
-//! rows written to `target/autoscaler-simulation.csv`.
+//! Our autoscaler vs a sweep of KEDA's Kafka scaler on an HPA and vs an oracle, simulated on the
+//! same traces. Run: `cargo bench -p streamjob-operator --bench autoscaler`; the table is
+//! printed, the rows written to `target/autoscaler-simulation.csv` (under `CARGO_TARGET_DIR`
+//! when set) and each trace's lag and replicas over time drawn to
+//! `target/autoscaler-simulation/TRACE.png`. `-- --timeline TRACE` also prints the scale
+//! events of one trace.
 
-use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
 
-use streamjob_testkit::simulator::{compare, Model, Outcome};
+use streamjob_testkit::simulator::{
+    compare, csv, draw_timelines, sweep, Model, OracleSettings, Outcome, TraceReport, SWEEP_LAG_THRESHOLDS,
+    SWEEP_STABILIZATION_SECONDS,
+};
 
 fn drain(outcome: &Outcome) -> String {
     outcome.drain_seconds.map_or("-".to_owned(), |s| format!("{s:.0}"))
 }
 
+fn mark(met: bool) -> &'static str {
+    if met {
+        "✓"
+    } else {
+        "✗"
+    }
+}
+
+/// `CARGO_TARGET_DIR` (relative to the workspace root) or the workspace's `target`.
+fn target_dir() -> PathBuf {
+    let workspace = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace.join("target"), |dir| workspace.join(dir))
+}
+
+fn print_row(trace: &str, policy: &str, outcome: &Outcome) {
+    println!(
+        "{trace:<16} {policy:<22} {:>14.0} {:>10.0} {:>8} {:>10.0} {:>7}",
+        outcome.lag_seconds,
+        outcome.max_lag,
+        drain(outcome),
+        outcome.replica_seconds,
+        outcome.scale_events()
+    );
+}
+
+fn print_trace(report: &TraceReport) {
+    let name = report.trace.name;
+    print_row(name, "streamjob", &report.ours);
+    if let Some((config, outcome)) = report.default_keda() {
+        print_row(name, &format!("{} (default)", config.label()), outcome);
+    }
+    let nearest = report.nearest();
+    if let Some((config, outcome)) = nearest {
+        print_row(name, &format!("{} (nearest)", config.label()), outcome);
+    }
+    if let Some(oracle) = &report.oracle {
+        print_row(name, if oracle.within_budget { "oracle" } else { "oracle (OVER BUDGET)" }, &oracle.replay);
+    }
+    match report.dominated_by() {
+        Some((config, outcome)) => println!(
+            "    frontier: dominated by: {} (lag·s {:.0}, replica·s {:.0})",
+            config.label(),
+            outcome.lag_seconds,
+            outcome.replica_seconds
+        ),
+        None => println!("    frontier: not dominated by any of the {} KEDA configurations", report.keda.len()),
+    }
+    if let Some((config, outcome)) = nearest {
+        println!(
+            "    vs nearest {}: lag·s ours/theirs {:.3}, replica·s ours/theirs {:.3}, scale events {} vs {}",
+            config.label(),
+            report.ours.lag_seconds / outcome.lag_seconds,
+            report.ours.replica_seconds / outcome.replica_seconds,
+            report.ours.scale_events(),
+            outcome.scale_events()
+        );
+    }
+    match &report.oracle {
+        Some(oracle) => println!(
+            "    oracle: replica·s {:.0} replayed ({}; {}), lower bound {} ({} model); ours/oracle replica·s {:.3}",
+            oracle.replay.replica_seconds,
+            if oracle.within_budget { "within ours' lag·s and max lag" } else { "OVER ours' lag·s or max lag" },
+            if oracle.from_search {
+                format!("searched, λ {:.0e}", oracle.lambda)
+            } else {
+                "ours' own schedule: the search found none cheaper".to_owned()
+            },
+            oracle.lower_bound.map_or("-".to_owned(), |b| format!("{b:.0}")),
+            if oracle.exact_model { "exact" } else { "optimistic" },
+            report.ours.replica_seconds / oracle.replay.replica_seconds
+        ),
+        None => println!("    oracle: no schedule meets ours' max lag"),
+    }
+    let goals = report.goals();
+    println!(
+        "    goals: not dominated {}  lag·s ≤ 1/3 nearest {}  replica·s ≤ 1.10 × oracle {}  fewer scale events than nearest {}",
+        mark(goals.not_dominated),
+        mark(goals.lag_share),
+        mark(goals.near_oracle),
+        mark(goals.fewer_events)
+    );
+}
+
 fn main() {
     let model = Model::default();
+    let settings = OracleSettings::default();
     println!(
         "model: {} partitions, {:.0} records/s per worker, {:.0} s pause per scale event, lagThreshold {}, replicas {}..{}",
         model.partitions, model.capacity_per_replica, model.rebalance_pause, model.lag_threshold, model.min_replicas, model.max_replicas
     );
     println!(
-        "{:<16} {:<10} {:>14} {:>10} {:>9} {:>12} {:>7}   goals",
+        "KEDA sweep: {} configurations, lagThreshold {:?} × scale-down stabilisation {:?} s; oracle decides every {} s, bound every {} s",
+        sweep().len(),
+        SWEEP_LAG_THRESHOLDS,
+        SWEEP_STABILIZATION_SECONDS,
+        settings.decision_interval,
+        settings.bound_decision_interval
+    );
+    println!(
+        "{:<16} {:<22} {:>14} {:>10} {:>8} {:>10} {:>7}",
         "trace", "policy", "lag·s", "max lag", "drain s", "replica·s", "scales"
     );
-    let mut csv = String::from("trace,policy,lag_seconds,max_lag,drain_seconds,replica_seconds,scale_events\n");
-    let mut all_met = true;
-    let comparison = compare(&model);
-    for (trace, ours, reference) in &comparison {
-        let less_lag = ours.lag_seconds < reference.lag_seconds;
-        let cost_ok = ours.replica_seconds <= reference.replica_seconds * 1.05;
-        let fewer_events = ours.scale_events() < reference.scale_events();
-        all_met &= less_lag && cost_ok && fewer_events;
-        for (policy, outcome) in [("streamjob", ours), ("keda+hpa", reference)] {
-            let goals = if policy == "streamjob" {
-                format!(
-                    "lag {} cost {:+.1}% {} events {}",
-                    if less_lag { "✓" } else { "✗" },
-                    (ours.replica_seconds / reference.replica_seconds - 1.0) * 100.0,
-                    if cost_ok { "✓" } else { "✗" },
-                    if fewer_events { "✓" } else { "✗" }
-                )
-            } else {
-                String::new()
-            };
-            println!(
-                "{trace:<16} {policy:<10} {:>14.0} {:>10.0} {:>9} {:>12.0} {:>7}   {goals}",
-                outcome.lag_seconds,
-                outcome.max_lag,
-                drain(outcome),
-                outcome.replica_seconds,
-                outcome.scale_events()
-            );
-            let _ = writeln!(
-                csv,
-                "{trace},{policy},{:.0},{:.0},{},{:.0},{}",
-                outcome.lag_seconds,
-                outcome.max_lag,
-                outcome.drain_seconds.map_or(String::new(), |s| format!("{s:.0}")),
-                outcome.replica_seconds,
-                outcome.scale_events()
-            );
+    let started = Instant::now();
+    let reports = compare(&model, &settings);
+    let elapsed = started.elapsed();
+    for report in &reports {
+        print_trace(report);
+    }
+    let all_met = reports.iter().all(|r| r.goals().all());
+
+    let target = target_dir();
+    let csv_path = target.join("autoscaler-simulation.csv");
+    match std::fs::write(&csv_path, csv(&reports)) {
+        Ok(()) => println!("wrote {}", csv_path.display()),
+        Err(error) => println!("could not write {}: {error}", csv_path.display()),
+    }
+    let png_dir = target.join("autoscaler-simulation");
+    if let Err(error) = std::fs::create_dir_all(&png_dir) {
+        println!("could not create {}: {error}", png_dir.display());
+    }
+    for report in &reports {
+        let mut series: Vec<(String, &Outcome)> = vec![("streamjob".to_owned(), &report.ours)];
+        if let Some((config, outcome)) = report.nearest() {
+            series.push((format!("{} (nearest replica·s)", config.label()), outcome));
+        }
+        if let Some(oracle) = &report.oracle {
+            series.push(("oracle".to_owned(), &oracle.replay));
+        }
+        let named: Vec<(&str, &Outcome)> = series.iter().map(|(name, outcome)| (name.as_str(), *outcome)).collect();
+        let path = png_dir.join(format!("{}.png", report.trace.name));
+        let title = format!("{}: lag and replicas over time", report.trace.name);
+        match draw_timelines(&path, &title, &named) {
+            Ok(()) => println!("wrote {}", path.display()),
+            Err(error) => println!("could not draw {}: {error}", path.display()),
         }
     }
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/autoscaler-simulation.csv");
-    match std::fs::write(path, csv) {
-        Ok(()) => println!("wrote {path}"),
-        Err(error) => println!("could not write {path}: {error}"),
-    }
+
     if let Some(name) = std::env::args().skip_while(|a| a != "--timeline").nth(1) {
-        for (trace, ours, reference) in comparison.iter().filter(|(t, _, _)| *t == name) {
-            for (policy, outcome) in [("streamjob", ours), ("keda+hpa", reference)] {
+        for report in reports.iter().filter(|r| r.trace.name == name) {
+            let mut runs = vec![("streamjob".to_owned(), &report.ours)];
+            runs.extend(report.nearest().map(|(config, outcome)| (config.label(), outcome)));
+            runs.extend(report.oracle.as_ref().map(|oracle| ("oracle".to_owned(), &oracle.replay)));
+            for (policy, outcome) in runs {
                 let steps: Vec<String> =
                     outcome.scales.iter().map(|(t, from, to)| format!("{t:.0}s {from}→{to}")).collect();
-                println!("{trace} {policy}: {}", steps.join(", "));
+                println!("{name} {policy}: {}", steps.join(", "));
             }
         }
     }
+    let per_trace: Vec<String> =
+        reports.iter().map(|r| format!("{} {:.1}s", r.trace.name, r.elapsed.as_secs_f64())).collect();
+    println!(
+        "timings: {:.1}s for all traces on {} threads (per trace: {})",
+        elapsed.as_secs_f64(),
+        std::thread::available_parallelism().map_or(1, |n| n.get()).min(reports.len()),
+        per_trace.join(", ")
+    );
     println!("all goals met on every trace: {}", if all_met { "yes" } else { "no" });
 }

@@ -244,6 +244,10 @@ fn lag_excluding(sample: &LagSample, start_from: StartFrom, excluded: &[(String,
         .sum()
 }
 
+/// How long a rebalance stops consumption, about: a smaller group must also drain what piles up
+/// meanwhile, or it scales down into a backlog it cannot clear and scales straight back up.
+const REBALANCE_PAUSE_SECONDS: f64 = 10.0;
+
 /// Seconds of consumption a group that keeps up may hold uncommitted.
 const IN_FLIGHT_SECONDS: f64 = 5.0;
 
@@ -384,14 +388,26 @@ pub fn decide(history: &mut History, workers: Workers, partitions: i32, settings
     let mut catch_up = 0;
     match (rates, Capacity::choose(latest, history.capacity_per_replica)) {
         (Some(rates), Some(capacity)) => {
-            let needed_rate = total_lag as f64 / settings.target_catch_up_seconds + rates.produce;
-            catch_up = (needed_rate / capacity.per_replica()).ceil() as i32;
+            let needed = |lag: f64| {
+                let rate = lag / settings.target_catch_up_seconds + rates.produce;
+                (rate / capacity.per_replica()).ceil() as i32
+            };
+            catch_up = needed(total_lag as f64);
             explanation.push_str(&format!(
                 "; input {:.0}/s, {}: catch-up within {}s needs {catch_up}",
                 rates.produce,
                 capacity.describe(),
                 settings.target_catch_up_seconds
             ));
+            if catch_up < current {
+                let with_pause = needed(total_lag as f64 + rates.produce * REBALANCE_PAUSE_SECONDS);
+                if with_pause > catch_up {
+                    catch_up = with_pause;
+                    explanation.push_str(&format!(
+                        ", {catch_up} to also drain the {REBALANCE_PAUSE_SECONDS:.0}s of input a scale-down's rebalance holds up"
+                    ));
+                }
+            }
         }
         (Some(_), None) => {
             explanation.push_str("; no catch-up estimate: no true rate from the workers and no backlog measured yet")
