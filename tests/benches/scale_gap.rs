@@ -145,7 +145,7 @@ fn print_table(run: &Run) {
     println!("|---|---|---|---|---|---|");
     for impact in &run.impacts {
         println!(
-            "| {} | {:.2} (p{} +{:.2}) | {:.0} / {:.0} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {:.2} (p{} {:+.2}) | {:.0} / {:.0} | {:.2} | {:.2} | {:.2} |",
             impact.name,
             impact.longest_gap_ms as f64 / 1000.0,
             impact.gap_partition,
