@@ -18,7 +18,10 @@
 //! `--group-protocol`, or `default` for none; default `classic,consumer`), `SCALE_GAP_RATE`
 //! (records/s, default 5000), `SCALE_GAP_PHASE_S` (seconds between events, default 20),
 //! `SCALE_GAP_WORKER_ARGS` (more worker arguments), `STREAMJOB_WORKER_BIN` (the worker binary;
-//! default the workspace's debug build).
+//! default the workspace's debug build), `SCALE_GAP_VERBOSE` (print each event's 250 ms counts).
+//!
+//! One file for one table: the scenario, the sink reader and the analysis share the sample
+//! type and are read together.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
