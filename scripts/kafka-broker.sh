@@ -65,6 +65,10 @@ transaction.state.log.replication.factor=$replication
 transaction.state.log.min.isr=$(( replication > 1 ? 2 : 1 ))
 group.initial.rebalance.delay.ms=0
 group.min.session.timeout.ms=1000
+group.consumer.heartbeat.interval.ms=${STREAMJOB_KAFKA_CONSUMER_HEARTBEAT_MS:-250}
+group.consumer.min.heartbeat.interval.ms=100
+group.consumer.session.timeout.ms=10000
+group.consumer.min.session.timeout.ms=1000
 auto.create.topics.enable=false
 PROPERTIES
     java -cp "$classpath" kafka.tools.StorageTool format --ignore-formatted -t "$cluster_id" \

@@ -7,6 +7,7 @@ use std::time::Duration;
 use streamjob_crds::kafka::{CaBundle, Credentials};
 use streamjob_crds::{worker_paths, DeliveryGuarantee, StreamJob};
 
+use crate::group_protocol::GroupProtocolChoice;
 use crate::pipeline::{CompileError, CompiledPipeline};
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,8 @@ pub struct WorkerConfig {
     pub credentials: Option<Credentials>,
     pub ca: Option<CaBundle>,
     pub timings: Timings,
+    /// The consumer group protocol; `auto` asks the brokers.
+    pub group_protocol: GroupProtocolChoice,
 }
 
 impl WorkerConfig {
@@ -141,6 +144,7 @@ impl WorkerConfig {
             credentials,
             ca,
             timings: Timings::default(),
+            group_protocol: GroupProtocolChoice::default(),
         })
     }
 

@@ -9,6 +9,7 @@ pub mod busy_time;
 pub mod config;
 pub mod engine;
 pub mod group_offsets;
+pub mod group_protocol;
 pub mod liveness;
 pub mod metrics;
 #[cfg(feature = "dev-broker")]

@@ -9,6 +9,7 @@ use clap::{Parser, ValueEnum};
 use streamjob_crds::worker_paths;
 use streamjob_runtime::http::{serve, Health};
 use streamjob_runtime::shutdown::shutdown_signal;
+use streamjob_worker::group_protocol::GroupProtocolChoice;
 use streamjob_worker::{Control, Overrides, WorkerConfig};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -45,6 +46,12 @@ struct Args {
     /// Group session timeout: how long a dead worker keeps its partitions.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     session_timeout: Duration,
+    /// Consumer group protocol: `consumer` is KIP-848's (the brokers assign partitions and set
+    /// the session timeout and heartbeat interval), `classic` the JoinGroup/SyncGroup one with
+    /// the cooperative-sticky assignor and `--session-timeout`; `auto` takes `consumer` when
+    /// the brokers accept it.
+    #[arg(long, env = "STREAMJOB_GROUP_PROTOCOL", value_enum, default_value_t = GroupProtocolChoice::Auto)]
+    group_protocol: GroupProtocolChoice,
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
     #[arg(long, env = "RUST_LOG", default_value = "info")]
@@ -76,6 +83,7 @@ fn main() -> anyhow::Result<()> {
     config.timings.commit_interval = args.commit_interval;
     config.timings.idle_timeout = args.idle_timeout;
     config.timings.session_timeout = args.session_timeout;
+    config.group_protocol = args.group_protocol;
     let control = Control::default();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let listener = runtime

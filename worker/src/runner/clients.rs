@@ -1,6 +1,7 @@
 //! The Kafka clients' configuration, and the engine's settings from the job.
 
 use super::*;
+use crate::group_protocol::{self, GroupProtocol, WorkerGroupSettings};
 
 pub(super) fn client_config(config: &WorkerConfig, bootstrap: &str) -> ClientConfig {
     let mut client = ClientConfig::new();
@@ -33,10 +34,16 @@ pub(super) fn create_producer(
 }
 
 pub(super) fn create_consumer(config: &WorkerConfig, shared: Arc<Shared>) -> Result<WorkerConsumer, WorkerError> {
+    let worker = WorkerGroupSettings {
+        session_timeout: config.timings.session_timeout,
+        static_membership: config.job.spec.source.static_membership,
+    };
+    let protocol =
+        group_protocol::choose(config.group_protocol, worker, &client_config(config, &config.source_bootstrap));
     let mut client = client_config(config, &config.source_bootstrap);
     client
         .set("group.id", &config.consumer_group)
-        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("group.protocol", protocol.name())
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         // Also how soon a partition whose leader went away stops counting as read to its end.
@@ -44,8 +51,6 @@ pub(super) fn create_consumer(config: &WorkerConfig, shared: Arc<Shared>) -> Res
         // librdkafka pauses a partition's fetching for a second once its local queue is above
         // queued.min.messages; a worker that drains that queue would then wait idle.
         .set("fetch.queue.backoff.ms", "10")
-        .set("session.timeout.ms", config.timings.session_timeout.as_millis().to_string())
-        .set("heartbeat.interval.ms", (config.timings.session_timeout.as_millis() / 6).max(100).to_string())
         .set("isolation.level", if config.exactly_once() { "read_committed" } else { "read_uncommitted" })
         // Where a committed offset the broker no longer has resumes (without it librdkafka
         // jumps to the end and skips what is left).
@@ -56,6 +61,15 @@ pub(super) fn create_consumer(config: &WorkerConfig, shared: Arc<Shared>) -> Res
                 StartFrom::Latest => "latest",
             },
         );
+    if protocol == GroupProtocol::Classic {
+        // The consumer protocol has these on the brokers (group.consumer.*) and refuses them.
+        // Members learn of a rebalance on a heartbeat, and a cooperative one has two rounds:
+        // at most 250 ms each instead of a sixth of the session timeout (1.7 s at 10 s).
+        client
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", config.timings.session_timeout.as_millis().to_string())
+            .set("heartbeat.interval.ms", (config.timings.session_timeout.as_millis() / 6).clamp(100, 250).to_string());
+    }
     if config.job.spec.source.static_membership {
         client.set("group.instance.id", &config.instance_id);
     }
