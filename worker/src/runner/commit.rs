@@ -70,7 +70,6 @@ impl Shared {
         Some(report.encode())
     }
 
-    /// `busy` spent on `source_records` (and whatever else the loop did) just now.
     /// One turn of the loop: `busy` on records and outputs, `turn` the whole turn (waits
     /// included), `source_records` read in it. While the worker is behind, the whole turn counts.
     pub(super) fn count_busy(&self, busy: Duration, turn: Duration, source_records: u64) {
