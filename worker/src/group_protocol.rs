@@ -20,9 +20,12 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The worker's `--group-protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum GroupProtocolChoice {
-    /// The consumer protocol when the brokers accept it, else classic.
-    #[default]
+    /// The consumer protocol when the brokers make it no slower, else classic.
     Auto,
+    /// The default: in the fault suite's coordinator-kill row, the one loss it still shows came
+    /// in 3 of 4 runs under the consumer protocol and in none of 3 under classic (small samples,
+    /// but the default must be the one proven safe).
+    #[default]
     Classic,
     Consumer,
 }
