@@ -20,7 +20,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The worker's `--group-protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum GroupProtocolChoice {
-    /// The consumer protocol when the brokers accept it, else classic.
+    /// The consumer protocol where the brokers accept it and it is no slower (see [`resolve`]),
+    /// else classic.
     #[default]
     Auto,
     Classic,
