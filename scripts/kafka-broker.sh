@@ -7,6 +7,10 @@
 #                                               prints STREAMJOB_TEST_BOOTSTRAP=host:port,...
 #   scripts/kafka-broker.sh stop DIR            stop them
 #   scripts/kafka-broker.sh libs                resolve the jars; prints their folder
+#
+# The consumer group protocol (KIP-848) gets a 250 ms heartbeat and a 10 s session (Kafka's
+# defaults: 5 s and 45 s), so that the workers' `--group-protocol auto` takes it;
+# STREAMJOB_KAFKA_CONSUMER_HEARTBEAT_MS=5000 gives Kafka's heartbeat back (and auto the classic one).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 pom="$root/tests/broker/pom.xml"

@@ -396,7 +396,10 @@ fn impact(samples: &[Sample], event: &Event, window_ms: i64, rate: f64) -> Event
 }
 
 /// The longest time between two records of one input partition processed one after the
-/// other, of the pauses that overlap `[start, end)`, its partition, and when it began.
+/// other, of the pauses that end after `start` and begin in `[start, end)` (give or take a
+/// bucket: a worker told to stop may have sent its last record just before the event was
+/// noted, and one that began just before `end` is the next event's), its partition, and when
+/// it began.
 fn longest_gap(samples: &[Sample], start: i64, end: i64) -> (i64, i32, i64) {
     let mut by_partition: HashMap<i32, Vec<i64>> = HashMap::new();
     for sample in samples {
@@ -406,7 +409,8 @@ fn longest_gap(samples: &[Sample], start: i64, end: i64) -> (i64, i32, i64) {
     for (partition, mut times) in by_partition {
         times.sort_unstable();
         for pair in times.windows(2) {
-            if pair[1] > start && pair[0] < end && pair[1] - pair[0] > longest.0 {
+            let began_in_window = pair[0] >= start - BUCKET_MS && pair[0] < end - BUCKET_MS;
+            if pair[1] > start && began_in_window && pair[1] - pair[0] > longest.0 {
                 longest = (pair[1] - pair[0], partition, pair[0]);
             }
         }

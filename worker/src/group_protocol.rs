@@ -20,7 +20,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The worker's `--group-protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum GroupProtocolChoice {
-    /// The consumer protocol when the brokers make it no slower, else classic.
+    /// The consumer protocol where the brokers accept it and it is no slower (see [`resolve`]),
+    /// else classic.
     Auto,
     /// The default: in the fault suite's coordinator-kill row, the one loss it still shows came
     /// in 3 of 4 runs under the consumer protocol and in none of 3 under classic (small samples,
