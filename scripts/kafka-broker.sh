@@ -39,6 +39,8 @@ start() {
   classpath="$(libs)/*"
   mkdir -p "$dir"
   dir="$(cd "$dir" && pwd)"
+  # Kafka's own form (URL-safe base64 of a UUID); passed as --cluster-id=ID, since one that
+  # starts with "-" would read as an option.
   cluster_id=$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
   replication=$(( nodes < 3 ? nodes : 3 ))
   local -a client_ports controller_ports
@@ -75,7 +77,7 @@ group.consumer.session.timeout.ms=10000
 group.consumer.min.session.timeout.ms=1000
 auto.create.topics.enable=false
 PROPERTIES
-    java -cp "$classpath" kafka.tools.StorageTool format --ignore-formatted -t "$cluster_id" \
+    java -cp "$classpath" kafka.tools.StorageTool format --ignore-formatted --cluster-id="$cluster_id" \
       -c "$home/server.properties" >"$home/format.log" 2>&1 ||
       { cat "$home/format.log" >&2; exit 1; }
     KAFKA_NODE_HOME="$home" nohup java -Xms256m -Xmx768m -XX:+UseG1GC \
