@@ -34,6 +34,12 @@ struct Bucket {
     records: u64,
 }
 
+struct Window {
+    busy: Duration,
+    records: u64,
+    covered_ms: i64,
+}
+
 #[derive(Debug)]
 pub struct BusyMeter {
     buckets: VecDeque<Bucket>,
@@ -76,27 +82,30 @@ impl BusyMeter {
     /// Whether `unread` records waiting on the broker are a backlog: more than a second of what
     /// this worker consumed lately.
     pub fn behind(&self, unread: i64, now_ms: i64) -> bool {
-        let window_start = now_ms - WINDOW_MS;
-        let records: u64 =
-            self.buckets.iter().filter(|b| b.start_ms + BUCKET_MS > window_start).map(|b| b.records).sum();
-        let seconds = ((now_ms - window_start.max(self.since_ms)) as f64 / 1000.0).max(1.0);
-        unread >= BEHIND_MIN_RECORDS && unread as f64 >= records as f64 / seconds
+        let window = self.window(now_ms);
+        let seconds = (window.covered_ms as f64 / 1000.0).max(1.0);
+        unread >= BEHIND_MIN_RECORDS && unread as f64 >= window.records as f64 / seconds
     }
 
     /// The rate over the last [`WINDOW_MS`], or `None` when too little was processed to tell.
     pub fn true_rate(&self, now_ms: i64) -> Option<TrueRate> {
+        let Window { busy, records, covered_ms } = self.window(now_ms);
+        if busy < MIN_BUSY || records < MIN_RECORDS {
+            return None;
+        }
+        Some(TrueRate {
+            records_per_busy_second: records as f64 / busy.as_secs_f64(),
+            busy_share: (busy.as_secs_f64() * 1000.0 / covered_ms.max(1) as f64).min(1.0),
+        })
+    }
+
+    /// The busy time and records of the last [`WINDOW_MS`], and how much of it the worker ran.
+    fn window(&self, now_ms: i64) -> Window {
         let window_start = now_ms - WINDOW_MS;
         let in_window = self.buckets.iter().filter(|b| b.start_ms + BUCKET_MS > window_start);
         let (busy, records) =
             in_window.fold((Duration::ZERO, 0u64), |(busy, records), b| (busy + b.busy, records + b.records));
-        if busy < MIN_BUSY || records < MIN_RECORDS {
-            return None;
-        }
-        let covered_ms = (now_ms - window_start.max(self.since_ms)).max(1);
-        Some(TrueRate {
-            records_per_busy_second: records as f64 / busy.as_secs_f64(),
-            busy_share: (busy.as_secs_f64() * 1000.0 / covered_ms as f64).min(1.0),
-        })
+        Window { busy, records, covered_ms: now_ms - window_start.max(self.since_ms) }
     }
 }
 
