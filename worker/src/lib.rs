@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod record;
 pub mod repartition;
 pub mod runner;
+pub mod stall;
 #[cfg(feature = "dev-broker")]
 pub mod topic_io;
 pub mod undeliverable;

@@ -2,6 +2,7 @@
 //! process.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,7 +11,11 @@ use streamjob_crds::worker_paths;
 use streamjob_runtime::http::{serve, Health};
 use streamjob_runtime::shutdown::shutdown_signal;
 use streamjob_worker::group_protocol::GroupProtocolChoice;
+use streamjob_worker::stall::StallWatch;
 use streamjob_worker::{Control, Overrides, WorkerConfig};
+
+/// The exit status of a worker that stopped because it was stuck (EX_SOFTWARE).
+const STUCK_EXIT_CODE: i32 = 70;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
@@ -100,8 +105,28 @@ fn main() -> anyhow::Result<()> {
         tracing::info!("stopping: draining, flushing and committing");
         shutdown.store(true, Ordering::SeqCst);
     });
+    watch_for_a_stuck_worker(control.stall.clone());
     let worker = std::thread::spawn(move || streamjob_worker::run(config, control));
     let result = worker.join().map_err(|_| anyhow::anyhow!("the worker thread panicked"))?;
     let _ = stop_http.send(());
     result.map_err(|error| anyhow::anyhow!("{error}"))
+}
+
+/// The process exits when the worker is stuck in one step far past that step's own bound (see
+/// `streamjob_worker::stall`): the pod restarts and the new process reads again from the last
+/// commit, which a stuck process would never reach.
+fn watch_for_a_stuck_worker(stall: Arc<StallWatch>) {
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_secs(1));
+        if let Some(stuck) = stall.stalled() {
+            tracing::error!(
+                step = stuck.step,
+                stuck_for = ?stuck.for_,
+                bound = ?stuck.bound,
+                "the worker is stuck in librdkafka and exits so that a fresh process takes over; \
+                 nothing is lost: what was not committed is read again"
+            );
+            std::process::exit(STUCK_EXIT_CODE);
+        }
+    });
 }

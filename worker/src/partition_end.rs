@@ -64,8 +64,12 @@ pub fn cached_watermarks<C: ConsumerContext>(
 /// answered within [`FRESH_RECEIVE_US`] when `statistics` were taken. Only of these does the
 /// cached high watermark say where the partition ends: when its leader dies or is cut off, the
 /// cache keeps the old end, and a partition read to it would look idle while what is written
-/// meanwhile waits for a new leader.
+/// meanwhile waits for a new leader. None at all while a broker is down (see
+/// [`a_broker_is_down`]).
 pub fn fresh_fetches(statistics: &Statistics) -> HashMap<String, HashSet<i32>> {
+    if a_broker_is_down(statistics) {
+        return HashMap::new();
+    }
     let live: HashSet<i32> = statistics
         .brokers
         .values()
@@ -80,6 +84,17 @@ pub fn fresh_fetches(statistics: &Statistics) -> HashMap<String, HashSet<i32>> {
     fresh
 }
 
+/// Whether the consumer is reconnecting to a broker it has been connected to. While a broker is
+/// down, the high watermark of every partition it follows can stand still with acknowledged-to-be
+/// records behind it: the leader waits for the dead follower until the controller takes it out
+/// of the in-sync replicas (9 s by default in KRaft). Reading to such a high watermark is not
+/// reading everything written, so no partition may turn idle then. A broker this consumer never
+/// needed stays `INIT` and does not count.
+fn a_broker_is_down(statistics: &Statistics) -> bool {
+    const NOT_DOWN: [&str; 3] = ["INIT", "UP", "UPDATE"];
+    statistics.brokers.values().any(|b| b.source == "learned" && b.nodeid >= 0 && !NOT_DOWN.contains(&b.state.as_str()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,8 +102,13 @@ mod tests {
     #[test]
     fn only_partitions_fetched_from_a_connection_that_answers_lately_are_fresh() {
         use rdkafka::statistics::{Broker, Partition, Topic};
-        let broker =
-            |nodeid: i32, state: &str, rxidle: i64| Broker { nodeid, state: state.into(), rxidle, ..Broker::default() };
+        let broker = |nodeid: i32, state: &str, rxidle: i64| Broker {
+            nodeid,
+            state: state.into(),
+            rxidle,
+            source: "learned".into(),
+            ..Broker::default()
+        };
         let partition = |partition: i32, broker: i32, fetch_state: &str| Partition {
             partition,
             broker,
@@ -96,18 +116,25 @@ mod tests {
             fetch_state: fetch_state.into(),
             ..Partition::default()
         };
-        let brokers = [broker(1, "UP", 300_000), broker(2, "DOWN", 300_000), broker(3, "UP", 9_000_000)];
-        let mut statistics = Statistics {
+        let statistics_of = |brokers: [Broker; 3]| Statistics {
             brokers: brokers.into_iter().map(|b| (format!("b{}", b.nodeid), b)).collect(),
             ..Default::default()
         };
+        let mut statistics = statistics_of([broker(1, "UP", 300_000), broker(2, "INIT", 0), broker(3, "UP", 9_000_000)]);
         let partitions = [partition(0, 1, "active"), partition(1, 2, "active"), partition(2, 3, "active")];
         let mut partitions: HashMap<i32, Partition> = partitions.into_iter().map(|p| (p.partition, p)).collect();
         partitions.insert(3, partition(3, 1, "offset-query"));
         partitions.insert(-1, partition(-1, -1, "none"));
         statistics.topics.insert("lines".into(), Topic { topic: "lines".into(), partitions, ..Topic::default() });
         let fresh = fresh_fetches(&statistics);
-        assert_eq!(fresh.get("lines"), Some(&HashSet::from([0])), "1 is on a dead connection, 2 on a silent one");
+        assert_eq!(fresh.get("lines"), Some(&HashSet::from([0])), "1 is on no connection, 2 on a silent one");
+
+        for down in ["TRY_CONNECT", "CONNECT", "DOWN"] {
+            let topics = std::mem::take(&mut statistics.topics);
+            statistics = statistics_of([broker(1, "UP", 300_000), broker(2, down, 0), broker(3, "UP", 9_000_000)]);
+            statistics.topics = topics;
+            assert!(fresh_fetches(&statistics).is_empty(), "broker 2 is {down}: its followers' ends may stand still");
+        }
     }
 
     #[test]

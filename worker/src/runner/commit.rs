@@ -13,6 +13,7 @@ impl Shared {
             return self.commit_transaction(consumer, engine);
         }
         for producer in self.producers() {
+            self.stall.enter("flushing the producers before a commit", self.flush_timeout);
             if let Err(error) = producer.flush(self.flush_timeout) {
                 tracing::warn!(%error, "flush did not finish; unacknowledged records stay uncommitted");
             }
@@ -32,6 +33,7 @@ impl Shared {
             return Ok(());
         }
         let list = self.commit_list(&commits)?;
+        self.stall.enter("committing offsets", REQUEST_TIMEOUT);
         let result = consumer.commit(&list, mode);
         self.count_commit(&result);
         if result.is_ok() {
@@ -95,8 +97,11 @@ impl Shared {
         let result = (|| {
             if !commits.is_empty() {
                 let metadata = consumer.group_metadata().ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::State))?;
-                self.producer.send_offsets_to_transaction(&self.commit_list(&commits)?, &metadata, REQUEST_TIMEOUT)?;
+                let list = self.commit_list(&commits)?;
+                self.stall.enter("send_offsets_to_transaction", REQUEST_TIMEOUT);
+                self.producer.send_offsets_to_transaction(&list, &metadata, REQUEST_TIMEOUT)?;
             }
+            self.stall.enter("commit_transaction", REQUEST_TIMEOUT);
             self.producer.commit_transaction(REQUEST_TIMEOUT)
         })();
         self.count_commit(&result);
@@ -104,6 +109,7 @@ impl Shared {
         match result {
             Ok(()) => {
                 engine.committed(&commits);
+                self.stall.enter("begin_transaction", REQUEST_TIMEOUT);
                 self.producer.begin_transaction()
             }
             Err(error) => {
@@ -121,6 +127,7 @@ impl Shared {
         self.deliver_reports(engine);
         rewind(consumer, engine);
         if self.exactly_once {
+            self.stall.enter("begin_transaction", REQUEST_TIMEOUT);
             self.producer.begin_transaction()?;
         }
         Ok(())
@@ -134,6 +141,7 @@ impl Shared {
     pub(super) fn abort_transaction(&self, engine: &mut Engine) -> Result<(), KafkaError> {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         loop {
+            self.stall.enter("abort_transaction", ABORT_STEP);
             match self.producer.abort_transaction(ABORT_STEP) {
                 Err(KafkaError::Transaction(error)) if error.is_retriable() && Instant::now() < deadline => {
                     self.poll_producers(engine);

@@ -56,6 +56,7 @@ impl Shared {
             return;
         }
         self.ready.store(true, Ordering::SeqCst);
+        self.stall.enter("reading the committed offsets", REQUEST_TIMEOUT);
         let committed = match consumer.committed_offsets(partitions.clone(), REQUEST_TIMEOUT) {
             Ok(committed) => committed,
             Err(error) => {

@@ -32,6 +32,7 @@ use crate::offset_reset::{OffsetReset, PendingResets};
 use crate::partition_end::{self, Start};
 use crate::pipeline::CompiledPipeline;
 use crate::repartition::source_id;
+use crate::stall::StallWatch;
 use crate::undeliverable::{DeliveryFailure, FailureKind};
 
 mod admin;
@@ -52,6 +53,10 @@ const TICK_INTERVAL: Duration = Duration::from_millis(50);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// One step of an abort: between steps the producers are polled for the reports it waits for.
 const ABORT_STEP: Duration = Duration::from_millis(500);
+/// One turn of the loop, a poll and the records it returned, should take no longer than this.
+const LOOP_TURN_BOUND: Duration = Duration::from_secs(5);
+/// How long a send waits for room in a full producer queue before it tries again.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(10);
 /// Records (or consumer errors) read between sending outputs and collecting delivery reports.
 const READ_BATCH: usize = 256;
 
@@ -79,6 +84,8 @@ pub struct Control {
     pub ready: Arc<AtomicBool>,
     pub metrics: Arc<WorkerMetrics>,
     pub totals: Arc<Totals>,
+    /// The step the worker is in, for a watchdog that ends a worker stuck in librdkafka.
+    pub stall: Arc<StallWatch>,
 }
 
 pub use streamjob_runtime::clock::now_ms;
@@ -116,6 +123,7 @@ struct Shared {
     queue_full_wait: Mutex<Duration>,
     /// Records on the broker not yet read, from the last statistics.
     unread: AtomicI64,
+    stall: Arc<StallWatch>,
 }
 
 type WorkerConsumer = BaseConsumer<GroupContext>;

@@ -50,8 +50,9 @@ impl Shared {
                 Ok(()) => return,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     record = returned;
+                    self.stall.enter("waiting for room in a producer's queue", QUEUE_FULL_WAIT);
                     let waiting = Instant::now();
-                    producer.poll(Duration::from_millis(10));
+                    producer.poll(QUEUE_FULL_WAIT);
                     *lock(&self.queue_full_wait) += waiting.elapsed();
                     self.deliver_reports(engine);
                 }

@@ -25,6 +25,7 @@ pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
         None
     };
     if exactly_once {
+        control.stall.enter("init_transactions", REQUEST_TIMEOUT);
         producer
             .init_transactions(REQUEST_TIMEOUT)
             .map_err(|source| WorkerError::Kafka { what: "cannot start transactions", source })?;
@@ -54,6 +55,7 @@ pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
         busy: Mutex::new(BusyMeter::new(now_ms())),
         queue_full_wait: Mutex::default(),
         unread: AtomicI64::new(0),
+        stall: control.stall.clone(),
     });
     let consumer = create_consumer(&config, shared.clone())?;
     let mut topics: Vec<&str> = config.job.spec.source.topics.iter().map(String::as_str).collect();
@@ -75,6 +77,7 @@ pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
         tracing::warn!(%error, "final commit failed; nothing is lost: the next owner replays from the last commit");
     }
     drop(engine);
+    shared.stall.enter("closing the consumer", shared.flush_timeout);
     drop(consumer);
     tracing::info!("worker stopped: drained, committed and left the group");
     result
@@ -90,6 +93,7 @@ fn consume_until_stopped(
     let mut last_commit = Instant::now();
     while !control.shutdown.load(Ordering::Relaxed) && !control.abandon.load(Ordering::Relaxed) {
         let turn = Instant::now();
+        shared.stall.enter("reading and processing records", LOOP_TURN_BOUND);
         let (read_busy, source_records) = read_batch(shared, consumer);
         let mut engine = lock(&shared.engine);
         let now = Instant::now();
@@ -106,6 +110,7 @@ fn consume_until_stopped(
         if let Some(failure) = engine.failure().map(str::to_owned) {
             tracing::error!(error = %failure, "a record was not delivered; rewinding to the last commit");
             for producer in shared.producers() {
+                shared.stall.enter("flushing before a rewind", REQUEST_TIMEOUT);
                 let _ = producer.flush(REQUEST_TIMEOUT);
             }
             shared.deliver_reports(&mut engine);
