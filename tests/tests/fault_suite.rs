@@ -613,7 +613,8 @@ impl Worker {
     /// Says so when the worker exited without being told to (and was started again).
     fn exited_on_its_own(&mut self) -> Option<String> {
         let exits = self.supervised.exits.lock().unwrap_or_else(|e| e.into_inner());
-        (!exits.is_empty()).then(|| format!("worker {} exited by itself, then started again: {}", self.ordinal, exits.join("; ")))
+        (!exits.is_empty())
+            .then(|| format!("worker {} exited by itself, then started again: {}", self.ordinal, exits.join("; ")))
     }
 
     fn records_in(&self) -> u64 {

@@ -120,7 +120,8 @@ mod tests {
             brokers: brokers.into_iter().map(|b| (format!("b{}", b.nodeid), b)).collect(),
             ..Default::default()
         };
-        let mut statistics = statistics_of([broker(1, "UP", 300_000), broker(2, "INIT", 0), broker(3, "UP", 9_000_000)]);
+        let mut statistics =
+            statistics_of([broker(1, "UP", 300_000), broker(2, "INIT", 0), broker(3, "UP", 9_000_000)]);
         let partitions = [partition(0, 1, "active"), partition(1, 2, "active"), partition(2, 3, "active")];
         let mut partitions: HashMap<i32, Partition> = partitions.into_iter().map(|p| (p.partition, p)).collect();
         partitions.insert(3, partition(3, 1, "offset-query"));
