@@ -33,6 +33,7 @@ use streamjob_e2e::{
     free_port, http_get, in_ci, real_broker, repo_root, require_real_part, scratch_dir, unique, workspace_binary,
     ChildGuard,
 };
+use streamjob_runtime::sync::lock;
 use streamjob_testkit::kafka::{expected_word_counts, NewRecord, WordCounts};
 use streamjob_worker::runner::now_ms;
 use streamjob_worker::topic_io::{create_topics, producer, send_waiting, ReadRecord, TopicReader};
@@ -527,12 +528,6 @@ struct Supervised {
     exits: Mutex<Vec<String>>,
 }
 
-impl Supervised {
-    fn process(&self) -> std::sync::MutexGuard<'_, ChildGuard> {
-        self.process.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 impl Drop for Worker {
     fn drop(&mut self) {
         self.supervised.stopping.store(true, Ordering::SeqCst);
@@ -557,13 +552,13 @@ impl Worker {
         let supervisor = std::thread::spawn(move || {
             while !watched.stopping.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(250));
-                let mut process = watched.process();
+                let mut process = lock(&watched.process);
                 let Ok(Some(status)) = process.0.try_wait() else { continue };
                 if watched.stopping.load(Ordering::SeqCst) {
                     return;
                 }
                 let restarted = start();
-                let mut exits = watched.exits.lock().unwrap_or_else(|e| e.into_inner());
+                let mut exits = lock(&watched.exits);
                 exits.push(status.to_string());
                 match restarted {
                     Ok(child) => *process = ChildGuard(child),
@@ -587,7 +582,7 @@ impl Worker {
 
     fn kill_9(self) {
         self.supervised.stopping.store(true, Ordering::SeqCst);
-        let mut process = self.supervised.process();
+        let mut process = lock(&self.supervised.process);
         let _ = process.0.kill();
         let _ = process.0.wait();
     }
@@ -595,7 +590,7 @@ impl Worker {
     /// SIGTERM, as Kubernetes stops a pod, and the wait for the worker to drain and exit.
     fn terminate(self) -> anyhow::Result<()> {
         self.supervised.stopping.store(true, Ordering::SeqCst);
-        let mut process = self.supervised.process();
+        let mut process = lock(&self.supervised.process);
         if process.0.try_wait()?.is_none() {
             // SAFETY: signals our own child, which has not been waited for, so its pid is live.
             unsafe { libc::kill(process.0.id() as i32, libc::SIGTERM) };
@@ -612,7 +607,7 @@ impl Worker {
 
     /// Says so when the worker exited without being told to (and was started again).
     fn exited_on_its_own(&mut self) -> Option<String> {
-        let exits = self.supervised.exits.lock().unwrap_or_else(|e| e.into_inner());
+        let exits = lock(&self.supervised.exits);
         (!exits.is_empty())
             .then(|| format!("worker {} exited by itself, then started again: {}", self.ordinal, exits.join("; ")))
     }
@@ -972,14 +967,14 @@ struct Slots {
 
 impl Slots {
     fn run(&self, task: Task) -> Vec<Row> {
-        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        let mut used = lock(&self.used);
         while *used + task.weight > CONCURRENT_ROWS {
             used = self.freed.wait(used).unwrap_or_else(|e| e.into_inner());
         }
         *used += task.weight;
         drop(used);
         let rows = (task.run)();
-        *self.used.lock().unwrap_or_else(|e| e.into_inner()) -= task.weight;
+        *lock(&self.used) -= task.weight;
         self.freed.notify_all();
         rows
     }
@@ -996,7 +991,7 @@ fn run_all(tasks: Vec<Task>) -> Vec<Row> {
                 let mut rows = Vec::new();
                 loop {
                     // Its own statement: the queue's lock is not held while the task runs.
-                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                    let next = lock(&queue).pop_front();
                     let Some(task) = next else { break };
                     rows.extend(slots.run(task));
                 }
