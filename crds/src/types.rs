@@ -705,7 +705,7 @@ pub struct ScaleDownBehavior {
 }
 
 fn default_scale_down_stabilization_seconds() -> i32 {
-    300
+    120
 }
 
 impl Default for ScaleDownBehavior {

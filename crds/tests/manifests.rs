@@ -184,7 +184,7 @@ fn defaults_are_declared_in_the_schema() {
     assert_eq!(job.spec.deletion_policy, streamjob_crds::DeletionPolicy::Retain);
     let autoscaling = job.spec.autoscaling.expect("autoscaling");
     assert_eq!((autoscaling.min_replicas, autoscaling.max_replicas), (1, 10));
-    assert_eq!(autoscaling.scale_down.stabilization_seconds, 300);
+    assert_eq!(autoscaling.scale_down.stabilization_seconds, 120);
     assert_eq!(autoscaling.poll_interval_seconds, 10);
     let spec = &openapi_schema()["properties"]["spec"]["properties"];
     assert_eq!(spec["replicas"]["default"], 1);

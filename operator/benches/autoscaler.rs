@@ -3,14 +3,16 @@
 //! printed, the rows written to `target/autoscaler-simulation.csv` (under `CARGO_TARGET_DIR`
 //! when set) and each trace's lag and replicas over time drawn to
 //! `target/autoscaler-simulation/TRACE.png`. `-- --timeline TRACE` also prints the scale
-//! events of one trace.
+//! events of one trace; `-- --pause SECONDS` sets the pause per scale event, otherwise taken
+//! from the `scale_gap` bench's `target/scale-gap.csv` or the README's measurement;
+//! `-- --ours '{"scaleDown":{"stabilizationSeconds":120}}'` runs our policy with other settings.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use streamjob_testkit::simulator::{
-    compare, csv, draw_timelines, sweep, Model, OracleSettings, Outcome, TraceReport, SWEEP_LAG_THRESHOLDS,
-    SWEEP_STABILIZATION_SECONDS,
+    compare, csv, draw_timelines, longest_gap, ours_spec, sweep, Model, OracleSettings, Outcome, PauseSource,
+    TraceReport, DEFAULT_PROTOCOL, MEASURED_PAUSE_SECONDS, SWEEP_LAG_THRESHOLDS, SWEEP_STABILIZATION_SECONDS,
 };
 
 fn drain(outcome: &Outcome) -> String {
@@ -29,6 +31,43 @@ fn mark(met: bool) -> &'static str {
 fn target_dir() -> PathBuf {
     let workspace = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace.join("target"), |dir| workspace.join(dir))
+}
+
+fn usage_error(message: &str) -> ! {
+    eprintln!("{message}");
+    std::process::exit(2)
+}
+
+/// The value after `flag` on the command line.
+fn argument(flag: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != flag).nth(1)
+}
+
+/// The pause per scale event: `--pause SECONDS`, else the longest gap of the default protocol in
+/// the `scale_gap` bench's CSV, else the one recorded in the README.
+fn pause(target: &std::path::Path) -> (f64, PauseSource) {
+    if let Some(seconds) = argument("--pause").and_then(|s| s.parse::<f64>().ok()).filter(|s| *s >= 0.0) {
+        return (seconds, PauseSource::Given);
+    }
+    let measured = std::fs::read_to_string(target.join("scale-gap.csv")).ok();
+    match measured.as_deref().and_then(|csv| longest_gap(csv, DEFAULT_PROTOCOL)) {
+        Some((seconds, events)) => (seconds, PauseSource::Measured { protocol: DEFAULT_PROTOCOL.to_owned(), events }),
+        None => (MEASURED_PAUSE_SECONDS, PauseSource::Recorded),
+    }
+}
+
+fn describe(source: &PauseSource, target: &std::path::Path) -> String {
+    match source {
+        PauseSource::Given => "given with --pause".to_owned(),
+        PauseSource::Measured { protocol, events } => format!(
+            "the longest partition gap of {events} {protocol} scale events in {}",
+            target.join("scale-gap.csv").display()
+        ),
+        PauseSource::Recorded => format!(
+            "the longest {DEFAULT_PROTOCOL} partition gap recorded in the README (no {} from the scale_gap bench)",
+            target.join("scale-gap.csv").display()
+        ),
+    }
 }
 
 fn print_row(trace: &str, policy: &str, outcome: &Outcome) {
@@ -101,12 +140,31 @@ fn print_trace(report: &TraceReport) {
 }
 
 fn main() {
-    let model = Model::default();
+    let target = target_dir();
+    let (rebalance_pause, source) = pause(&target);
+    let ours = match argument("--ours").map(|text| serde_json::from_str::<serde_json::Value>(&text)) {
+        None => serde_json::json!({}),
+        Some(Ok(fields)) => fields,
+        Some(Err(error)) => usage_error(&format!("--ours is not JSON: {error}")),
+    };
+    let model = Model { rebalance_pause, ours, ..Model::default() };
+    if let Err(error) = ours_spec(&model) {
+        usage_error(&format!("--ours is not an autoscaling spec: {error}"));
+    }
     let settings = OracleSettings::default();
     println!(
-        "model: {} partitions, {:.0} records/s per worker, {:.0} s pause per scale event, lagThreshold {}, replicas {}..{}",
-        model.partitions, model.capacity_per_replica, model.rebalance_pause, model.lag_threshold, model.min_replicas, model.max_replicas
+        "model: {} partitions, {:.0} records/s per worker, {:.1} s pause per scale event ({}), lagThreshold {}, replicas {}..{}",
+        model.partitions,
+        model.capacity_per_replica,
+        model.rebalance_pause,
+        describe(&source, &target),
+        model.lag_threshold,
+        model.min_replicas,
+        model.max_replicas
     );
+    if model.ours.as_object().is_some_and(|fields| !fields.is_empty()) {
+        println!("ours runs with {} over its defaults", model.ours);
+    }
     println!(
         "KEDA sweep: {} configurations, lagThreshold {:?} × scale-down stabilisation {:?} s; oracle decides every {} s, bound every {} s",
         sweep().len(),
@@ -127,7 +185,6 @@ fn main() {
     }
     let all_met = reports.iter().all(|r| r.goals().all());
 
-    let target = target_dir();
     let csv_path = target.join("autoscaler-simulation.csv");
     match std::fs::write(&csv_path, csv(&reports)) {
         Ok(()) => println!("wrote {}", csv_path.display()),
@@ -154,7 +211,7 @@ fn main() {
         }
     }
 
-    if let Some(name) = std::env::args().skip_while(|a| a != "--timeline").nth(1) {
+    if let Some(name) = argument("--timeline") {
         for report in reports.iter().filter(|r| r.trace.name == name) {
             let mut runs = vec![("streamjob".to_owned(), &report.ours)];
             runs.extend(report.nearest().map(|(config, outcome)| (config.label(), outcome)));

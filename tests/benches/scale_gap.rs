@@ -20,6 +20,9 @@
 //! `SCALE_GAP_WORKER_ARGS` (more worker arguments), `STREAMJOB_WORKER_BIN` (the worker binary;
 //! default the workspace's debug build), `SCALE_GAP_VERBOSE` (print each event's 250 ms counts).
 //!
+//! The rows also go to `target/scale-gap.csv` (under `CARGO_TARGET_DIR` when set), whose longest
+//! gap of the default protocol the autoscaler bench charges per scale event.
+//!
 //! One file for one table: the scenario, the sink reader and the analysis share the sample
 //! type and are read together.
 
@@ -35,7 +38,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer};
-use streamjob_e2e::{free_port, scratch_dir, unique, workspace_binary, ChildGuard};
+use streamjob_e2e::{free_port, scratch_dir, target_dir, unique, workspace_binary, ChildGuard};
 use streamjob_worker::runner::now_ms;
 use streamjob_worker::topic_io::{assign_from_beginning, create_topics, producer, send_waiting};
 
@@ -133,7 +136,35 @@ fn main() -> anyhow::Result<()> {
     for run in &runs {
         print_table(run);
     }
+    let csv_path = target_dir().join("scale-gap.csv");
+    std::fs::write(&csv_path, csv(&runs)).with_context(|| format!("writing {}", csv_path.display()))?;
+    println!();
+    println!("wrote {} (the autoscaler simulation charges its longest gap per scale event)", csv_path.display());
     Ok(())
+}
+
+/// One row per event and protocol, read by the autoscaler bench (`simulator::longest_gap`).
+fn csv(runs: &[Run]) -> String {
+    let mut out = String::from(
+        "protocol,event,longest_partition_gap_s,min_rate,steady_rate,max_latency_s,time_to_steady_s,lost,duplicated\n",
+    );
+    for run in runs {
+        for impact in &run.impacts {
+            out.push_str(&format!(
+                "{},{},{:.2},{:.0},{:.0},{:.2},{:.2},{},{}\n",
+                run.protocol,
+                impact.name,
+                impact.longest_gap_ms as f64 / 1000.0,
+                impact.min_rate,
+                impact.steady_rate,
+                impact.max_latency_ms as f64 / 1000.0,
+                impact.time_to_steady_ms as f64 / 1000.0,
+                run.lost,
+                run.duplicated,
+            ));
+        }
+    }
+    out
 }
 
 fn print_table(run: &Run) {

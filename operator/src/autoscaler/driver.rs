@@ -47,8 +47,28 @@ pub enum AutoscalerError {
     NotAutoscaled,
     #[error("lag probe failed: {0}")]
     Probe(#[source] MeasureError),
-    #[error("Kubernetes API error: {0}")]
-    Kube(#[from] kube::Error),
+    #[error("reading the StatefulSet failed: {0}")]
+    ReadStatefulSet(#[source] kube::Error),
+    #[error("setting the StatefulSet's replicas failed: {0}")]
+    ScaleStatefulSet(#[source] kube::Error),
+    #[error("reading the StreamJob for its status failed: {0}")]
+    ReadJob(#[source] kube::Error),
+    #[error("applying the autoscaler's status failed: {0}")]
+    ApplyStatus(#[source] kube::Error),
+}
+
+impl AutoscalerError {
+    /// The step that failed, for the log line.
+    pub fn category(&self) -> &'static str {
+        match self {
+            AutoscalerError::NotAutoscaled => "NotAutoscaled",
+            AutoscalerError::Probe(_) => "Probe",
+            AutoscalerError::ReadStatefulSet(_) => "ReadStatefulSet",
+            AutoscalerError::ScaleStatefulSet(_) => "ScaleStatefulSet",
+            AutoscalerError::ReadJob(_) => "ReadJob",
+            AutoscalerError::ApplyStatus(_) => "ApplyStatus",
+        }
+    }
 }
 
 /// What the autoscaler remembers of one job.
@@ -123,7 +143,7 @@ impl Autoscaler {
         };
         let polls = due.into_iter().map(|job| async move {
             if let Err(error) = self.poll_job(job, now).await {
-                tracing::warn!(job = %job.name_any(), namespace = ?job.namespace(), %error, "autoscaler poll failed");
+                tracing::warn!(job = %job.name_any(), namespace = ?job.namespace(), step = error.category(), %error, "autoscaler poll failed");
             }
         });
         futures::future::join_all(polls).await;
@@ -146,7 +166,7 @@ impl Autoscaler {
         self.states().entry(key.clone()).or_default().next_poll_at = now + poll_interval;
 
         let stateful_sets: Api<StatefulSet> = Api::namespaced(self.context.client.clone(), &namespace);
-        let Some(stateful_set) = stateful_sets.get_opt(&name).await? else {
+        let Some(stateful_set) = stateful_sets.get_opt(&name).await.map_err(AutoscalerError::ReadStatefulSet)? else {
             return Ok(Decision {
                 replicas: 0,
                 reason: "holding: the StatefulSet does not exist yet".to_owned(),
@@ -176,7 +196,7 @@ impl Autoscaler {
 
         let mut last_scale = None;
         if decision.replicas != workers.current {
-            self.scale(&stateful_sets, &name, decision.replicas).await?;
+            self.scale(&stateful_sets, &name, decision.replicas).await.map_err(AutoscalerError::ScaleStatefulSet)?;
             last_scale = Some(self.report_scale(job, workers.current, &decision).await);
         }
         if recovered {
@@ -302,7 +322,7 @@ impl Autoscaler {
     ) -> Result<(), AutoscalerError> {
         let (namespace, name) = job_key(job);
         let jobs: Api<StreamJob> = Api::namespaced(self.context.client.clone(), &namespace);
-        let Some(fresh) = jobs.get_opt(&name).await? else { return Ok(()) };
+        let Some(fresh) = jobs.get_opt(&name).await.map_err(AutoscalerError::ReadJob)? else { return Ok(()) };
         let status: StreamJobStatus = fresh.status.clone().unwrap_or_default();
         let current = autoscaler_part(&status);
         let mut conditions = status.conditions.clone();
@@ -316,7 +336,7 @@ impl Autoscaler {
         if wanted == current {
             return Ok(());
         }
-        apply_status(&jobs, &name, AUTOSCALER_FIELD_MANAGER, wanted).await?;
+        apply_status(&jobs, &name, AUTOSCALER_FIELD_MANAGER, wanted).await.map_err(AutoscalerError::ApplyStatus)?;
         Ok(())
     }
 }

@@ -351,8 +351,8 @@ fn without_a_report_the_decision_falls_back_to_the_backlog_rate_and_says_so() {
 #[test]
 fn a_scale_down_leaves_room_to_drain_what_its_own_rebalance_holds_up() {
     let s = Settings { lag_threshold: 1_000_000, scale_down_stabilization_seconds: 0.0, ..settings() };
-    // 4 workers of 1000/s each carry 3000/s with no lag. 3 would carry it too, but not the 30 000
-    // records the 10 s rebalance of a scale-down piles up: they would scale straight back up.
+    // 4 workers of 1000/s each carry 3000/s with no lag. 3 would carry it too, but not the
+    // records the rebalance of a scale-down piles up: they would scale straight back up.
     let mut history = History::default();
     for (i, t) in [0.0, 10.0, 20.0].into_iter().enumerate() {
         let committed = 30_000 * i as i64 / 12;

@@ -5,7 +5,7 @@
 //! ours, the trace known ahead) on the same traces.
 //!
 //! Files: `traces` (the inputs), `ours` and `keda` (the scalers), `oracle`, `oracle_model` and
-//! `oracle_search` (the cheapest schedule), `frontier` (how ours compares), `report` (everything
+//! `oracle_search` (the cheapest schedule), `pause` (the measured pause per scale event), `frontier` (how ours compares), `report` (everything
 //! on every trace, as rows), `plot` (the timelines as PNG).
 
 mod frontier;
@@ -14,6 +14,7 @@ mod oracle;
 mod oracle_model;
 mod oracle_search;
 mod ours;
+mod pause;
 mod plot;
 mod report;
 mod traces;
@@ -21,7 +22,8 @@ mod traces;
 pub use frontier::{dominating, goals, nearest_by_replica_seconds, Goals};
 pub use keda::{sweep, KedaConfig, KedaHpa, SWEEP_LAG_THRESHOLDS, SWEEP_STABILIZATION_SECONDS};
 pub use oracle::{oracle, Budget, Oracle, OracleSettings};
-pub use ours::Ours;
+pub use ours::{ours_spec, Ours};
+pub use pause::{longest_gap, PauseSource, DEFAULT_PROTOCOL, MEASURED_PAUSE_SECONDS};
 pub use plot::{draw_timelines, PlotError};
 pub use report::{compare, csv, report, TraceReport};
 pub use traces::{traces, RateFn, Trace};
@@ -34,12 +36,16 @@ pub struct Model {
     pub partitions: usize,
     /// Records per second one worker processes.
     pub capacity_per_replica: f64,
-    /// Seconds of no consumption after every scale event.
+    /// Seconds of no consumption after every scale event (by default the measured one, see
+    /// [`pause`]).
     pub rebalance_pause: f64,
     pub min_replicas: i32,
     pub max_replicas: i32,
     pub lag_threshold: i64,
     pub initial_replicas: i32,
+    /// More fields of the autoscaling spec our policy runs with (camelCase, as in a manifest;
+    /// `{"scaleDown": {"stabilizationSeconds": 120}}`), over the defaults and the fields above.
+    pub ours: serde_json::Value,
 }
 
 impl Default for Model {
@@ -47,11 +53,12 @@ impl Default for Model {
         Self {
             partitions: 12,
             capacity_per_replica: 1000.0,
-            rebalance_pause: 10.0,
+            rebalance_pause: MEASURED_PAUSE_SECONDS,
             min_replicas: 1,
             max_replicas: 12,
             lag_threshold: 10_000,
             initial_replicas: 1,
+            ours: serde_json::json!({}),
         }
     }
 }

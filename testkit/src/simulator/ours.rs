@@ -1,11 +1,11 @@
 //! Our policy as a [`Scaler`].
 
-use streamjob_crds::StartFrom;
+use streamjob_crds::{AutoscalingSpec, StartFrom};
 use streamjob_operator::autoscaler::policy::{decide, observe, History, LagSample, PartitionSample, Settings, Workers};
 
 use super::{Model, Scaler};
 
-/// Our policy, polled every `poll_interval` seconds with default settings.
+/// Our policy, polled every `poll_interval` seconds with the default settings and `Model::ours`.
 pub struct Ours {
     settings: Settings,
     history: History,
@@ -14,13 +14,22 @@ pub struct Ours {
     wanted: Option<i32>,
 }
 
+/// The autoscaling spec our policy runs with on `model`.
+pub fn ours_spec(model: &Model) -> Result<AutoscalingSpec, serde_json::Error> {
+    let mut fields = serde_json::json!({
+        "minReplicas": model.min_replicas, "maxReplicas": model.max_replicas, "lagThreshold": model.lag_threshold
+    });
+    if let (Some(fields), Some(more)) = (fields.as_object_mut(), model.ours.as_object()) {
+        fields.extend(more.clone());
+    }
+    serde_json::from_value(fields)
+}
+
 impl Ours {
     pub fn new(model: &Model) -> Self {
-        let spec: streamjob_crds::AutoscalingSpec = match serde_json::from_value(serde_json::json!({
-            "minReplicas": model.min_replicas, "maxReplicas": model.max_replicas, "lagThreshold": model.lag_threshold
-        })) {
+        let spec = match ours_spec(model) {
             Ok(spec) => spec,
-            Err(error) => unreachable!("a literal autoscaling spec decodes: {error}"),
+            Err(error) => panic!("Model::ours is not an autoscaling spec (check it with ours_spec first): {error}"),
         };
         Self {
             settings: Settings::from_spec(&spec, StartFrom::Earliest),
