@@ -247,8 +247,8 @@ fn lag_excluding(sample: &LagSample, start_from: StartFrom, excluded: &[(String,
 /// How long a rebalance stops consumption, about: a smaller group must also drain what piles up
 /// meanwhile, or it scales down into a backlog it cannot clear and scales straight back up. The
 /// longest partition gap per scale event measured on a real broker (`scale_gap` bench, README
-/// "Scaling without stopping"), rounded up.
-const REBALANCE_PAUSE_SECONDS: f64 = 3.0;
+/// "Scaling without stopping").
+const REBALANCE_PAUSE_SECONDS: f64 = 2.0;
 
 /// Seconds of consumption a group that keeps up may hold uncommitted.
 const IN_FLIGHT_SECONDS: f64 = 5.0;

@@ -37,7 +37,7 @@ pub struct Model {
     /// Records per second one worker processes.
     pub capacity_per_replica: f64,
     /// Seconds of no consumption after every scale event (by default the measured one, see
-    /// [`pause`]).
+    /// [`pause`]); the model runs in whole seconds and rounds it up (0.5 s stops one second).
     pub rebalance_pause: f64,
     pub min_replicas: i32,
     pub max_replicas: i32,
@@ -60,6 +60,19 @@ impl Default for Model {
             initial_replicas: 1,
             ours: serde_json::json!({}),
         }
+    }
+}
+
+impl Model {
+    /// The whole seconds a scale event stops consumption: the pause rounded up.
+    pub fn paused_seconds(&self) -> usize {
+        self.rebalance_pause.max(0.0).ceil() as usize
+    }
+
+    /// When consumption resumes after a scale event decided at second `t`: it counts from
+    /// `t + 1`, and the seconds from there on are paused.
+    pub fn resumes_after_scale_at(&self, t: f64) -> f64 {
+        t + 1.0 + self.paused_seconds() as f64
     }
 }
 
@@ -97,7 +110,7 @@ impl Outcome {
 }
 
 /// Runs `scaler` on `trace`, one-second steps. A scale decided at second `t` counts from
-/// `t + 1`; consumption stops until `t + rebalance_pause`.
+/// `t + 1`; consumption stops for the [`Model::paused_seconds`] from there.
 pub fn simulate(model: &Model, trace: &Trace, scaler: &mut dyn Scaler) -> Outcome {
     let n = model.partitions;
     let mut high = vec![0.0f64; n];
@@ -145,7 +158,7 @@ pub fn simulate(model: &Model, trace: &Trace, scaler: &mut dyn Scaler) -> Outcom
         if wanted != replicas {
             outcome.scales.push((t, replicas, wanted));
             replicas = wanted;
-            paused_until = t + model.rebalance_pause;
+            paused_until = model.resumes_after_scale_at(t);
         }
         t += 1.0;
     }

@@ -240,7 +240,7 @@ mod tests {
             if let Some(&(_, to)) = schedule.changes.iter().find(|(at, _)| *at == t) {
                 if to != replicas {
                     replicas = to;
-                    paused_until = t + model.rebalance_pause;
+                    paused_until = model.resumes_after_scale_at(t);
                 }
             }
         }

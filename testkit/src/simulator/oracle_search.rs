@@ -113,7 +113,7 @@ impl<'a> Search<'a> {
             counts,
             initial: counts.iter().position(|&c| c == model.initial_replicas).unwrap_or(0),
             interval,
-            pause: (model.rebalance_pause.ceil() as usize).saturating_sub(1),
+            pause: model.paused_seconds(),
             bucket_width: [max_lag / lag_buckets.max(1) as f64, max_lag / second.max(1) as f64],
             buckets: [lag_buckets.max(1) + 1, second + 1],
         }

@@ -38,10 +38,9 @@ fn found(oracle: Option<Oracle>) -> Oracle {
 
 #[test]
 fn with_a_max_lag_of_one_seconds_shortfall_it_never_runs_one_worker_twice_in_a_row() {
-    // One worker leaves 5 behind in a second, two catch up 5: with a 1 s pause (no second
-    // without consumption) and a max lag of 5, the cheapest schedule alternates 1 and 2 from
+    // One worker leaves 5 behind in a second, two catch up 5: with no pause and a max lag of 5, the cheapest schedule alternates 1 and 2 from
     // the initial 1: five seconds each, 15 replica·s, lag 5 in every other second.
-    let (model, trace) = tiny(1.0);
+    let (model, trace) = tiny(0.0);
     let oracle = found(oracle(&model, &trace, Budget { lag_seconds: 1e9, max_lag: 5.0 }, &[], &every_second()));
     assert!(oracle.within_budget && oracle.exact_model);
     assert_eq!((oracle.replay.replica_seconds, oracle.replay.max_lag, oracle.replay.lag_seconds), (15.0, 5.0, 25.0));
@@ -74,10 +73,10 @@ fn brute_force(model: &Model, trace: &Trace, budget: Budget) -> f64 {
 #[test]
 fn on_a_tiny_trace_it_finds_what_trying_every_schedule_finds() {
     let cases = [
-        ("no pause, lag·s binding", 1.0, Budget { lag_seconds: 60.0, max_lag: 50.0 }),
-        ("no pause, both binding", 1.0, Budget { lag_seconds: 40.0, max_lag: 10.0 }),
-        ("2 s pause, lag·s binding", 3.0, Budget { lag_seconds: 200.0, max_lag: 100.0 }),
-        ("2 s pause, loose", 3.0, Budget { lag_seconds: 400.0, max_lag: 100.0 }),
+        ("no pause, lag·s binding", 0.0, Budget { lag_seconds: 60.0, max_lag: 50.0 }),
+        ("no pause, both binding", 0.0, Budget { lag_seconds: 40.0, max_lag: 10.0 }),
+        ("2 s pause, lag·s binding", 2.0, Budget { lag_seconds: 200.0, max_lag: 100.0 }),
+        ("2 s pause, loose", 2.0, Budget { lag_seconds: 400.0, max_lag: 100.0 }),
     ];
     for (case, pause, budget) in cases {
         let (model, trace) = tiny(pause);
@@ -159,7 +158,7 @@ fn on_every_trace_the_oracle_is_within_ours_and_the_bound_below_both() {
 fn a_known_schedule_is_the_oracle_when_the_search_finds_none_cheaper() {
     // With decision points every 100 s the search can change replicas only at second 0 (two
     // workers from second 1: 19 replica·s); the known schedule changes at second 1 (18).
-    let (model, trace) = tiny(1.0);
+    let (model, trace) = tiny(0.0);
     let known = Schedule { changes: vec![(1.0, 2)] };
     let budget = Budget::of(&simulate(&model, &trace, &mut Replay::new(&known)));
     let coarse = OracleSettings { decision_interval: 100, ..every_second() };

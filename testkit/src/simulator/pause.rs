@@ -8,8 +8,8 @@ pub const DEFAULT_PROTOCOL: &str = "classic";
 
 /// Used when no `scale-gap.csv` is at hand: the longest partition gap per scale event measured
 /// with `scale_gap` on the test broker under `classic` (README, "Scaling without stopping":
-/// 0.5–2.1 s over 1 → 3, 3 → 6 and 6 → 1, four to five runs).
-pub const MEASURED_PAUSE_SECONDS: f64 = 2.1;
+/// 0.2–2.0 s over 1 → 3, 3 → 6 and 6 → 1, four to five runs each).
+pub const MEASURED_PAUSE_SECONDS: f64 = 2.0;
 
 /// Where the pause came from, for the bench's header line.
 #[derive(Clone, Debug, PartialEq)]
