@@ -12,7 +12,8 @@ def test_dockerfile_is_multi_stage_release_non_root_and_shell_free(root, compone
     runtime_start = commands.index(stages[-1])
     runtime = commands[runtime_start:]
     build = commands[:runtime_start]
-    assert any(c.cmd == "RUN" and "cargo build --release --locked" in c.value[0] for c in build)
+    optimised = ("cargo build --release --locked", "cargo build --profile dist --locked")
+    assert any(c.cmd == "RUN" and any(o in c.value[0] for o in optimised) for c in build)
     assert "distroless" in stages[-1].value[0], "minimal runtime image without a shell"
     users = [c for c in runtime if c.cmd == "USER"]
     assert users and users[-1].value[0].split(":")[0].isdigit(), "numeric USER"
