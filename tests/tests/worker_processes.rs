@@ -2,6 +2,9 @@
 //! `streamjob-mock-broker` (librdkafka's mock cluster on local TCP ports), or the Kafka named by
 //! `STREAMJOB_TEST_BOOTSTRAP`. Word count, then a `kill -9` and a restart; and two workers
 //! counting a live stream while one of them is killed at different points of a window.
+//!
+//! Over 400 lines because the scenarios share one harness (processes, topics, the independent
+//! count) that only they use; each test is short.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

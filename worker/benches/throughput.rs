@@ -9,6 +9,9 @@
 //! Without `--bootstrap` the broker is librdkafka's mock cluster in this process. Each run makes
 //! its own topics and groups (the broker may be shared and keeps them), and reports no case
 //! whose input the broker did not keep whole.
+//!
+//! One file for one table: the cases, their hand-written baselines and the engine-alone runs
+//! are printed side by side and read together.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
