@@ -5,8 +5,9 @@
 //! ours, the trace known ahead) on the same traces.
 //!
 //! Files: `traces` (the inputs), `ours` and `keda` (the scalers), `oracle`, `oracle_model` and
-//! `oracle_search` (the cheapest schedule), `pause` (the measured pause per scale event), `frontier` (how ours compares), `report` (everything
-//! on every trace, as rows), `plot` (the timelines as PNG).
+//! `oracle_search` (the cheapest schedule), `pause` (the measured pause per scale event),
+//! `frontier` (how ours compares), `report` (everything on every trace, as rows), `plot` (the
+//! timelines as PNG).
 
 mod frontier;
 mod keda;
