@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use streamjob_testkit::simulator::{
     compare, csv, draw_timelines, longest_gap, ours_spec, sweep, Model, OracleSettings, Outcome, PauseSource,
-    TraceReport, DEFAULT_PROTOCOL, MEASURED_PAUSE_SECONDS, SWEEP_LAG_THRESHOLDS, SWEEP_STABILIZATION_SECONDS,
+    TraceReport, DEFAULT_PROTOCOL, MEASURED_PAUSE_SECONDS, SCALE_GAP_CSV, SWEEP_LAG_THRESHOLDS,
+    SWEEP_STABILIZATION_SECONDS,
 };
 
 fn drain(outcome: &Outcome) -> String {
@@ -44,28 +45,27 @@ fn argument(flag: &str) -> Option<String> {
 }
 
 /// The pause per scale event: `--pause SECONDS`, else the longest gap of the default protocol in
-/// the `scale_gap` bench's CSV, else the one recorded in the README.
-fn pause(target: &std::path::Path) -> (f64, PauseSource) {
+/// the `scale_gap` bench's CSV (`measured`), else the one recorded in the README.
+fn pause(measured: &std::path::Path) -> (f64, PauseSource) {
     if let Some(seconds) = argument("--pause").and_then(|s| s.parse::<f64>().ok()).filter(|s| *s >= 0.0) {
         return (seconds, PauseSource::Given);
     }
-    let measured = std::fs::read_to_string(target.join("scale-gap.csv")).ok();
-    match measured.as_deref().and_then(|csv| longest_gap(csv, DEFAULT_PROTOCOL)) {
-        Some((seconds, events)) => (seconds, PauseSource::Measured { protocol: DEFAULT_PROTOCOL.to_owned(), events }),
+    let csv = std::fs::read_to_string(measured).ok();
+    match csv.as_deref().and_then(|csv| longest_gap(csv, DEFAULT_PROTOCOL)) {
+        Some((seconds, events)) => (seconds, PauseSource::Measured { events }),
         None => (MEASURED_PAUSE_SECONDS, PauseSource::Recorded),
     }
 }
 
-fn describe(source: &PauseSource, target: &std::path::Path) -> String {
+fn describe(source: &PauseSource, measured: &std::path::Path) -> String {
     match source {
         PauseSource::Given => "given with --pause".to_owned(),
-        PauseSource::Measured { protocol, events } => format!(
-            "the longest partition gap of {events} {protocol} scale events in {}",
-            target.join("scale-gap.csv").display()
-        ),
+        PauseSource::Measured { events } => {
+            format!("the longest partition gap of {events} {DEFAULT_PROTOCOL} scale events in {}", measured.display())
+        }
         PauseSource::Recorded => format!(
             "the longest {DEFAULT_PROTOCOL} partition gap recorded in the README (no {} from the scale_gap bench)",
-            target.join("scale-gap.csv").display()
+            measured.display()
         ),
     }
 }
@@ -141,7 +141,8 @@ fn print_trace(report: &TraceReport) {
 
 fn main() {
     let target = target_dir();
-    let (rebalance_pause, source) = pause(&target);
+    let measured = target.join(SCALE_GAP_CSV);
+    let (rebalance_pause, source) = pause(&measured);
     let ours = match argument("--ours").map(|text| serde_json::from_str::<serde_json::Value>(&text)) {
         None => serde_json::json!({}),
         Some(Ok(fields)) => fields,
@@ -157,7 +158,7 @@ fn main() {
         model.partitions,
         model.capacity_per_replica,
         model.rebalance_pause,
-        describe(&source, &target),
+        describe(&source, &measured),
         model.lag_threshold,
         model.min_replicas,
         model.max_replicas

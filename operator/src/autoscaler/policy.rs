@@ -248,7 +248,7 @@ fn lag_excluding(sample: &LagSample, start_from: StartFrom, excluded: &[(String,
 /// meanwhile, or it scales down into a backlog it cannot clear and scales straight back up. The
 /// longest partition gap per scale event measured on a real broker (`scale_gap` bench, README
 /// "Scaling without stopping").
-const REBALANCE_PAUSE_SECONDS: f64 = 2.0;
+pub const REBALANCE_PAUSE_SECONDS: f64 = 2.0;
 
 /// Seconds of consumption a group that keeps up may hold uncommitted.
 const IN_FLIGHT_SECONDS: f64 = 5.0;

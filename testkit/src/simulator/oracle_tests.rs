@@ -38,8 +38,9 @@ fn found(oracle: Option<Oracle>) -> Oracle {
 
 #[test]
 fn with_a_max_lag_of_one_seconds_shortfall_it_never_runs_one_worker_twice_in_a_row() {
-    // One worker leaves 5 behind in a second, two catch up 5: with no pause and a max lag of 5, the cheapest schedule alternates 1 and 2 from
-    // the initial 1: five seconds each, 15 replica·s, lag 5 in every other second.
+    // One worker leaves 5 behind in a second, two catch up 5: with no pause and a max lag of 5,
+    // the cheapest schedule alternates 1 and 2 from the initial 1: five seconds each,
+    // 15 replica·s, lag 5 in every other second.
     let (model, trace) = tiny(0.0);
     let oracle = found(oracle(&model, &trace, Budget { lag_seconds: 1e9, max_lag: 5.0 }, &[], &every_second()));
     assert!(oracle.within_budget && oracle.exact_model);

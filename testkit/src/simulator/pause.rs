@@ -3,21 +3,27 @@
 //! event and group protocol, on a real broker), and the simulator charges the longest partition
 //! gap of the worker's default protocol, as if the whole job stopped that long.
 
+use streamjob_operator::autoscaler::policy::REBALANCE_PAUSE_SECONDS;
+
 /// The worker's default group protocol (`--group-protocol`).
 pub const DEFAULT_PROTOCOL: &str = "classic";
 
 /// Used when no `scale-gap.csv` is at hand: the longest partition gap per scale event measured
 /// with `scale_gap` on the test broker under `classic` (README, "Scaling without stopping":
-/// 0.2–2.0 s over 1 → 3, 3 → 6 and 6 → 1, four to five runs each).
-pub const MEASURED_PAUSE_SECONDS: f64 = 2.0;
+/// 0.2–2.0 s over 1 → 3, 3 → 6 and 6 → 1, four to five runs each), the same figure the policy
+/// leaves room for.
+pub const MEASURED_PAUSE_SECONDS: f64 = REBALANCE_PAUSE_SECONDS;
+
+/// The file the `scale_gap` bench writes in the target directory.
+pub const SCALE_GAP_CSV: &str = "scale-gap.csv";
 
 /// Where the pause came from, for the bench's header line.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PauseSource {
     /// `--pause` on the command line.
     Given,
-    /// The rows of `protocol` in a scale-gap CSV: the longest of `events` events.
-    Measured { protocol: String, events: usize },
+    /// The [`DEFAULT_PROTOCOL`] rows of a scale-gap CSV: the longest of `events` events.
+    Measured { events: usize },
     /// [`MEASURED_PAUSE_SECONDS`].
     Recorded,
 }
