@@ -7,14 +7,13 @@
 //! from the `scale_gap` bench's `target/scale-gap.csv` or the README's measurement;
 //! `-- --ours '{"scaleDown":{"stabilizationSeconds":120}}'` runs our policy with other settings.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use streamjob_testkit::simulator::{
     compare, csv, draw_timelines, longest_gap, ours_spec, sweep, Model, OracleSettings, Outcome, PauseSource,
-    TraceReport, DEFAULT_PROTOCOL, MEASURED_PAUSE_SECONDS, SCALE_GAP_CSV, SWEEP_LAG_THRESHOLDS,
-    SWEEP_STABILIZATION_SECONDS,
+    TraceReport, DEFAULT_PROTOCOL, MEASURED_PAUSE_SECONDS, SWEEP_LAG_THRESHOLDS, SWEEP_STABILIZATION_SECONDS,
 };
+use streamjob_testkit::{scale_gap_csv, target_dir};
 
 fn drain(outcome: &Outcome) -> String {
     outcome.drain_seconds.map_or("-".to_owned(), |s| format!("{s:.0}"))
@@ -26,12 +25,6 @@ fn mark(met: bool) -> &'static str {
     } else {
         "✗"
     }
-}
-
-/// `CARGO_TARGET_DIR` (relative to the workspace root) or the workspace's `target`.
-fn target_dir() -> PathBuf {
-    let workspace = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace.join("target"), |dir| workspace.join(dir))
 }
 
 fn usage_error(message: &str) -> ! {
@@ -141,7 +134,7 @@ fn print_trace(report: &TraceReport) {
 
 fn main() {
     let target = target_dir();
-    let measured = target.join(SCALE_GAP_CSV);
+    let measured = scale_gap_csv();
     let (rebalance_pause, source) = pause(&measured);
     let ours = match argument("--ours").map(|text| serde_json::from_str::<serde_json::Value>(&text)) {
         None => serde_json::json!({}),

@@ -11,10 +11,11 @@ use std::time::Instant;
 use futures::StreamExt;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Api, Client, Config};
-use streamjob_crds::{parse_manifest, StreamJob};
+use streamjob_crds::StreamJob;
 use streamjob_operator::controller::{reconcile, ConsumerGroupDeleter, Context, GroupDeletionError, ScaleDecisions};
 use streamjob_operator::metrics::Metrics;
 use streamjob_testkit::fake_api::FakeApiServer;
+use streamjob_testkit::fixtures::{example, JobFixture};
 
 const JOBS: usize = 1000;
 const CONCURRENCY: usize = 16;
@@ -40,14 +41,10 @@ fn peak_rss_kib() -> Option<u64> {
 
 /// Child process: holds 1000 jobs and answers API requests on a loopback port it prints.
 async fn serve_api() {
-    let template = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/clicks-per-user.yaml"))
-        .expect("example");
+    let template = example("clicks-per-user.yaml").in_namespace(NAMESPACE);
     let api = FakeApiServer::new();
     for i in 0..JOBS {
-        let mut job = parse_manifest(&template).expect("valid example");
-        job.metadata.name = Some(format!("job-{i}"));
-        job.metadata.namespace = Some(NAMESPACE.to_owned());
-        api.create(COLLECTION, &job);
+        api.create(COLLECTION, &template.clone().named(&format!("job-{i}")));
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     println!("{}", listener.local_addr().expect("address"));

@@ -11,6 +11,7 @@ use common::*;
 use streamjob_crds::StreamJob;
 use streamjob_operator::autoscaler::driver::Autoscaler;
 use streamjob_runtime::http::Exposition;
+use streamjob_testkit::fixtures::JobFixture;
 
 const PARTITIONS: i32 = 4;
 
@@ -20,14 +21,10 @@ fn autoscaled_job(bootstrap: &str, topic: &str) -> StreamJob {
     job.spec.source.bootstrap_servers = bootstrap.to_owned();
     job.spec.source.topics = vec![topic.to_owned()];
     job.spec.source.consumer_group = Some(unique("wordcount"));
-    job.spec.autoscaling = Some(
-        serde_json::from_value(serde_json::json!({
-            "minReplicas": 1, "maxReplicas": 8, "lagThreshold": 100, "pollIntervalSeconds": 10,
-            "scaleDown": {"stabilizationSeconds": 120}
-        }))
-        .expect("autoscaling spec"),
-    );
-    job
+    job.autoscaling(serde_json::json!({
+        "minReplicas": 1, "maxReplicas": 8, "lagThreshold": 100, "pollIntervalSeconds": 10,
+        "scaleDown": {"stabilizationSeconds": 120}
+    }))
 }
 
 fn last_scale(h: &Harness) -> (i32, i32, String) {

@@ -38,7 +38,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer};
-use streamjob_e2e::{free_port, scratch_dir, target_dir, unique, workspace_binary, ChildGuard};
+use streamjob_e2e::{free_port, scratch_dir, unique, workspace_binary, ChildGuard};
 use streamjob_worker::runner::now_ms;
 use streamjob_worker::topic_io::{assign_from_beginning, create_topics, producer, send_waiting};
 
@@ -136,7 +136,7 @@ fn main() -> anyhow::Result<()> {
     for run in &runs {
         print_table(run);
     }
-    let csv_path = target_dir().join("scale-gap.csv");
+    let csv_path = streamjob_testkit::scale_gap_csv();
     std::fs::write(&csv_path, csv(&runs)).with_context(|| format!("writing {}", csv_path.display()))?;
     println!();
     println!("wrote {} (the autoscaler simulation charges its longest gap per scale event)", csv_path.display());

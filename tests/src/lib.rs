@@ -120,15 +120,7 @@ where
     }
 }
 
-/// The repository root.
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the repository root) or `target`.
-pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), |dir| repo_root().join(dir))
-}
+pub use streamjob_testkit::{repo_root, target_dir};
 
 /// A workspace binary built by `cargo build --workspace --bins`.
 pub fn workspace_binary(name: &str) -> PathBuf {

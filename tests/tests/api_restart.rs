@@ -12,11 +12,10 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::json;
-use streamjob_crds::{parse_manifest, StreamJob};
-use streamjob_e2e::{
-    control_plane, eventually, free_port, fresh_namespace, install_crd, repo_root, ChartRbac, ControlPlane,
-};
+use streamjob_crds::StreamJob;
+use streamjob_e2e::{control_plane, eventually, free_port, fresh_namespace, install_crd, ChartRbac, ControlPlane};
 use streamjob_operator::run::{run_with_client, RunOptions};
+use streamjob_testkit::fixtures::{example, JobFixture};
 
 /// The status code of `GET /readyz` on the operator's health port.
 fn readyz(port: u16) -> Option<u16> {
@@ -60,9 +59,7 @@ async fn after_an_api_server_restart_the_operator_reconciles_within_15_seconds()
 
     let jobs: Api<StreamJob> = Api::namespaced(client.clone(), &namespace);
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
-    let mut job = parse_manifest(&std::fs::read_to_string(repo_root().join("examples/wordcount.yaml"))?)?;
-    job.spec.autoscaling = None;
-    job.spec.replicas = 2;
+    let job = example("wordcount.yaml").fixed(2);
     jobs.create(&PostParams::default(), &job).await?;
     eventually(Duration::from_secs(30), "the StatefulSet with 2 replicas", || async {
         (replicas(&sets).await == Some(2)).then_some(())

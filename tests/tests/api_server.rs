@@ -17,19 +17,15 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use streamjob_crds::{parse_manifest, Phase, StreamJob};
+use streamjob_crds::{Phase, StreamJob};
 use streamjob_e2e::{
     api_server, eventually, free_port, fresh_namespace, install_crd, repo_root, scratch_dir, workspace_binary,
     ChartRbac,
 };
 use streamjob_operator::run::{run_with_client, RunOptions};
+use streamjob_testkit::fixtures::{example, JobFixture};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn example(file: &str) -> anyhow::Result<StreamJob> {
-    let text = std::fs::read_to_string(repo_root().join("examples").join(file))?;
-    Ok(parse_manifest(&text)?)
-}
 
 fn run_options(identity: &str, leader_election: bool, namespace: &str) -> RunOptions {
     RunOptions {
@@ -70,9 +66,7 @@ async fn operator_reconciles_jobs_on_a_real_api_server() -> anyhow::Result<()> {
     let rbac = ChartRbac::for_namespaces(&env, std::slice::from_ref(&namespace)).await?;
     let controller = tokio::spawn(run_with_client(rbac.client().await?, run_options("e2e", false, &namespace)));
     // A fixed-size job: spec.replicas (and the scale subresource) size it.
-    let mut fixed_size = example("wordcount.yaml")?;
-    fixed_size.spec.autoscaling = None;
-    fixed_size.spec.replicas = 2;
+    let fixed_size = example("wordcount.yaml").fixed(2);
     let created = jobs.create(&PostParams::default(), &fixed_size).await?;
     let uid = created.uid().expect("uid");
 
@@ -197,7 +191,7 @@ async fn leader_election_hands_over_within_the_lease_duration() -> anyhow::Resul
 
     let jobs: Api<StreamJob> = Api::namespaced(client.clone(), &namespace);
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
-    jobs.create(&PostParams::default(), &example("wordcount.yaml")?).await?;
+    jobs.create(&PostParams::default(), &example("wordcount.yaml")).await?;
     eventually(WAIT, "the leader to reconcile", || async { sets.get_opt("wordcount").await.ok()? }).await?;
 
     // Kill the leader without letting it release the lease: the follower must take over once
@@ -213,8 +207,7 @@ async fn leader_election_hands_over_within_the_lease_duration() -> anyhow::Resul
         (lease.spec?.holder_identity.as_deref() == Some(survivor)).then_some(())
     })
     .await?;
-    let mut second = example("wordcount.yaml")?;
-    second.metadata.name = Some("after-handover".into());
+    let second = example("wordcount.yaml").named("after-handover");
     jobs.create(&PostParams::default(), &second).await?;
     eventually(WAIT, "the new leader to reconcile", || async { sets.get_opt("after-handover").await.ok()? }).await?;
     rbac.assert_nothing_refused()
@@ -243,8 +236,7 @@ async fn kubectl_wait_scale_config_roll_and_pause_on_a_real_api_server() -> anyh
     let controller = tokio::spawn(run_with_client(rbac.client().await?, run_options("e2e-kubectl", false, &namespace)));
     let kubelet =
         streamjob_e2e::kubelet_marks_pods_ready(client.clone(), &namespace, "app.kubernetes.io/instance=wordcount");
-    let mut job = example("wordcount.yaml")?;
-    job.spec.autoscaling = None;
+    let job = example("wordcount.yaml").fixed(1);
     jobs.create(&PostParams::default(), &job).await?;
 
     // `kubectl wait` returns once the workers are ready (the kubelet's part played by the test).

@@ -11,10 +11,9 @@ use std::time::{Duration, Instant};
 use futures::{stream, StreamExt, TryStreamExt};
 use kube::api::{ListParams, PostParams};
 use kube::Api;
-use streamjob_crds::{parse_manifest, StreamJob};
-use streamjob_e2e::{
-    api_server, eventually, free_port, fresh_namespace, install_crd, repo_root, workspace_binary, ChildGuard,
-};
+use streamjob_crds::StreamJob;
+use streamjob_e2e::{api_server, eventually, free_port, fresh_namespace, install_crd, workspace_binary, ChildGuard};
+use streamjob_testkit::fixtures::{example, JobFixture};
 
 /// A regression bound over the measured peak, at the chart's 64 MiB memory request (its limit is
 /// 128 MiB).
@@ -43,13 +42,11 @@ async fn a_thousand_jobs_reconcile_within_the_memory_budget() -> anyhow::Result<
     install_crd(&client).await?;
     let namespace = fresh_namespace(&client, "sj-scale").await?;
     let jobs: Api<StreamJob> = Api::namespaced(client.clone(), &namespace);
-    let mut template = parse_manifest(&std::fs::read_to_string(repo_root().join("examples/wordcount.yaml"))?)?;
-    template.spec.suspend = true;
+    let template = example("wordcount.yaml").suspended();
     let created = Instant::now();
     stream::iter(0..count)
         .map(|i| {
-            let (jobs, mut job) = (jobs.clone(), template.clone());
-            job.metadata.name = Some(format!("job-{i:04}"));
+            let (jobs, job) = (jobs.clone(), template.clone().named(&format!("job-{i:04}")));
             async move { jobs.create(&PostParams::default(), &job).await.map(|_| ()) }
         })
         .buffer_unordered(16)

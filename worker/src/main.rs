@@ -55,7 +55,7 @@ struct Args {
     /// the session timeout and heartbeat interval), `classic` the JoinGroup/SyncGroup one with
     /// the cooperative-sticky assignor and `--session-timeout`; `auto` takes `consumer` when
     /// the brokers accept it.
-    #[arg(long, env = "STREAMJOB_GROUP_PROTOCOL", value_enum, default_value_t = GroupProtocolChoice::Classic)]
+    #[arg(long, env = "STREAMJOB_GROUP_PROTOCOL", value_enum, default_value_t = GroupProtocolChoice::default())]
     group_protocol: GroupProtocolChoice,
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,

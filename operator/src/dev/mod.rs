@@ -3,6 +3,7 @@
 //! (the worker crate's own `run`), scaled by the operator's policy from the operator's lag probe,
 //! and a live status screen.
 
+mod autoscale;
 pub mod io;
 pub mod load;
 pub mod pool;
@@ -19,8 +20,7 @@ use streamjob_worker::config::{Overrides, Timings, WorkerConfig};
 use streamjob_worker::mock_broker::MockBroker;
 use streamjob_worker::pipeline::CompiledPipeline;
 
-use crate::autoscaler::policy::{poll, History, PartitionSample, Settings, Workers};
-use crate::autoscaler::probe::{LagProbe, ProbeTarget};
+use autoscale::{poll_autoscaler, DevAutoscaler};
 use io::{Feeder, InputSource, SinkReader};
 use load::{LoadPlan, RecordGenerator};
 use pool::{PoolTotals, WorkerPool};
@@ -183,32 +183,6 @@ fn input_source(options: &DevOptions, job: &StreamJob) -> Result<InputSource, De
     })
 }
 
-/// The autoscaler as the operator runs it, on in-process workers.
-struct DevAutoscaler {
-    settings: Option<Settings>,
-    poll_interval: Duration,
-    history: History,
-    probe: LagProbe,
-    target: ProbeTarget,
-    partitions: i32,
-}
-
-impl DevAutoscaler {
-    fn new(job: &StreamJob, bootstrap: &str) -> Self {
-        let autoscaling = job.spec.autoscaling.as_ref().filter(|a| a.enabled);
-        let mut connection = ClientConfig::new();
-        connection.set("bootstrap.servers", bootstrap);
-        Self {
-            settings: autoscaling.map(|a| Settings::from_spec(a, job.spec.source.start_from)),
-            poll_interval: Duration::from_secs(autoscaling.map_or(5, |a| a.poll_interval_seconds.max(1)) as u64),
-            history: History::default(),
-            probe: LagProbe::default(),
-            target: ProbeTarget { connection, group: job.consumer_group(), topics: job.spec.source.topics.clone() },
-            partitions: 0,
-        }
-    }
-}
-
 /// Runs the job until `--duration` passes or Ctrl-C; writes the screen to `out`.
 pub async fn run_dev(options: DevOptions, out: &mut (dyn Write + Send)) -> Result<Summary, DevError> {
     let job = load_job(&options.manifest)?;
@@ -356,46 +330,4 @@ fn phase(pool: &WorkerPool, settled: bool) -> &'static str {
         (ready, true) if ready == pool.len() => "Running",
         _ => "Scaling",
     }
-}
-
-/// One probe and decision; applies it to the pool. Returns the scale event, if any.
-async fn poll_autoscaler(
-    autoscaler: &mut DevAutoscaler,
-    pool: &mut WorkerPool,
-    settled: bool,
-    now: f64,
-    snapshot: &mut Snapshot,
-) -> Option<ScaleLine> {
-    let samples: Vec<PartitionSample> = match autoscaler.probe.measure(&autoscaler.target).await {
-        Ok(samples) => samples,
-        Err(error) => {
-            snapshot.decision =
-                format!("AutoscalerDegraded: cannot measure lag, holding the current replicas: {error}");
-            return None;
-        }
-    };
-    autoscaler.partitions = samples.len() as i32;
-    let start_from = autoscaler.settings.as_ref().map_or(streamjob_crds::StartFrom::Earliest, |s| s.start_from);
-    snapshot.partition_lags = samples.iter().map(|s| (s.topic.clone(), s.partition, s.lag(start_from))).collect();
-    snapshot.total_lag = Some(samples.iter().map(|s| s.lag(start_from)).sum());
-    let Some(settings) = &autoscaler.settings else {
-        snapshot.decision = format!("autoscaling is off: spec.replicas {}", pool.len());
-        return None;
-    };
-    let workers = Workers { current: pool.len(), settled };
-    let decision = poll(&mut autoscaler.history, samples, workers, settings, now);
-    snapshot.decision = decision.reason.clone();
-    if decision.replicas == workers.current {
-        return None;
-    }
-    if let Err(error) = pool.scale_to(decision.replicas) {
-        snapshot.decision = format!("cannot start workers: {error}");
-        return None;
-    }
-    Some(ScaleLine {
-        at: Duration::from_secs_f64(now),
-        from: workers.current,
-        to: decision.replicas,
-        reason: decision.reason,
-    })
 }

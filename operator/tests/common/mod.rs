@@ -11,11 +11,12 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{json, Value};
-use streamjob_crds::{parse_manifest, Phase, StreamJob};
+use streamjob_crds::{Phase, StreamJob};
 use streamjob_operator::build::CONFIG_CHECKSUM_ANNOTATION;
 use streamjob_operator::controller::{reconcile, ConsumerGroupDeleter, Context, GroupDeletionError, ScaleDecisions};
 use streamjob_operator::metrics::Metrics;
 use streamjob_testkit::fake_api::FakeApiServer;
+use streamjob_testkit::fixtures::{self, JobFixture};
 
 pub const JOBS: &str = "/apis/streamjob.io/v1alpha1/streamjobs";
 pub const STATEFUL_SETS: &str = "/apis/apps/v1/statefulsets";
@@ -58,11 +59,9 @@ pub fn harness() -> Harness {
     Harness { api, context, deleter }
 }
 
+/// An example manifest in the harness's namespace.
 pub fn example(file: &str) -> StreamJob {
-    let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
-    let mut job = parse_manifest(&std::fs::read_to_string(path).expect("example")).expect("valid example");
-    job.metadata.namespace = Some(NS.to_owned());
-    job
+    fixtures::example(file).in_namespace(NS)
 }
 
 impl Harness {

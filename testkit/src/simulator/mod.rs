@@ -24,7 +24,7 @@ pub use frontier::{dominating, goals, nearest_by_replica_seconds, Goals};
 pub use keda::{sweep, KedaConfig, KedaHpa, SWEEP_LAG_THRESHOLDS, SWEEP_STABILIZATION_SECONDS};
 pub use oracle::{oracle, Budget, Oracle, OracleSettings};
 pub use ours::{ours_spec, Ours};
-pub use pause::{longest_gap, PauseSource, DEFAULT_PROTOCOL, MEASURED_PAUSE_SECONDS, SCALE_GAP_CSV};
+pub use pause::{longest_gap, PauseSource, DEFAULT_PROTOCOL, MEASURED_PAUSE_SECONDS};
 pub use plot::{draw_timelines, PlotError};
 pub use report::{compare, csv, report, TraceReport};
 pub use traces::{traces, RateFn, Trace};

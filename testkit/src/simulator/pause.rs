@@ -14,9 +14,6 @@ pub const DEFAULT_PROTOCOL: &str = "classic";
 /// leaves room for.
 pub const MEASURED_PAUSE_SECONDS: f64 = REBALANCE_PAUSE_SECONDS;
 
-/// The file the `scale_gap` bench writes in the target directory.
-pub const SCALE_GAP_CSV: &str = "scale-gap.csv";
-
 /// Where the pause came from, for the bench's header line.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PauseSource {
