@@ -51,7 +51,7 @@ echo "KUBEBUILDER_ASSETS=${KUBEBUILDER_ASSETS:-<none>}"
 
 echo "== cargo build (binaries the end-to-end tests run; the operator also as shipped, for its memory benchmark)"
 cargo build --workspace --bins --locked
-cargo build --profile dist --locked -p streamjob-operator --bin streamjob-operator
+cargo build --profile dist --locked -p streamjob-operator --no-default-features --bin streamjob-operator
 export STREAMJOB_OPERATOR_BIN="${CARGO_TARGET_DIR:-target}/dist/streamjob-operator"
 
 echo "== cargo test"

@@ -22,3 +22,16 @@ def test_dockerfile_is_multi_stage_release_non_root_and_shell_free(root, compone
     assert entrypoint and entrypoint[-1].json, "exec-form ENTRYPOINT: no shell needed at run time"
     assert entrypoint[-1].value[0] == f"/usr/local/bin/streamjob-{component}"
     assert not any(c.cmd == "RUN" for c in runtime), "nothing runs in the runtime stage"
+
+
+def test_shipped_images_carry_no_embedded_broker(root):
+    """`dev` (the worker crate and librdkafka's mock cluster) stays out of the operator image,
+    `dev-broker` out of the worker image."""
+    builds = {
+        component: " ".join(
+            c.value[0] for c in dockerfile.parse_file(str(root / component / "Dockerfile")) if c.cmd == "RUN"
+        )
+        for component in ("operator", "worker")
+    }
+    assert "-p streamjob-operator --no-default-features" in builds["operator"]
+    assert "dev-broker" not in builds["worker"] and "--all-features" not in builds["worker"]

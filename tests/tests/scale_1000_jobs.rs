@@ -3,7 +3,8 @@
 //! generation). Prints the operator's peak RSS and the reconcile rate. The peak is held to the
 //! budget the chart's memory request is sized from (measured 46.3–46.7 MiB with the `dist`
 //! build, 49.8 MiB with `release`; the goal is 50 MB). `STREAMJOB_SCALE_JOBS` changes the
-//! count; `STREAMJOB_OPERATOR_BIN` names the binary (the test command passes the `dist` build).
+//! count; `STREAMJOB_OPERATOR_BIN` names the binary (the test command passes the `dist` build
+//! without the `dev` feature, as in the image).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -54,7 +55,7 @@ async fn a_thousand_jobs_reconcile_within_the_memory_budget() -> anyhow::Result<
         .await?;
     eprintln!("created {count} StreamJobs in {:.1?}", created.elapsed());
 
-    // The binary as shipped: the `dist` build (a debug build maps ten times the code).
+    // The binary as shipped: the `dist` build without `dev` (a debug build maps ten times the code).
     let binary = std::env::var_os("STREAMJOB_OPERATOR_BIN")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| workspace_binary("streamjob-operator"));
