@@ -30,8 +30,31 @@ libs() {
   echo "$dir/libs"
 }
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+# N distinct free loopback ports below the kernel's ephemeral range, so that no outgoing
+# connection takes one while the node that owns it is down (the fault suite kills a node and
+# restarts it on its ports).
+free_ports() {
+  python3 - "$1" <<'PY'
+import random, socket, sys
+wanted = int(sys.argv[1])
+try:
+    first_ephemeral = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except (OSError, ValueError, IndexError):
+    first_ephemeral = 32768
+chosen = []
+for port in random.sample(range(10000, first_ephemeral), min(5000, first_ephemeral - 10000)):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+    chosen.append(port)
+    if len(chosen) == wanted:
+        break
+if len(chosen) < wanted:
+    sys.exit(f"no {wanted} free ports between 10000 and {first_ephemeral}")
+print(" ".join(map(str, chosen)))
+PY
 }
 
 start() {
@@ -43,10 +66,13 @@ start() {
   # starts with "-" would read as an option.
   cluster_id=$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
   replication=$(( nodes < 3 ? nodes : 3 ))
-  local -a client_ports controller_ports
+  local -a client_ports controller_ports ports
+  local port_list
+  port_list=$(free_ports $((2 * nodes)))
+  read -r -a ports <<<"$port_list"
   for node in $(seq 1 "$nodes"); do
-    client_ports[node]=$(free_port)
-    controller_ports[node]=$(free_port)
+    client_ports[node]=${ports[2 * node - 2]}
+    controller_ports[node]=${ports[2 * node - 1]}
     voters+="${voters:+,}$node@127.0.0.1:${controller_ports[node]}"
     bootstrap+="${bootstrap:+,}127.0.0.1:${client_ports[node]}"
   done

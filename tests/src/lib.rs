@@ -89,9 +89,35 @@ pub async fn fresh_namespace(client: &Client, prefix: &str) -> anyhow::Result<St
     Ok(name)
 }
 
-/// A loopback TCP port nothing listens on right now.
+/// A loopback TCP port nothing listens on right now and not handed out before by this process,
+/// below the kernel's ephemeral range: a server that owns it and is restarted (the API server,
+/// a Kafka node) finds it free again, since no outgoing connection is given a local port there.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::hash::{BuildHasher, Hasher};
+    const LOWEST: u16 = 10_000;
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let first_ephemeral = ephemeral_range_start().max(LOWEST + 1);
+    let random = std::collections::hash_map::RandomState::new();
+    let mut handed_out = streamjob_runtime::sync::lock(&HANDED_OUT);
+    for attempt in 0..5000u64 {
+        let mut hasher = random.build_hasher();
+        hasher.write_u64(attempt);
+        let port = LOWEST + (hasher.finish() % u64::from(first_ephemeral - LOWEST)) as u16;
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free loopback port between {LOWEST} and {first_ephemeral}")
+}
+
+/// The first port Linux hands out to outgoing connections (`ip_local_port_range`); 32768
+/// where that file cannot be read.
+fn ephemeral_range_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// A fresh folder under the temp dir for one run's files.
