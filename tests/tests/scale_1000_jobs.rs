@@ -1,8 +1,8 @@
 //! Benchmark on the real API server: the operator started once 1 000 suspended StreamJobs
 //! exist, until every job is reconciled (its four children applied, its status written at its
 //! generation). Prints the operator's peak RSS and the reconcile rate. The peak is held to the
-//! budget the chart's memory request is sized from (measured 46.3–46.7 MiB with the `dist`
-//! build, 49.8 MiB with `release`; the goal is 50 MB). `STREAMJOB_SCALE_JOBS` changes the
+//! budget the chart's memory request is sized from (measured 45.9–46.2 MiB with the `dist`
+//! build without `dev`, 46.3–46.7 MiB with it, 49.8 MiB with `release`; the goal is 50 MB). `STREAMJOB_SCALE_JOBS` changes the
 //! count; `STREAMJOB_OPERATOR_BIN` names the binary (the test command passes the `dist` build
 //! without the `dev` feature, as in the image).
 
