@@ -41,8 +41,10 @@ try:
     first_ephemeral = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
 except (OSError, ValueError, IndexError):
     first_ephemeral = 32768
+ports = list(range(10000, first_ephemeral))
+random.shuffle(ports)
 chosen = []
-for port in random.sample(range(10000, first_ephemeral), min(5000, first_ephemeral - 10000)):
+for port in ports:
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))

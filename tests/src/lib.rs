@@ -93,22 +93,20 @@ pub async fn fresh_namespace(client: &Client, prefix: &str) -> anyhow::Result<St
 /// below the kernel's ephemeral range: a server that owns it and is restarted (the API server,
 /// a Kafka node) finds it free again, since no outgoing connection is given a local port there.
 pub fn free_port() -> anyhow::Result<u16> {
-    use std::hash::{BuildHasher, Hasher};
+    use std::hash::BuildHasher;
     const LOWEST: u16 = 10_000;
     static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let first_ephemeral = ephemeral_range_start().max(LOWEST + 1);
-    let random = std::collections::hash_map::RandomState::new();
+    let span = ephemeral_range_start().max(LOWEST + 1) - LOWEST;
+    // Every port below the range once, from a random one on, so that two test processes rarely
+    // try the same port first.
+    let start = std::collections::hash_map::RandomState::new().hash_one(std::process::id()) % u64::from(span);
     let mut handed_out = streamjob_runtime::sync::lock(&HANDED_OUT);
-    for attempt in 0..5000u64 {
-        let mut hasher = random.build_hasher();
-        hasher.write_u64(attempt);
-        let port = LOWEST + (hasher.finish() % u64::from(first_ephemeral - LOWEST)) as u16;
-        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            handed_out.push(port);
-            return Ok(port);
-        }
-    }
-    anyhow::bail!("no free loopback port between {LOWEST} and {first_ephemeral}")
+    let port = (0..span)
+        .map(|step| LOWEST + ((start + u64::from(step)) % u64::from(span)) as u16)
+        .find(|port| !handed_out.contains(port) && std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .with_context(|| format!("no free loopback port between {LOWEST} and {}", LOWEST + span))?;
+    handed_out.push(port);
+    Ok(port)
 }
 
 /// The first port Linux hands out to outgoing connections (`ip_local_port_range`); 32768
