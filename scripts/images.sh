@@ -11,10 +11,12 @@
 #
 #   bash scripts/images.sh [OUT]        (default OUT: $CARGO_TARGET_DIR/images or target/images)
 #
-# Binaries: the operator from `--profile dist --no-default-features` (what CI already builds for
-# the memory benchmark), the worker from `--profile dist` too (it shares the operator's compiled
-# release dependencies, so it costs one crate and the link instead of a second release build; see
-# the README's install section). STREAMJOB_OPERATOR_BIN / STREAMJOB_WORKER_BIN use given ones.
+# Binaries: as the Dockerfiles build them, the operator with `--profile dist --no-default-features`
+# (what CI already builds for the memory benchmark) and the worker with `--release`.
+# STREAMJOB_WORKER_PROFILE=dist builds the worker with the operator's profile instead: it reuses
+# the dependencies the operator's dist build compiled (one crate and a whole-program link, instead
+# of every dependency again under `release`); CI does that to save a release build (.ci/run).
+# STREAMJOB_OPERATOR_BIN / STREAMJOB_WORKER_BIN use given binaries.
 # STREAMJOB_IMAGE_REGISTRY (default ghcr.io/streamjob) and STREAMJOB_IMAGE_TAG (default the
 # chart's appVersion) name the images.
 set -euo pipefail
@@ -49,9 +51,10 @@ if [ -z "$operator_bin" ]; then
   operator_bin="$target/dist/streamjob-operator"
 fi
 if [ -z "$worker_bin" ]; then
-  echo "== cargo build --profile dist -p streamjob-worker" >&2
-  cargo build --profile dist --locked -p streamjob-worker --bin streamjob-worker >&2
-  worker_bin="$target/dist/streamjob-worker"
+  worker_profile="${STREAMJOB_WORKER_PROFILE:-release}"
+  echo "== cargo build --profile $worker_profile -p streamjob-worker" >&2
+  cargo build --profile "$worker_profile" --locked -p streamjob-worker --bin streamjob-worker >&2
+  worker_bin="$target/$worker_profile/streamjob-worker"
 fi
 built=$(date +%s)
 
