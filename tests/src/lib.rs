@@ -10,6 +10,7 @@
 
 pub mod chart_rbac;
 pub mod control_plane;
+pub mod faults;
 pub mod node;
 
 use std::io::{BufRead, BufReader};
