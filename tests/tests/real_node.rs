@@ -5,9 +5,10 @@
 //! chart's ServiceAccount and its restricted security context, reaching the API server through
 //! the `kubernetes` Service; the wordcount example applied against a real Kafka broker the pods
 //! reach; its workers run as pods from the worker image; `kubectl wait --for=condition=Ready`;
-//! the word counts are exact.
+//! the word counts are exact; a spike scales the workers up (new pods, same checks) and, once
+//! the lag is gone, back to one, and the counts of everything are still exact.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
@@ -35,6 +36,9 @@ fn chart_operator_and_workers_run_as_pods_on_a_real_node_and_count_words_exactly
         eprintln!("containerd log ends:\n{}", node.log_tail("containerd", 20));
         if let Ok(pods) = node.kubectl(&["get", "pods", "-A", "-o", "wide"]) {
             eprintln!("pods:\n{pods}");
+        }
+        if let Ok(jobs) = node.kubectl(&["describe", "sj", "-A"]) {
+            eprintln!("jobs:\n{jobs}");
         }
         if let Ok(events) = node.kubectl(&["get", "events", "-A", "--sort-by=.lastTimestamp"]) {
             eprintln!("events:\n{events}");
@@ -81,7 +85,7 @@ fn whole_path(node: &RealNode) -> anyhow::Result<()> {
         &node.bootstrap,
         &[(lines_topic.as_str(), PARTITIONS), (counts_topic.as_str(), PARTITIONS), (repartition.as_str(), PARTITIONS)],
     )?;
-    let lines = lines(0..600, streamjob_worker::runner::now_ms());
+    let lines = lines_from(0..600, streamjob_worker::runner::now_ms());
     produce_all(&node.bootstrap, &lines_topic, &lines)?;
 
     node.kubectl(&["wait", "--for=condition=Established", "crd/streamjobs.streamjob.io", "--timeout=90s"])?;
@@ -97,21 +101,30 @@ fn whole_path(node: &RealNode) -> anyhow::Result<()> {
         assert_running_restricted(worker, &images.worker_ref);
     }
 
-    let want = expected_word_counts(&lines, WINDOW_MS);
     let mut sink = TopicReader::new(&node.bootstrap, &counts_topic, false)?;
-    let complete = sink.read_until(WAIT, |records| final_word_counts(records).is_ok_and(|counts| counts == want));
-    let got = final_word_counts(&sink.records).map_err(anyhow::Error::msg)?;
-    if !complete {
-        let logs =
-            node.kubectl(&["logs", "-n", &namespace, &format!("statefulset/{name}"), "--tail=30"]).unwrap_or_default();
-        bail!("the workers' counts differ: {:?}\nworker log ends:\n{logs}", word_count_differences(&want, &got));
+    exact_counts(node, &namespace, name, &mut sink, &lines)?;
+
+    // A spike far above lagThreshold (2 000 per replica): more worker pods, then back to one
+    // once the lag is gone and the scale-down stabilisation (30 s) has passed.
+    let spike = lines_from(lines.len()..lines.len() + SPIKE_LINES, streamjob_worker::runner::now_ms());
+    produce_all(&node.bootstrap, &lines_topic, &spike)?;
+    let started = Instant::now();
+    let peak = wait_for_replicas(node, &namespace, name, |replicas| replicas > 1)
+        .context("the job never scaled up on the spike")?;
+    let scaled_up_after = started.elapsed();
+    wait_for_ready_replicas(node, &namespace, name, peak)?;
+    for worker in pods(node, &namespace, &selector(&statefulset)?)? {
+        assert_running_restricted(&worker, &images.worker_ref);
     }
+    wait_for_replicas(node, &namespace, name, |replicas| replicas == 1).context("the job never scaled back to 1")?;
+    let scaled_down_after = started.elapsed();
+    let all = [lines.clone(), spike].concat();
+    exact_counts(node, &namespace, name, &mut sink, &all)?;
     let summary = format!(
-        "operator pod {} and {} worker pod(s) counted {} lines exactly ({} (window, word) counts)",
+        "operator pod {}, worker pods 1 -> {peak} ({scaled_up_after:.0?} after the spike's last line was written) -> 1 \
+         ({scaled_down_after:.0?} after) on a spike of {SPIKE_LINES} lines; {} lines counted exactly",
         operator["metadata"]["name"].as_str().unwrap_or_default(),
-        workers.len(),
-        lines.len(),
-        want.len()
+        all.len(),
     );
 
     node.kubectl(&["delete", "sj", name, "-n", &namespace, "--timeout=120s"])?;
@@ -119,6 +132,77 @@ fn whole_path(node: &RealNode) -> anyhow::Result<()> {
     // Last, once everything held: scripts/test.sh counts these lines.
     println!("ran on a real node: {summary}");
     Ok(())
+}
+
+/// Lines of the spike: far above the test job's lagThreshold of 2 000 per replica.
+const SPIKE_LINES: usize = 150_000;
+
+/// Reads the sink until its final counts are those of `lines`; an error with the differences
+/// and the workers' log otherwise.
+fn exact_counts(
+    node: &RealNode,
+    namespace: &str,
+    name: &str,
+    sink: &mut TopicReader,
+    lines: &[NewRecord],
+) -> anyhow::Result<()> {
+    let want = expected_word_counts(lines, WINDOW_MS);
+    let complete = sink.read_until(WAIT, |records| final_word_counts(records).is_ok_and(|counts| counts == want));
+    if complete {
+        return Ok(());
+    }
+    let got = final_word_counts(&sink.records).map_err(anyhow::Error::msg)?;
+    let logs =
+        node.kubectl(&["logs", "-n", namespace, &format!("statefulset/{name}"), "--tail=30"]).unwrap_or_default();
+    bail!("the workers' counts differ: {:?}\nworker log ends:\n{logs}", word_count_differences(&want, &got))
+}
+
+/// The StatefulSet's `spec.replicas` once `wanted` holds for it, polled every second.
+fn wait_for_replicas(
+    node: &RealNode,
+    namespace: &str,
+    name: &str,
+    wanted: impl Fn(i64) -> bool,
+) -> anyhow::Result<i64> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let replicas =
+            node.kubectl(&["get", "statefulset", name, "-n", namespace, "-o", "jsonpath={.spec.replicas}"])?;
+        if let Ok(replicas) = replicas.trim().parse::<i64>() {
+            if wanted(replicas) {
+                return Ok(replicas);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the StatefulSet stayed at {} replicas for {WAIT:?}", replicas.trim());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Waits until `replicas` worker pods are ready (or the job scaled on meanwhile).
+fn wait_for_ready_replicas(node: &RealNode, namespace: &str, name: &str, replicas: i64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = node.kubectl(&[
+            "get",
+            "statefulset",
+            name,
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.status.readyReplicas} {.spec.replicas}",
+        ])?;
+        let numbers: Vec<i64> = status.split_whitespace().map(|n| n.parse().unwrap_or(0)).collect();
+        let (ready, desired) = (numbers.first().copied().unwrap_or(0), numbers.get(1).copied().unwrap_or(0));
+        if ready >= replicas || desired != replicas {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{ready} of {replicas} worker pods ready after {WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// The wordcount example as a user adapts it: its name and namespace, the node's broker, fresh
@@ -130,7 +214,13 @@ fn manifest(
     lines: &str,
     counts: &str,
 ) -> anyhow::Result<std::path::PathBuf> {
-    let mut job = example("wordcount.yaml").named(name).in_namespace(namespace);
+    // The example's autoscaling with a lower lagThreshold and a shorter poll, so that a spike a
+    // test can produce in seconds outruns one worker at some poll (the example's 20 000 per
+    // replica did not, in a run where the worker drained 150 000 lines between polls).
+    let mut job = example("wordcount.yaml").named(name).in_namespace(namespace).autoscaling(json!({
+        "minReplicas": 1, "maxReplicas": 4, "lagThreshold": 2000, "pollIntervalSeconds": 2,
+        "scaleDown": {"stabilizationSeconds": 30},
+    }));
     job.spec.source.bootstrap_servers = node.bootstrap.clone();
     job.spec.source.topics = vec![lines.to_owned()];
     job.spec.sink.topic = counts.to_owned();
@@ -187,7 +277,9 @@ fn assert_running_restricted(pod: &Value, image: &str) {
     }
 }
 
-fn lines(range: std::ops::Range<usize>, start_ms: i64) -> Vec<NewRecord> {
+/// Lines of 2–5 words, their timestamps in order from `start_ms`, 50 a millisecond.
+fn lines_from(range: std::ops::Range<usize>, start_ms: i64) -> Vec<NewRecord> {
+    let first = range.start;
     const WORDS: [&str; 9] = ["alpha", "beta", "gamma", "delta", "Alpha", "epsilon", "zeta", "eta", "theta"];
     range
         .map(|i| NewRecord {
@@ -198,7 +290,7 @@ fn lines(range: std::ops::Range<usize>, start_ms: i64) -> Vec<NewRecord> {
                 .join(" ")
                 .into_bytes(),
             // In order, as a live source writes them: nothing is late for the window.
-            timestamp_ms: Some(start_ms + i as i64 * 3),
+            timestamp_ms: Some(start_ms + (i - first) as i64 / 50),
         })
         .collect()
 }
