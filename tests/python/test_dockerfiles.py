@@ -8,6 +8,7 @@ import subprocess
 
 import dockerfile
 import pytest
+from conftest import target_dir
 
 
 @pytest.mark.parametrize("component", ["operator", "worker"])
@@ -56,15 +57,18 @@ def _real_part_missing(what):
 
 
 @pytest.fixture(scope="session")
-def images_dir(root, tmp_path_factory):
-    """STREAMJOB_IMAGES, or the images built now by scripts/images.sh."""
+def images_dir(root):
+    """STREAMJOB_IMAGES, or the images built now by scripts/images.sh into the target folder
+    (the worker with STREAMJOB_WORKER_PROFILE, default dist, as CI builds it)."""
     for tool in ("umoci", "skopeo"):
         if shutil.which(tool) is None:
             _real_part_missing(f"no {tool} to build or read the images (apt-get install umoci skopeo)")
     if os.environ.get("STREAMJOB_IMAGES"):
         return pathlib.Path(os.environ["STREAMJOB_IMAGES"])
-    out = tmp_path_factory.mktemp("images")
-    subprocess.run(["bash", str(root / "scripts" / "images.sh"), str(out)], check=True, stdout=subprocess.DEVNULL)
+    out = target_dir() / "images"
+    env = {**os.environ, "STREAMJOB_WORKER_PROFILE": os.environ.get("STREAMJOB_WORKER_PROFILE", "dist")}
+    subprocess.run(["bash", str(root / "scripts" / "images.sh"), str(out)], check=True, stdout=subprocess.DEVNULL,
+                   env=env)
     return out
 
 

@@ -167,15 +167,20 @@ impl Drop for RealNode {
 }
 
 /// The images: `STREAMJOB_IMAGES=DIR` (what `scripts/images.sh DIR` wrote), else built now
-/// into the target folder by `scripts/images.sh`.
+/// into the target folder by `scripts/images.sh` (the worker with `STREAMJOB_WORKER_PROFILE`,
+/// default `dist`).
 pub fn images() -> anyhow::Result<Images> {
     let dir = match std::env::var_os("STREAMJOB_IMAGES") {
         Some(dir) => PathBuf::from(dir),
         None => {
             let dir = target_dir().join("images");
+            // The worker with the operator's dist profile, as CI builds it (.ci/run): its
+            // dependencies are those of the test command's dist operator.
+            let profile = std::env::var("STREAMJOB_WORKER_PROFILE").unwrap_or_else(|_| "dist".to_owned());
             let status = Command::new("bash")
                 .arg(repo_root().join("scripts/images.sh"))
                 .arg(&dir)
+                .env("STREAMJOB_WORKER_PROFILE", profile)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .status()
