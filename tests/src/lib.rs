@@ -10,6 +10,7 @@
 
 pub mod chart_rbac;
 pub mod control_plane;
+pub mod faults;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
