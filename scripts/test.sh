@@ -65,7 +65,7 @@ awk '/Running tests\// { file = $2 } /^test result: ok\. [0-9]+ passed/ { passed
   END { for (f in passed) print f, passed[f] }' "$e2e_log" | sort >"$e2e_log.counts"
 count_passed() { grep -E "tests/($1)\.rs" "$e2e_log.counts" | awk '{ n += $2 } END { print n + 0 }'; }
 echo "real API server: $(count_passed 'api_server|api_restart|autoscaling|chart_install|crd_validation|scale_1000_jobs') tests passed against a real kube-apiserver"
-echo "real Kafka broker: $(count_passed 'autoscaling|dev_mode|worker_processes|fault_suite') end-to-end tests passed against a real Kafka broker"
+echo "real Kafka broker: $(count_passed 'autoscaling|dev_mode|worker_processes|fault_suite|faults_takeover') end-to-end tests passed against a real Kafka broker"
 rm -f "$e2e_log" "$e2e_log.counts"
 
 echo "== python tests (rendered objects, CRD, chart)"
