@@ -27,6 +27,26 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// A record skipped for good: where it came from, which stage, and why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SkipLabels {
+    pub topic: String,
+    pub partition: String,
+    pub stage: String,
+    pub reason: String,
+}
+
+impl SkipLabels {
+    pub fn new(partition: &PartitionLabels, stage: &str, reason: &str) -> Self {
+        Self {
+            topic: partition.topic.clone(),
+            partition: partition.partition.clone(),
+            stage: stage.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
 pub struct WorkerMetrics {
     registry: Registry,
     /// Why the worker cannot do its work now, whatever its group membership says: `/readyz`
@@ -38,7 +58,7 @@ pub struct WorkerMetrics {
     pub records_in: Family<PartitionLabels, Counter>,
     pub records_out: Family<PartitionLabels, Counter>,
     pub records_dead_lettered: Family<PartitionLabels, Counter>,
-    pub records_skipped: Family<PartitionLabels, Counter>,
+    pub records_skipped: Family<SkipLabels, Counter>,
     pub records_late: Family<PartitionLabels, Counter>,
     pub replayed_partials_discarded: Family<PartitionLabels, Counter>,
     pub processing_latency: Histogram,
@@ -102,7 +122,7 @@ impl Default for WorkerMetrics {
             records_skipped: registered(
                 &mut registry,
                 "records_skipped",
-                "Records dropped for good (failed, late or undeliverable) with no dead-letter topic to take them",
+                "Records dropped for good with no dead-letter topic to take them, by input partition, stage and reason (decode, type-mismatch, missing-field, non-finite, late, too-large, undeliverable, internal)",
                 Family::default(),
             ),
             records_late: registered(

@@ -4,7 +4,18 @@
 use std::sync::atomic::Ordering;
 
 use super::{Checkpoint, Commit, Destination, Engine, Role, Ticket};
+use crate::metrics::SkipLabels;
+use crate::pipeline::Reason;
 use crate::undeliverable::{DeliveryFailure, FailureKind, Poison};
+
+/// The stage an output left from, for the skipped-records metric.
+fn stage_of(destination: Destination) -> &'static str {
+    match destination {
+        Destination::Sink => "sink",
+        Destination::Repartition { .. } => "repartition",
+        Destination::DeadLetter => "dead-letter",
+    }
+}
 
 impl Engine {
     /// An output was acknowledged (`Ok`) or failed for good (`Err`).
@@ -58,7 +69,8 @@ impl Engine {
             destination = ?ticket.destination, error = %failure.error, "a record no retry can deliver");
         if !matches!(slot.role, Role::Direct(_)) {
             slot.progress.release(ticket.offset);
-            self.metrics.records_skipped.get_or_create(&slot.labels).inc_by(ticket.records);
+            let labels = SkipLabels::new(&slot.labels, stage_of(ticket.destination), Reason::Undeliverable.label());
+            self.metrics.records_skipped.get_or_create(&labels).inc_by(ticket.records);
             self.totals.skipped.fetch_add(ticket.records, Ordering::Relaxed);
             return;
         }

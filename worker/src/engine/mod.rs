@@ -24,7 +24,7 @@ mod slots;
 mod source;
 mod types;
 
-pub use types::{Commit, Destination, EngineSettings, Input, Output, Ticket, Totals};
+pub use types::{record_size, Commit, Destination, EngineSettings, Input, Output, RecordLimits, Ticket, Totals};
 
 use std::sync::Arc;
 
@@ -66,6 +66,8 @@ struct Job {
     forward_fields: Fields,
     /// The source partitions whose progress every window waits for.
     expected: ExpectedSources,
+    /// The largest records the sink and dead-letter topics take.
+    limits: RecordLimits,
 }
 
 impl Job {
@@ -145,6 +147,7 @@ impl Engine {
             settings,
             pipeline,
             expected: ExpectedSources::default(),
+            limits: RecordLimits::default(),
         };
         Self {
             job,
@@ -163,6 +166,12 @@ impl Engine {
     /// reported its progress.
     pub fn expect_sources(&mut self, ids: Vec<String>) {
         self.job.expected = ExpectedSources::new(ids);
+    }
+
+    /// The largest records the sink and dead-letter topics take: a result larger than the sink
+    /// takes is dead-lettered (its input, with the reason) instead of being sent to fail.
+    pub fn limit_record_sizes(&mut self, limits: RecordLimits) {
+        self.job.limits = limits;
     }
 
     /// Whether this worker has read a source partition to its end (as the consumer's position
@@ -294,6 +303,9 @@ impl Engine {
         self.metrics.assigned_partitions.set(self.slots.assigned().count() as i64);
     }
 }
+
+#[cfg(test)]
+mod dead_letter_tests;
 
 #[cfg(test)]
 mod failover_tests;

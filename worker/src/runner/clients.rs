@@ -39,13 +39,23 @@ pub(super) fn transaction_timeout(config: &WorkerConfig) -> Duration {
     TRANSACTION_TIMEOUT_FLOOR.max(config.timings.commit_interval * 3)
 }
 
+/// A producer for `bootstrap`, which writes topics taking records of at most `topic_limits`
+/// bytes each (their `max.message.bytes`): it sends records as large as the largest takes, in
+/// batches no larger than the smallest takes (a record larger than that goes in a batch of its
+/// own).
 pub(super) fn create_producer(
     config: &WorkerConfig,
     bootstrap: &str,
     transactional: bool,
+    topic_limits: &[usize],
 ) -> Result<WorkerProducer, WorkerError> {
     let mut client = client_config(config, bootstrap);
     client.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
+    if let (Some(largest), Some(smallest)) = (topic_limits.iter().max(), topic_limits.iter().min()) {
+        client
+            .set("message.max.bytes", (*largest).clamp(1000, 1_000_000_000).to_string())
+            .set("batch.size", (*smallest).clamp(1000, super::limits::PRODUCER_DEFAULT_MAX_BYTES).to_string());
+    }
     if transactional {
         client.set("transactional.id", config.transactional_id());
         client.set("transaction.timeout.ms", transaction_timeout(config).as_millis().to_string());

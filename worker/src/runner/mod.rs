@@ -41,6 +41,7 @@ mod clients;
 mod commit;
 mod contexts;
 mod group;
+mod limits;
 mod output;
 mod run_loop;
 mod starts;

@@ -3,6 +3,7 @@
 use super::admin::ensure_repartition_topic;
 use super::clients::{create_consumer, create_producer};
 use super::starts::StartReader;
+use super::limits::read_record_limits;
 use super::*;
 use crate::sink_refusal::{SinkRefusal, Step};
 
@@ -20,10 +21,14 @@ pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
     let mut engine = Engine::new(settings, pipeline, control.metrics.clone(), control.totals.clone());
     let reader = StartReader::start(&config, windowed.then(|| sources.clone()))?;
     engine.expect_sources(sources);
+    let limits = read_record_limits(&config);
+    engine.limit_record_sizes(limits);
     let exactly_once = config.exactly_once();
-    let producer = create_producer(&config, &config.source_bootstrap, exactly_once)?;
-    let sink_producer = if config.sink_bootstrap != config.source_bootstrap {
-        Some(create_producer(&config, &config.sink_bootstrap, false)?)
+    let separate_sink = config.sink_bootstrap != config.source_bootstrap;
+    let main_limits = if separate_sink { vec![limits.dead_letter] } else { vec![limits.sink, limits.dead_letter] };
+    let producer = create_producer(&config, &config.source_bootstrap, exactly_once, &main_limits)?;
+    let sink_producer = if separate_sink {
+        Some(create_producer(&config, &config.sink_bootstrap, false, &[limits.sink])?)
     } else {
         None
     };
