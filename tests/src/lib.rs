@@ -11,6 +11,7 @@
 pub mod chart_rbac;
 pub mod control_plane;
 pub mod faults;
+pub mod node;
 pub mod pod_workers;
 
 use std::io::{BufRead, BufReader};
