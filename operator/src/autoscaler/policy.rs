@@ -141,8 +141,18 @@ pub struct Decision {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Workers {
     pub current: i32,
+    /// Workers ready: only their capacity counts (a pod blocked by a quota, unschedulable or
+    /// crash-looping is not).
+    pub ready: i32,
     /// All current workers ready and no rollout under way.
     pub settled: bool,
+}
+
+impl Workers {
+    /// `current` workers, all ready and settled.
+    pub fn settled(current: i32) -> Self {
+        Self { current, ready: current, settled: true }
+    }
 }
 
 /// How many samples and recommendations are kept at most.
@@ -218,7 +228,7 @@ const ROUND_DOWN_SHARE: f64 = 0.8;
 
 /// The efficient count for `wanted`: the next one up, unless the one below still gives at least
 /// 80% of the wanted throughput (busiest worker load considered); never above `limit`.
-fn efficient_for(wanted: i32, partitions: i32, limit: i32) -> i32 {
+pub(super) fn efficient_for(wanted: i32, partitions: i32, limit: i32) -> i32 {
     let counts: Vec<i32> = efficient_counts(partitions).into_iter().filter(|&c| c <= limit).collect();
     let below = counts.iter().copied().filter(|&c| c <= wanted).max();
     let above = counts.iter().copied().find(|&c| c >= wanted);
@@ -235,7 +245,7 @@ fn efficient_for(wanted: i32, partitions: i32, limit: i32) -> i32 {
 }
 
 /// Lag of a sample, leaving out the partitions in `excluded`.
-fn lag_excluding(sample: &LagSample, start_from: StartFrom, excluded: &[(String, i32)]) -> i64 {
+pub(super) fn lag_excluding(sample: &LagSample, start_from: StartFrom, excluded: &[(String, i32)]) -> i64 {
     sample
         .partitions
         .iter()
@@ -274,7 +284,7 @@ fn consumption_resumed(
 
 /// A scale change was decided: the group rebalances, and the next intervals do not describe it
 /// until its commits move again.
-fn start_rebalance(history: &mut History) {
+pub(super) fn start_rebalance(history: &mut History) {
     history.settled_since = None;
     history.commits_at_change = history.samples.back().map(|latest| latest.partitions.clone());
 }
@@ -325,7 +335,7 @@ pub fn observe(history: &mut History, sample: LagSample, workers: Workers, setti
     if !saturated {
         return;
     }
-    let measured = rates.consume / f64::from(workers.current);
+    let measured = rates.consume / f64::from(workers.ready.clamp(1, workers.current));
     history.capacity_per_replica = Some(match history.capacity_per_replica {
         Some(previous) => 0.5 * previous + 0.5 * measured,
         None => measured,
@@ -355,7 +365,7 @@ pub fn decide(history: &mut History, workers: Workers, partitions: i32, settings
     };
     let start_from = settings.start_from;
     if current > 0 && !(workers.settled && history.settled_interval()) {
-        return hold(current, "workers are starting or rebalancing; lag is not representative yet".to_owned());
+        return super::unready::decide_unsettled(history, workers, partitions, settings, now);
     }
     let stuck = stuck_partitions(&history.samples, start_from, 3);
     let total_lag = lag_excluding(latest, start_from, &stuck);
@@ -496,11 +506,11 @@ pub fn decide(history: &mut History, workers: Workers, partitions: i32, settings
     Decision { replicas: target, reason, kind }
 }
 
-fn ceil_div_i64(a: i64, b: i64) -> i32 {
+pub(super) fn ceil_div_i64(a: i64, b: i64) -> i32 {
     let value = (a + b - 1) / b;
     i32::try_from(value).unwrap_or(i32::MAX)
 }
 
-fn hold(current: i32, why: String) -> Decision {
+pub(super) fn hold(current: i32, why: String) -> Decision {
     Decision { replicas: current, reason: format!("holding {current}: {why}"), kind: "hold" }
 }

@@ -38,7 +38,7 @@ fn sample(at: f64, partitions: i32, lag_each: i64, committed: i64) -> LagSample 
 }
 
 fn settled(current: i32) -> Workers {
-    Workers { current, settled: true }
+    Workers::settled(current)
 }
 
 /// A decision after two identical samples 10 s apart (one settled interval, no consumption).
@@ -202,7 +202,7 @@ fn no_decision_while_a_rollout_is_in_progress() {
     let s = settings();
     let mut history = History::default();
     observe(&mut history, sample(0.0, 12, 5000, 0), settled(2), &s);
-    let decision = decide(&mut history, Workers { current: 2, settled: false }, 12, &s, 0.0);
+    let decision = decide(&mut history, Workers { current: 2, ready: 2, settled: false }, 12, &s, 0.0);
     assert_eq!((decision.replicas, decision.kind), (2, "hold"));
     let mut empty = History::default();
     assert_eq!(decide(&mut empty, settled(3), 12, &s, 0.0).kind, "hold", "no sample, no decision");
@@ -223,9 +223,9 @@ fn scale_to_zero_only_after_a_full_window_of_zero_lag_and_wake_on_activation() {
         assert_eq!(decision.replicas, expected, "at {t}s: {}", decision.reason);
     }
     let mut asleep = History::default();
-    observe(&mut asleep, sample(0.0, 12, 4, 100), Workers { current: 0, settled: true }, &s);
+    observe(&mut asleep, sample(0.0, 12, 4, 100), Workers::settled(0), &s);
     assert_eq!(decide(&mut asleep, settled(0), 12, &s, 0.0).replicas, 0, "48 ≤ activation threshold 50");
-    observe(&mut asleep, sample(10.0, 12, 5, 100), Workers { current: 0, settled: true }, &s);
+    observe(&mut asleep, sample(10.0, 12, 5, 100), Workers::settled(0), &s);
     let wake = decide(&mut asleep, settled(0), 12, &s, 10.0);
     assert_eq!((wake.replicas, wake.kind), (1, "wake"));
     let s1 = Settings { min_replicas: 1, ..settings() };

@@ -61,7 +61,7 @@ pub(super) async fn poll_autoscaler(
         snapshot.decision = format!("autoscaling is off: spec.replicas {}", pool.len());
         return None;
     };
-    let workers = Workers { current: pool.len(), settled };
+    let workers = Workers { current: pool.len(), ready: pool.ready(), settled };
     let decision = poll(&mut autoscaler.history, samples, workers, settings, now);
     snapshot.decision = decision.reason.clone();
     if decision.replicas == workers.current {
