@@ -5,6 +5,7 @@ pub mod capacity_report;
 pub mod cel_fields;
 pub mod duration;
 pub mod kafka;
+pub mod names;
 mod rules;
 mod schema;
 pub mod types;
@@ -25,14 +26,28 @@ pub fn crd_yaml() -> String {
 }
 
 impl StreamJob {
-    /// The Kafka consumer group: `spec.source.consumerGroup`, else `streamjob-<namespace>-<name>`.
+    /// The Kafka consumer group: `spec.source.consumerGroup`; else, for a job whose status
+    /// records the legacy default `streamjob-<namespace>-<name>` (it ran under an operator before
+    /// the unambiguous encoding, which recorded the group from its first version on), that group,
+    /// so its offsets and windows stay; else `streamjob.<namespace>.<name>` (see [`names`]).
     pub fn consumer_group(&self) -> String {
-        match &self.spec.source.consumer_group {
-            Some(group) => group.clone(),
-            None => {
-                format!("streamjob-{}-{}", self.namespace().unwrap_or_else(|| "default".to_owned()), self.name_any())
-            }
+        if let Some(group) = &self.spec.source.consumer_group {
+            return group.clone();
         }
+        let namespace = self.namespace().unwrap_or_else(|| "default".to_owned());
+        let name = self.name_any();
+        let legacy = names::legacy_consumer_group(&namespace, &name);
+        let recorded = self.status.as_ref().and_then(|status| status.consumer_group.as_deref());
+        if recorded == Some(legacy.as_str()) {
+            legacy
+        } else {
+            names::default_consumer_group(&namespace, &name)
+        }
+    }
+
+    /// The repartition topic of windowed jobs: `<consumer group>-repartition`.
+    pub fn repartition_topic(&self) -> String {
+        names::repartition_topic(&self.consumer_group())
     }
 
     /// Whether the autoscaler, not `spec.replicas`, decides the worker count.
@@ -64,5 +79,47 @@ pub mod worker_paths {
     /// Full path of the configuration file.
     pub fn config_file() -> String {
         format!("{CONFIG_DIR}/{CONFIG_FILE_NAME}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(namespace: &str, name: &str, group: Option<&str>, recorded: Option<&str>) -> StreamJob {
+        let yaml = format!(
+            "apiVersion: streamjob.io/v1alpha1\nkind: StreamJob\nmetadata: {{name: {name}, namespace: {namespace}}}\n\
+             spec:\n  source: {{bootstrapServers: 'k:9092', topics: [in]}}\n  sink: {{topic: out}}\n"
+        );
+        let mut job = parse_manifest(&yaml).expect("valid test job");
+        job.spec.source.consumer_group = group.map(str::to_owned);
+        if let Some(recorded) = recorded {
+            job.status =
+                Some(StreamJobStatus { consumer_group: Some(recorded.to_owned()), ..StreamJobStatus::default() });
+        }
+        job
+    }
+
+    /// (namespace, name, spec group, group recorded in status) → the group in use.
+    #[test]
+    fn the_group_in_use_and_its_migration() {
+        let cases = [
+            // A new job: the unambiguous encoding.
+            ("team-a", "orders", None, None, "streamjob.team-a.orders"),
+            ("team", "a-orders", None, None, "streamjob.team.a-orders"),
+            // A job that ran before the encoding changed keeps its group.
+            ("team-a", "orders", None, Some("streamjob-team-a-orders"), "streamjob-team-a-orders"),
+            // A recorded group that is not this job's legacy default (a removed spec group).
+            ("team-a", "orders", None, Some("custom"), "streamjob.team-a.orders"),
+            // A status written by this version.
+            ("team-a", "orders", None, Some("streamjob.team-a.orders"), "streamjob.team-a.orders"),
+            // The user's group wins.
+            ("team-a", "orders", Some("mine"), Some("streamjob-team-a-orders"), "mine"),
+        ];
+        for (namespace, name, group, recorded, expected) in cases {
+            let job = job(namespace, name, group, recorded);
+            assert_eq!(job.consumer_group(), expected, "{namespace}/{name} {group:?} {recorded:?}");
+            assert_eq!(job.repartition_topic(), format!("{expected}-repartition"));
+        }
     }
 }

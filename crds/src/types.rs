@@ -198,7 +198,8 @@ pub struct SourceSpec {
     #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$")))]
     pub topics: Vec<String>,
 
-    /// Kafka consumer group of the workers. Defaults to `streamjob-<namespace>-<name>`.
+    /// Kafka consumer group of the workers. Defaults to `streamjob.<namespace>.<name>` (a job that
+    /// ran under the older `streamjob-<namespace>-<name>` keeps it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
     pub consumer_group: Option<String>,

@@ -161,7 +161,7 @@ fn examples_decode_into_the_intended_jobs() {
     assert_eq!(job.spec.pipeline.len(), 3);
     assert!(job.spec.pipeline.iter().all(|stage| stage.operation().is_some()));
     assert_eq!(job.spec.source.format, streamjob_crds::SourceFormat::Text);
-    assert_eq!(job.consumer_group(), "streamjob-default-wordcount");
+    assert_eq!(job.consumer_group(), "streamjob.default.wordcount");
 
     let text = std::fs::read_to_string(repo_root().join("examples/clicks-per-user.yaml")).expect("clicks");
     let job = parse_manifest(&text).expect("clicks validates");

@@ -12,7 +12,9 @@ use futures::StreamExt;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Api, Client, Config};
 use streamjob_crds::StreamJob;
-use streamjob_operator::controller::{reconcile, ConsumerGroupDeleter, Context, GroupDeletionError, ScaleDecisions};
+use streamjob_operator::controller::{
+    reconcile, ConsumerGroupDeleter, Context, GroupCleanup, GroupDeletionError, ScaleDecisions,
+};
 use streamjob_operator::metrics::Metrics;
 use streamjob_testkit::fake_api::FakeApiServer;
 use streamjob_testkit::fixtures::{example, JobFixture};
@@ -28,8 +30,8 @@ impl ConsumerGroupDeleter for NoKafka {
     fn delete_group<'a>(
         &'a self,
         _job: &'a StreamJob,
-    ) -> futures::future::BoxFuture<'a, Result<(), GroupDeletionError>> {
-        Box::pin(async { Ok(()) })
+    ) -> futures::future::BoxFuture<'a, Result<GroupCleanup, GroupDeletionError>> {
+        Box::pin(async { Ok(GroupCleanup::default()) })
     }
 }
 

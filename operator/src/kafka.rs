@@ -1,5 +1,6 @@
 //! Kafka access from the operator: client properties with credentials read from the job's
-//! Secret, and consumer-group deletion.
+//! Secret, the members of a job's consumer group, and the deletion of its consumer group and
+//! repartition topic.
 
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use rdkafka::ClientConfig;
 use streamjob_crds::kafka::{connection_properties, CaBundle, Credentials};
 use streamjob_crds::{worker_paths, StreamJob};
 
-use crate::controller::{ConsumerGroupDeleter, GroupDeletionError};
+use crate::controller::{ConsumerGroupDeleter, GroupCleanup, GroupDeletionError};
 
 /// Why the client properties of a job's cluster could not be put together.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,12 @@ pub enum DeleteGroupError {
     Request(#[source] KafkaError),
     #[error("deleting consumer group {group}: {code}")]
     Group { group: String, code: RDKafkaErrorCode },
+    #[error("deleting repartition topic {topic}: {code}")]
+    Topic { topic: String, code: RDKafkaErrorCode },
+    #[error("describing consumer group {group}: {source}")]
+    Describe { group: String, source: KafkaError },
+    #[error("describing consumer group {group}: the describe task failed: {reason}")]
+    DescribeTask { group: String, reason: String },
 }
 
 fn secret_string(secret: &Secret, key: &str) -> Result<String, ClientConfigError> {
@@ -79,7 +86,7 @@ pub async fn source_client_config(client: &Client, job: &StreamJob) -> Result<Cl
     Ok(config)
 }
 
-/// Deletes consumer groups with librdkafka's admin client.
+/// Describes and deletes consumer groups and repartition topics with librdkafka's admin client.
 pub struct KafkaGroupDeleter {
     client: Client,
 }
@@ -90,10 +97,12 @@ impl KafkaGroupDeleter {
     }
 }
 
-/// Deletes `group` on the cluster `config` reaches.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Deletes `group` on the cluster `config` reaches; a group that does not exist is no error.
 pub async fn delete_consumer_group(config: &ClientConfig, group: &str) -> Result<(), DeleteGroupError> {
     let admin: AdminClient<DefaultClientContext> = config.create().map_err(DeleteGroupError::AdminClient)?;
-    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
     let results = admin.delete_groups(&[group], &options).await.map_err(DeleteGroupError::Request)?;
     for result in results {
         match result {
@@ -105,12 +114,54 @@ pub async fn delete_consumer_group(config: &ClientConfig, group: &str) -> Result
     Ok(())
 }
 
+/// Deletes `topic`; a topic that does not exist is no error. Returns whether it existed.
+pub async fn delete_topic(config: &ClientConfig, topic: &str) -> Result<bool, DeleteGroupError> {
+    let admin: AdminClient<DefaultClientContext> = config.create().map_err(DeleteGroupError::AdminClient)?;
+    let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
+    let results = admin.delete_topics(&[topic], &options).await.map_err(DeleteGroupError::Request)?;
+    let mut existed = false;
+    for result in results {
+        match result {
+            Ok(_) => existed = true,
+            Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, code)) => return Err(DeleteGroupError::Topic { topic, code }),
+        }
+    }
+    Ok(existed)
+}
+
+/// Members of `group` (0 for a group that is empty or does not exist), from DescribeGroups.
+pub async fn consumer_group_members(config: &ClientConfig, group: &str) -> Result<usize, DeleteGroupError> {
+    let admin: AdminClient<DefaultClientContext> = config.create().map_err(DeleteGroupError::AdminClient)?;
+    let name = group.to_owned();
+    let described = tokio::task::spawn_blocking(move || {
+        admin
+            .inner()
+            .fetch_group_list(Some(&name), ADMIN_TIMEOUT)
+            .map(|list| list.groups().iter().filter(|g| g.name() == name).map(|g| g.members().len()).sum::<usize>())
+    })
+    .await;
+    match described {
+        Ok(Ok(members)) => Ok(members),
+        Ok(Err(source)) => Err(DeleteGroupError::Describe { group: group.to_owned(), source }),
+        Err(error) => Err(DeleteGroupError::DescribeTask { group: group.to_owned(), reason: error.to_string() }),
+    }
+}
+
 impl ConsumerGroupDeleter for KafkaGroupDeleter {
-    fn delete_group<'a>(&'a self, job: &'a StreamJob) -> BoxFuture<'a, Result<(), GroupDeletionError>> {
+    fn group_members<'a>(&'a self, job: &'a StreamJob) -> BoxFuture<'a, Result<usize, GroupDeletionError>> {
+        Box::pin(async move {
+            let config = source_client_config(&self.client, job).await.map_err(DeleteGroupError::from)?;
+            Ok(consumer_group_members(&config, &job.consumer_group()).await?)
+        })
+    }
+
+    fn delete_group<'a>(&'a self, job: &'a StreamJob) -> BoxFuture<'a, Result<GroupCleanup, GroupDeletionError>> {
         Box::pin(async move {
             let config = source_client_config(&self.client, job).await.map_err(DeleteGroupError::from)?;
             delete_consumer_group(&config, &job.consumer_group()).await?;
-            Ok(())
+            let repartition_topic_existed = delete_topic(&config, &job.repartition_topic()).await?;
+            Ok(GroupCleanup { repartition_topic_existed })
         })
     }
 }

@@ -6,6 +6,7 @@ pub mod controller;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod kafka;
+pub mod leader;
 pub mod metrics;
 pub mod render;
 pub mod replicas;

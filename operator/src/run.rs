@@ -15,7 +15,6 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::runtime::{predicates, reflector, watcher, Controller, Predicate, PredicateConfig, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
-use kube_lease_manager::LeaseManagerBuilder;
 use streamjob_crds::StreamJob;
 
 use crate::autoscaler::driver::Autoscaler;
@@ -25,6 +24,7 @@ use streamjob_runtime::shutdown::shutdown_signal;
 use crate::build::{FIELD_MANAGER, MANAGED_BY_LABEL};
 use crate::controller::{error_policy, reconcile, Context, ScaleDecisions};
 use crate::kafka::KafkaGroupDeleter;
+use crate::leader::{Elector, LeaseTimings};
 use crate::metrics::{JobLabels, Metrics};
 
 /// Settings of `run`.
@@ -46,10 +46,6 @@ pub struct RunOptions {
 pub enum RunError {
     #[error("cannot reach the Kubernetes API: {0}")]
     Client(#[from] kube::Error),
-    #[error("leader election failed: {0}")]
-    LeaderElection(String),
-    #[error("lost the leader lease; exiting so that another replica takes over")]
-    LostLeadership,
     #[error("cannot listen on {address} for /healthz, /readyz and /metrics: {source}")]
     Listen { address: std::net::SocketAddr, source: std::io::Error },
     #[error("the health server failed: {0}")]
@@ -61,7 +57,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     run_with_client(Client::try_default().await?, options).await
 }
 
-/// Runs until SIGTERM/SIGINT, or until leadership is lost.
+/// Runs until SIGTERM/SIGINT; with leader election, reconciles only while it holds the lease.
 pub async fn run_with_client(client: Client, options: RunOptions) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
@@ -75,36 +71,64 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> Result<(), 
         .map_err(|source| RunError::Listen { address: options.metrics_addr, source })?;
     let server = tokio::spawn(serve(listener, health, shutdown_signal()));
 
-    let mut leadership = if options.leader_election {
-        let manager = LeaseManagerBuilder::new(client.clone(), &options.lease_name)
-            .with_namespace(&options.lease_namespace)
-            .with_identity(&options.identity)
-            .with_duration(options.lease_duration_seconds)
-            .with_grace(options.lease_duration_seconds.div_ceil(3).max(1))
-            .build()
-            .await
-            .map_err(|e| RunError::LeaderElection(e.to_string()))?;
-        let (receiver, _task) = manager.watch().await;
-        Some(receiver)
-    } else {
-        None
-    };
+    let mut elector = options.leader_election.then(|| {
+        let timings = LeaseTimings::for_duration(options.lease_duration_seconds);
+        Elector::new(client.clone(), &options.lease_namespace, &options.lease_name, &options.identity, timings)
+    });
     // A standby replica is ready too: it serves probes while it waits for the lease. Either is
     // not ready while the API server cannot be reached.
     let reachability = tokio::spawn(follow_api_reachability(client.clone(), ready.clone()));
 
-    if let Some(receiver) = leadership.as_mut() {
-        tracing::info!(identity = %options.identity, lease = %options.lease_name, "waiting for the leader lease");
-        tokio::select! {
-            acquired = receiver.wait_for(|leading| *leading) => {
-                acquired.map_err(|e| RunError::LeaderElection(e.to_string()))?;
+    // Lead, and after stepping down stand by again: the controllers, the autoscaler and every
+    // reconcile in flight stop when `lead` is dropped.
+    loop {
+        if let Some(elector) = elector.as_mut() {
+            tracing::info!(identity = %options.identity, lease = %options.lease_name, "waiting for the leader lease");
+            tokio::select! {
+                () = elector.acquire() => {}
+                () = shutdown_signal() => break,
             }
-            () = shutdown_signal() => return Ok(()),
+            tracing::info!(identity = %options.identity, "acquired the leader lease; reconciling");
         }
-        tracing::info!(identity = %options.identity, "acquired the leader lease; reconciling");
+        metrics.leader.set(1);
+        let leading = lead(&client, &options, &metrics);
+        let stepped_down = match elector.as_mut() {
+            Some(elector) => tokio::select! {
+                () = leading => None,
+                reason = elector.hold() => Some(reason),
+            },
+            None => {
+                leading.await;
+                None
+            }
+        };
+        metrics.leader.set(0);
+        match stepped_down {
+            Some(reason) => {
+                tracing::warn!(identity = %options.identity, %reason, "stepped down: stopped reconciling and autoscaling")
+            }
+            None => break,
+        }
     }
-    metrics.leader.set(1);
+    if let Some(elector) = elector.as_mut() {
+        elector.release().await;
+    }
+    reachability.abort();
+    server.abort();
+    Ok(())
+}
 
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Everything a leader does, until shutdown; dropping it stops all of it.
+async fn lead(client: &Client, options: &RunOptions, metrics: &Arc<Metrics>) {
     let context = Arc::new(Context::new(
         client.clone(),
         Recorder::new(
@@ -119,30 +143,15 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> Result<(), 
     let scopes: Vec<Option<String>> =
         if options.namespaces.is_empty() { vec![None] } else { options.namespaces.iter().cloned().map(Some).collect() };
     let controllers: Vec<(Option<String>, JobController)> =
-        scopes.into_iter().map(|ns| (ns.clone(), job_controller(&client, ns.as_deref()))).collect();
+        scopes.into_iter().map(|ns| (ns.clone(), job_controller(client, ns.as_deref()))).collect();
     let stores: Vec<Store<StreamJob>> = controllers.iter().map(|(_, controller)| controller.store()).collect();
-    let job_metrics = tokio::spawn(follow_job_metrics(stores.clone(), metrics.clone()));
-    let autoscaling = tokio::spawn(Arc::new(Autoscaler::new(context.clone())).run(stores));
-    let controllers = futures::future::join_all(
+    // Stopped with the controllers, also when a leader steps down and drops them.
+    let _job_metrics = AbortOnDrop(tokio::spawn(follow_job_metrics(stores.clone(), metrics.clone())));
+    let _autoscaling = AbortOnDrop(tokio::spawn(Arc::new(Autoscaler::new(context.clone())).run(stores)));
+    futures::future::join_all(
         controllers.into_iter().map(|(ns, controller)| run_controller(controller, ns, context.clone())),
-    );
-
-    let outcome = match leadership.as_mut() {
-        Some(receiver) => tokio::select! {
-            _ = controllers => Ok(()),
-            _ = receiver.wait_for(|leading| !*leading) => Err(RunError::LostLeadership),
-        },
-        None => {
-            controllers.await;
-            Ok(())
-        }
-    };
-    autoscaling.abort();
-    job_metrics.abort();
-    reachability.abort();
-    metrics.leader.set(0);
-    server.abort();
-    outcome
+    )
+    .await;
 }
 
 /// How often `/readyz` checks that the API server answers, and how long it waits for it.

@@ -10,6 +10,9 @@
 
 pub mod chart_rbac;
 pub mod control_plane;
+pub mod faults;
+pub mod node;
+pub mod pod_workers;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -215,7 +218,7 @@ pub fn kubelet_marks_pods_ready(client: Client, namespace: &str, selector: &str)
     })
 }
 
-fn pod_ready_status(pod: &k8s_openapi::api::core::v1::Pod) -> serde_json::Value {
+pub(crate) fn pod_ready_status(pod: &k8s_openapi::api::core::v1::Pod) -> serde_json::Value {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let containers: Vec<serde_json::Value> = pod
         .spec

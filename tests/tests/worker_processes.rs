@@ -401,8 +401,13 @@ fn a_checkpoint_with_a_thousand_source_partitions_commits() {
     engine.assign(&repartition_topic, 0, None);
     let now = streamjob_worker::runner::now_ms();
     for (offset, src) in sources.into_iter().enumerate() {
-        let marker =
-            RepartitionMessage::Progress { src, watermark: now + offset as i64, idle: false, through: 1 << 40 };
+        let marker = RepartitionMessage::Progress {
+            src,
+            owner: 1,
+            watermark: now + offset as i64,
+            idle: false,
+            through: 1 << 40,
+        };
         let payload = marker.encode();
         let input = Input {
             topic: &repartition_topic,
@@ -450,9 +455,10 @@ fn json_record(i: usize, blob_bytes: usize) -> NewRecord {
     }
 }
 
-/// A record the sink can never take (padded past the producer's 1 MB limit) goes to the
-/// dead-letter topic with the error, as it came, and the records after it reach the sink;
-/// before, the worker rewound and retried it forever.
+/// A record the sink can never take (padded past the topic's 1 MB `max.message.bytes`) goes to
+/// the dead-letter topic with the reason, as it came, and the records after it reach the sink,
+/// with no rewind: the worker knows the topic's limit and does not send it to fail. (Before,
+/// the worker rewound and retried it forever; then it rewound once per such record.)
 #[test]
 fn a_record_too_large_for_the_sink_goes_to_the_dead_letter_topic() {
     let (input, output, dead) = (unique("large-in"), unique("large-out"), unique("large-dead"));
@@ -471,10 +477,13 @@ fn a_record_too_large_for_the_sink_goes_to_the_dead_letter_topic() {
     assert_eq!(letter.key.as_deref(), Some("k1"));
     assert_eq!(letter.value.len(), records[1].value.len(), "the input as it came");
     let error = letter.headers.get("streamjob.error").cloned().unwrap_or_default();
-    assert!(error.contains("too large"), "the error: {error}");
+    assert!(error.contains("more than the sink topic takes (max.message.bytes"), "the error: {error}");
+    assert_eq!(letter.headers.get("streamjob.reason").map(String::as_str), Some("too-large"));
     let sent: Vec<&str> = sink.records.iter().filter_map(|r| r.key.as_deref()).collect();
     assert!(["k0", "k2", "k3"].iter().all(|key| sent.contains(key)), "{sent:?}");
-    assert!(counter(port, "streamjob_worker_records_undeliverable_total", "") >= 1);
+    assert_eq!(sent.len(), 3, "each once: {sent:?}");
+    assert!(wait_for(|| counter(port, "streamjob_worker_records_dead_lettered_total", "") >= 1));
+    assert_eq!(counter(port, "streamjob_worker_rewinds_total", ""), 0, "nothing was rewound");
 }
 
 /// A dead-letter topic that cannot exist (its name collides with an existing topic's, `.`

@@ -152,9 +152,10 @@ impl WorkerConfig {
         self.job.metadata.name.clone().unwrap_or_default()
     }
 
-    /// `streamjob-<namespace>-<job>-<ordinal>`: unique per worker of a job, so jobs of one name
-    /// in two namespaces never fence each other's transactions. The ordinal is the instance
-    /// id's last `-` part when it is a number (a StatefulSet pod's), else the whole id.
+    /// `streamjob.<namespace>.<job>/<ordinal>` ([`streamjob_crds::names::transactional_id`]):
+    /// unique per worker of a job and across jobs of any namespaces and names, so no job fences
+    /// another's transactions. The ordinal is the instance id's last `-` part when it is a
+    /// number (a StatefulSet pod's), else the whole id.
     pub fn transactional_id(&self) -> String {
         let ordinal = self
             .instance_id
@@ -162,11 +163,11 @@ impl WorkerConfig {
             .map(|(_, last)| last)
             .filter(|last| !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
             .unwrap_or(&self.instance_id);
-        format!("streamjob-{}-{}-{ordinal}", self.namespace, self.job_name())
+        streamjob_crds::names::transactional_id(&self.namespace, &self.job_name(), ordinal)
     }
 
     pub fn repartition_topic(&self) -> String {
-        format!("{}-repartition", self.consumer_group)
+        streamjob_crds::names::repartition_topic(&self.consumer_group)
     }
 
     pub fn exactly_once(&self) -> bool {
@@ -197,10 +198,10 @@ mod tests {
     fn defaults_come_from_the_manifest_and_the_pod() {
         let env = |name: &str| (name == "POD_NAME").then(|| "wc-2".to_owned());
         let config = WorkerConfig::from_job(job(""), &Overrides::default(), env).expect("valid");
-        assert_eq!(config.consumer_group, "streamjob-data-wc");
+        assert_eq!(config.consumer_group, "streamjob.data.wc");
         assert_eq!(config.instance_id, "wc-2");
-        assert_eq!(config.repartition_topic(), "streamjob-data-wc-repartition");
-        assert_eq!(config.transactional_id(), "streamjob-data-wc-2");
+        assert_eq!(config.repartition_topic(), "streamjob.data.wc-repartition");
+        assert_eq!(config.transactional_id(), "streamjob.data.wc/2");
         assert_eq!(config.sink_bootstrap, "k:9092");
     }
 
@@ -221,10 +222,10 @@ mod tests {
                 })
                 .collect();
         assert_eq!(ids.len(), 4, "{ids:?}");
-        assert!(ids.contains("streamjob-ops-wc-1"), "{ids:?}");
+        assert!(ids.contains("streamjob.ops.wc/1"), "{ids:?}");
         let overrides = Overrides { instance_id: Some("laptop".into()), ..Overrides::default() };
         let local = WorkerConfig::from_job(job(""), &overrides, |_| None).expect("valid");
-        assert_eq!(local.transactional_id(), "streamjob-data-wc-laptop");
+        assert_eq!(local.transactional_id(), "streamjob.data.wc/laptop");
     }
 
     #[test]

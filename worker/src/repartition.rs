@@ -20,6 +20,8 @@ pub enum RepartitionMessage {
     #[serde(rename = "p")]
     Partial {
         src: String,
+        #[serde(rename = "o", default)]
+        owner: u64,
         from: i64,
         to: i64,
         window: i64,
@@ -28,13 +30,28 @@ pub enum RepartitionMessage {
     },
     /// The source partition restarts at `from`: forget what it sent from there on.
     #[serde(rename = "r")]
-    Reset { src: String, from: i64 },
+    Reset {
+        src: String,
+        #[serde(rename = "o", default)]
+        owner: u64,
+        from: i64,
+    },
+    /// A new owner of the source partition that has read nothing yet (so has nothing to
+    /// replay): what other owners still send is stale from here on.
+    #[serde(rename = "o")]
+    Owner {
+        src: String,
+        #[serde(rename = "o")]
+        owner: u64,
+    },
     /// The source partition's watermark (`i64::MIN`: not known yet), whether its owner has
     /// read it to the end and found nothing new for the idle timeout, and the highest source
     /// offset whose partials this owner has sent (-1: none yet).
     #[serde(rename = "w")]
     Progress {
         src: String,
+        #[serde(rename = "o", default)]
+        owner: u64,
         watermark: i64,
         idle: bool,
         #[serde(rename = "a", default = "nothing_sent")]
@@ -65,6 +82,20 @@ pub fn partition_for(key: &str, partitions: i32) -> i32 {
     (hash % partitions.max(1) as u64) as i32
 }
 
+/// A fresh owner id for one assignment of a source partition: random, never 0.
+pub fn new_owner_id() -> u64 {
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static ASSIGNMENTS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let id = std::collections::hash_map::RandomState::new().hash_one((
+        nanos,
+        std::process::id(),
+        ASSIGNMENTS.fetch_add(1, Ordering::Relaxed),
+    ));
+    id.max(1)
+}
+
 /// The name of a source partition in repartition messages.
 pub fn source_id(topic: &str, partition: i32) -> String {
     format!("{topic}/{partition}")
@@ -78,6 +109,7 @@ mod tests {
     fn messages_round_trip_compactly() {
         let message = RepartitionMessage::Partial {
             src: "lines/0".into(),
+            owner: u64::MAX,
             from: 10,
             to: 20,
             window: 1_000,
@@ -85,7 +117,16 @@ mod tests {
         };
         let bytes = serde_json::to_vec(&message).expect("serializes");
         assert_eq!(serde_json::from_slice::<RepartitionMessage>(&bytes).expect("parses"), message);
-        assert!(bytes.len() < 90, "{}", String::from_utf8_lossy(&bytes));
+        assert!(bytes.len() < 120, "{}", String::from_utf8_lossy(&bytes));
+        let legacy: RepartitionMessage = serde_json::from_str(r#"{"t":"r","src":"lines/0","from":3}"#).expect("parses");
+        assert_eq!(legacy, RepartitionMessage::Reset { src: "lines/0".into(), owner: 0, from: 3 }, "no owner: 0");
+    }
+
+    #[test]
+    fn owner_ids_differ_and_are_never_zero() {
+        let ids: std::collections::HashSet<u64> = (0..1000).map(|_| new_owner_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(!ids.contains(&0));
     }
 
     #[test]

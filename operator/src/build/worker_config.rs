@@ -59,7 +59,7 @@ mod tests {
     #[test]
     fn worker_config_is_the_job_with_the_group_resolved() {
         let config = worker_config(&job("  replicas: 7\n  podLabels: {a: b}\n"));
-        assert_eq!(config.spec.source.consumer_group.as_deref(), Some("streamjob-ns-j"));
+        assert_eq!(config.spec.source.consumer_group.as_deref(), Some("streamjob.ns.j"));
         assert!(config.spec.pod_labels.is_empty());
         let yaml = worker_config_yaml(&job(""));
         let reparsed = parse_manifest(&yaml).expect("the worker config is itself a valid StreamJob");

@@ -13,6 +13,10 @@ pub enum Error {
     PatchStatus(#[source] kube::Error),
     #[error("updating the finalizers: {0}")]
     Finalizer(#[source] kube::Error),
+    #[error("reading the job that holds the consumer group: {0}")]
+    ReadJob(#[source] kube::Error),
+    #[error("stopping the workers before deleting the consumer group: {0}")]
+    StopWorkers(#[source] kube::Error),
 }
 
 impl Error {
@@ -24,6 +28,8 @@ impl Error {
             Error::ListPods(_) => "ListPods",
             Error::PatchStatus(_) => "PatchStatus",
             Error::Finalizer(_) => "Finalizer",
+            Error::ReadJob(_) => "ReadJob",
+            Error::StopWorkers(_) => "StopWorkers",
         }
     }
 
@@ -41,7 +47,11 @@ impl Error {
         match self {
             Error::MissingNamespace(_) => None,
             Error::ApplyChild { source, .. } => Some(source),
-            Error::ListPods(source) | Error::PatchStatus(source) | Error::Finalizer(source) => Some(source),
+            Error::ListPods(source)
+            | Error::PatchStatus(source)
+            | Error::Finalizer(source)
+            | Error::ReadJob(source)
+            | Error::StopWorkers(source) => Some(source),
         }
     }
 }

@@ -113,22 +113,57 @@ pub fn invalid_config(problems: &[String]) -> JobEvent {
     JobEvent::warning("InvalidConfig", "Validate", note)
 }
 
-pub fn consumer_group_deleted(group: &str) -> JobEvent {
-    let note = format!("deleted consumer group {group} (deletionPolicy: DeleteConsumerGroup)");
+/// The first step of a `DeleteConsumerGroup` deletion.
+pub fn stopping_workers(group: &str, workers: i32) -> JobEvent {
+    let note =
+        format!("deleting: stopping the {workers} workers (StatefulSet to 0) before deleting consumer group {group}");
+    JobEvent::normal("StoppingWorkers", "Delete", note)
+}
+
+/// Waiting for the stopped workers to leave the group.
+pub fn waiting_for_group_to_empty(group: &str, members: usize, timeout: std::time::Duration) -> JobEvent {
+    let note = format!(
+        "deleting: waiting for consumer group {group} to be empty ({members} members left); after {}s from the \
+         deletion the group and the repartition topic are left in place and the job goes",
+        timeout.as_secs()
+    );
+    JobEvent::normal("WaitingForConsumerGroup", "Delete", note)
+}
+
+pub fn consumer_group_deleted(group: &str, topic: &str, topic_existed: bool) -> JobEvent {
+    let topic_note = if topic_existed {
+        format!("deleted repartition topic {topic}")
+    } else {
+        format!("repartition topic {topic} did not exist")
+    };
+    let note = format!("deleted consumer group {group} (deletionPolicy: DeleteConsumerGroup); {topic_note}");
     JobEvent::normal("ConsumerGroupDeleted", "Delete", note)
+}
+
+/// The group never emptied within the bound.
+pub fn consumer_group_left_behind(group: &str, topic: &str, members: usize, waited: std::time::Duration) -> JobEvent {
+    let note = format!(
+        "gave up after {}s: consumer group {group} still has {members} members; left in place: consumer group \
+         {group} and repartition topic {topic}; delete them by hand once no worker runs",
+        waited.as_secs()
+    );
+    JobEvent::warning("ConsumerGroupNotDeleted", "Delete", note)
 }
 
 /// A failed deletion: retried until `attempts` reaches [`MAX_GROUP_DELETION_ATTEMPTS`], then
 /// given up.
-pub fn consumer_group_not_deleted(group: &str, attempts: u32, error: &impl Display) -> JobEvent {
+pub fn consumer_group_not_deleted(group: &str, topic: &str, attempts: u32, error: &impl Display) -> JobEvent {
     if attempts < MAX_GROUP_DELETION_ATTEMPTS {
         let note = format!(
-            "could not delete consumer group {group} (attempt {attempts} of {MAX_GROUP_DELETION_ATTEMPTS}): {error}"
+            "could not delete consumer group {group} and repartition topic {topic} (attempt {attempts} of \
+             {MAX_GROUP_DELETION_ATTEMPTS}): {error}"
         );
         JobEvent::warning("ConsumerGroupDeletionFailed", "Delete", note)
     } else {
-        let note =
-            format!("gave up deleting consumer group {group} after {attempts} attempts ({error}); delete it by hand");
+        let note = format!(
+            "gave up deleting consumer group {group} and repartition topic {topic} after {attempts} attempts \
+             ({error}); left in place: whichever of them still exists; delete it by hand"
+        );
         JobEvent::warning("ConsumerGroupNotDeleted", "Delete", note)
     }
 }
@@ -281,14 +316,37 @@ mod tests {
 
     #[test]
     fn a_failing_group_deletion_is_retried_then_given_up() {
-        let failed = consumer_group_not_deleted("g", 1, &"broker unreachable");
+        let failed = consumer_group_not_deleted("g", "g-repartition", 1, &"broker unreachable");
         assert_eq!(failed.reason, "ConsumerGroupDeletionFailed");
-        assert_eq!(failed.note, "could not delete consumer group g (attempt 1 of 5): broker unreachable");
-        let given_up = consumer_group_not_deleted("g", MAX_GROUP_DELETION_ATTEMPTS, &"broker unreachable");
+        assert_eq!(
+            failed.note,
+            "could not delete consumer group g and repartition topic g-repartition (attempt 1 of 5): broker unreachable"
+        );
+        let given_up = consumer_group_not_deleted("g", "g-repartition", MAX_GROUP_DELETION_ATTEMPTS, &"unreachable");
         assert_eq!(given_up.reason, "ConsumerGroupNotDeleted");
         assert_eq!(
             given_up.note,
-            "gave up deleting consumer group g after 5 attempts (broker unreachable); delete it by hand"
+            "gave up deleting consumer group g and repartition topic g-repartition after 5 attempts (unreachable); \
+             left in place: whichever of them still exists; delete it by hand"
         );
+    }
+
+    #[test]
+    fn deletion_steps_say_what_they_do_and_what_is_left() {
+        let stopping = stopping_workers("g", 3);
+        assert_eq!(
+            stopping.note,
+            "deleting: stopping the 3 workers (StatefulSet to 0) before deleting consumer group g"
+        );
+        let waiting = waiting_for_group_to_empty("g", 2, std::time::Duration::from_secs(180));
+        assert!(waiting.note.contains("2 members left") && waiting.note.contains("180s"), "{}", waiting.note);
+        let deleted = consumer_group_deleted("g", "g-repartition", true);
+        assert_eq!(
+            deleted.note,
+            "deleted consumer group g (deletionPolicy: DeleteConsumerGroup); deleted repartition topic g-repartition"
+        );
+        let left = consumer_group_left_behind("g", "g-repartition", 1, std::time::Duration::from_secs(181));
+        assert_eq!(left.type_, EventType::Warning);
+        assert!(left.note.contains("consumer group g and repartition topic g-repartition"), "{}", left.note);
     }
 }

@@ -4,6 +4,7 @@ mod apply;
 mod error;
 pub mod events;
 mod finalizer;
+mod groups;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -33,10 +34,16 @@ use finalizer::{ensure_finalizer, finalize};
 
 pub use apply::apply_status;
 pub use error::Error;
-pub use finalizer::{ConsumerGroupDeleter, GroupDeletionError, CONSUMER_GROUP_FINALIZER, MAX_GROUP_DELETION_ATTEMPTS};
+pub use finalizer::{
+    ConsumerGroupDeleter, GroupCleanup, GroupDeletionError, CONSUMER_GROUP_FINALIZER, GROUP_EMPTY_TIMEOUT,
+    MAX_GROUP_DELETION_ATTEMPTS,
+};
 
 /// Longest wait between retries of a failing reconcile.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// How often a job held for sharing another's consumer group checks again.
+const GROUP_CONFLICT_RECHECK: Duration = Duration::from_secs(30);
 
 /// A job's key in every per-job map: (namespace, name).
 pub fn job_key(job: &StreamJob) -> (String, String) {
@@ -94,6 +101,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub decisions: Arc<ScaleDecisions>,
     pub group_deleter: Arc<dyn ConsumerGroupDeleter>,
+    /// The consumer group each job uses, to hold a job that would share another's.
+    group_claims: groups::GroupClaims,
     /// Consecutive failures per job (namespace, name): the backoff exponent.
     failures: Attempts<(String, String)>,
     /// Failed consumer-group deletions per job UID.
@@ -116,6 +125,7 @@ impl Context {
             metrics,
             decisions,
             group_deleter,
+            group_claims: groups::GroupClaims::default(),
             failures: Attempts::new(),
             deletion_attempts: Attempts::new(),
         }
@@ -173,6 +183,7 @@ pub fn config_problems(job: &StreamJob) -> Vec<String> {
         Err(errors) => errors.0,
     };
     problems.extend(runtime_problems(job));
+    problems.extend(streamjob_crds::names::name_problems(&job.namespace().unwrap_or_default(), &job.name_any()));
     problems
 }
 
@@ -189,7 +200,9 @@ async fn reconcile_job(job: &StreamJob, context: &Context) -> Result<Action, Err
     }
     ensure_finalizer(job, &jobs).await?;
 
-    let problems = config_problems(job);
+    let mut problems = config_problems(job);
+    let group_conflict = context.group_claims.claim_checked(job, &context.client).await.map_err(Error::ReadJob)?;
+    problems.extend(group_conflict.clone());
     if !problems.is_empty() {
         let already_reported = job
             .status
@@ -200,7 +213,12 @@ async fn reconcile_job(job: &StreamJob, context: &Context) -> Result<Action, Err
         if !already_reported {
             publish(context, job, invalid_config(&problems)).await;
         }
-        return Ok(Action::await_change());
+        // A group conflict ends when the other job goes, which is no change to this one.
+        return Ok(if group_conflict.is_some() {
+            Action::requeue(GROUP_CONFLICT_RECHECK)
+        } else {
+            Action::await_change()
+        });
     }
 
     let decision = context.decisions.get(&namespace, &job.name_any()).or_else(|| last_autoscaled_replicas(job));

@@ -148,7 +148,7 @@ fn start_broker(options: &DevOptions, job: &StreamJob, windowed: bool) -> Result
             if windowed {
                 // The mock cluster has no CreateTopics; the worker would get an auto-created
                 // topic with the broker's default partition count.
-                topics.push((format!("{}-repartition", job.consumer_group()), options.partitions));
+                topics.push((job.repartition_topic(), options.partitions));
             }
             for (topic, partitions) in &topics {
                 broker.create_topic(topic, *partitions).map_err(|e| DevError::Broker(e.to_string()))?;

@@ -13,7 +13,9 @@ use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{json, Value};
 use streamjob_crds::{Phase, StreamJob};
 use streamjob_operator::build::CONFIG_CHECKSUM_ANNOTATION;
-use streamjob_operator::controller::{reconcile, ConsumerGroupDeleter, Context, GroupDeletionError, ScaleDecisions};
+use streamjob_operator::controller::{
+    reconcile, ConsumerGroupDeleter, Context, GroupCleanup, GroupDeletionError, ScaleDecisions,
+};
 use streamjob_operator::metrics::Metrics;
 use streamjob_testkit::fake_api::FakeApiServer;
 use streamjob_testkit::fixtures::{self, JobFixture};
@@ -32,7 +34,7 @@ pub struct FailingDeleter {
 }
 
 impl ConsumerGroupDeleter for FailingDeleter {
-    fn delete_group<'a>(&'a self, _job: &'a StreamJob) -> BoxFuture<'a, Result<(), GroupDeletionError>> {
+    fn delete_group<'a>(&'a self, _job: &'a StreamJob) -> BoxFuture<'a, Result<GroupCleanup, GroupDeletionError>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         Box::pin(async { Err("broker unreachable".into()) })
     }

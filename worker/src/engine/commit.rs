@@ -4,7 +4,18 @@
 use std::sync::atomic::Ordering;
 
 use super::{Checkpoint, Commit, Destination, Engine, Role, Ticket};
-use crate::undeliverable::{DeliveryFailure, Poison};
+use crate::metrics::SkipLabels;
+use crate::pipeline::Reason;
+use crate::undeliverable::{DeliveryFailure, FailureKind, Poison};
+
+/// The stage an output left from, for the skipped-records metric.
+fn stage_of(destination: Destination) -> &'static str {
+    match destination {
+        Destination::Sink => "sink",
+        Destination::Repartition { .. } => "repartition",
+        Destination::DeadLetter => "dead-letter",
+    }
+}
 
 impl Engine {
     /// An output was acknowledged (`Ok`) or failed for good (`Err`).
@@ -38,6 +49,9 @@ impl Engine {
                 if failure.is_permanent_for(ticket.destination) {
                     return self.undeliverable(ticket, failure);
                 }
+                if failure.kind == FailureKind::Topic && ticket.destination == Destination::Sink {
+                    self.refused.get_or_insert_with(|| failure.error.clone());
+                }
                 if self.failure.is_none() {
                     self.failure = Some(failure.error);
                 }
@@ -55,7 +69,8 @@ impl Engine {
             destination = ?ticket.destination, error = %failure.error, "a record no retry can deliver");
         if !matches!(slot.role, Role::Direct(_)) {
             slot.progress.release(ticket.offset);
-            self.metrics.records_skipped.get_or_create(&slot.labels).inc_by(ticket.records);
+            let labels = SkipLabels::new(&slot.labels, stage_of(ticket.destination), Reason::Undeliverable.label());
+            self.metrics.records_skipped.get_or_create(&labels).inc_by(ticket.records);
             self.totals.skipped.fetch_add(ticket.records, Ordering::Relaxed);
             return;
         }
@@ -67,6 +82,41 @@ impl Engine {
         self.poisoned.mark(&slot.topic, slot.partition, ticket.offset, poison);
         if self.failure.is_none() {
             self.failure = Some(format!("{} (the record is read again to be dead-lettered or skipped)", failure.error));
+        }
+    }
+
+    /// The sink refused the output whose failure needs a rewind (a deleted topic, no write
+    /// permission): the broker's reason.
+    pub fn sink_refused(&self) -> Option<&str> {
+        self.refused.as_deref()
+    }
+
+    /// The consumer's position in a partition is `position`: every offset before it was either
+    /// handed to [`Engine::on_input`] or is one the consumer never returns (a transaction's
+    /// commit or abort marker, an aborted record under `read_committed`); librdkafka forgets
+    /// the position at every seek, so it is never one from before a start or rewind. The
+    /// offsets up to the position count as read with nothing to send, so a drained partition of a transactional topic commits past its last marker and shows a lag
+    /// of 0. Holds of unacknowledged outputs and open windows still keep the commit back.
+    pub fn passed_to(&mut self, topic: &str, partition: i32, position: i64) {
+        let Some(index) = self.slots.find_assigned(topic, partition) else {
+            return;
+        };
+        let progress = &mut self.slots[index].progress;
+        if progress.next_offset().is_none_or(|next| next < position) {
+            progress.read(position - 1);
+        }
+    }
+
+    /// The partition starts at `offset` (a concrete offset its start was resolved to): until a
+    /// record is read, that is what a commit keeps, so the next owner starts there too and does
+    /// not take it for a partition without a commit.
+    pub fn started_at(&mut self, topic: &str, partition: i32, offset: i64) {
+        let Some(index) = self.slots.find_assigned(topic, partition) else {
+            return;
+        };
+        let slot = &mut self.slots[index];
+        if slot.progress.next_offset().is_none() {
+            slot.progress.read(offset - 1);
         }
     }
 
@@ -101,6 +151,7 @@ impl Engine {
     pub fn rewind(&mut self) -> Vec<(String, i32, i64)> {
         self.metrics.rewinds.inc();
         self.failure = None;
+        self.refused = None;
         self.outbox.clear();
         let mut targets = Vec::new();
         let assigned: Vec<(String, i32, Option<i64>, Option<String>)> = self

@@ -3,9 +3,9 @@
 
 use streamjob_crds::{SinkFormat, SourceFormat};
 
-use super::{Checkpoint, Destination, Input, Job, Outbox, Output, Stage};
+use super::{record_size, Checkpoint, Destination, Input, Job, Outbox, Output, Stage};
 use crate::offsets::PartitionProgress;
-use crate::pipeline::{self, CompiledPipeline};
+use crate::pipeline::{self, CompiledPipeline, Reason, StageError};
 
 /// Keeps nothing between records: all it reads is in the job.
 pub(super) struct DirectStage;
@@ -30,16 +30,46 @@ fn process(input: &Input<'_>, out: &mut Outbox<'_>) {
     let results = input
         .decode(job.settings.source_format, &job.pipeline.input_fields)
         .and_then(|r| pipeline::run_stateless(&job.pipeline.before_window, r));
+    let results = results.map(|records| {
+        let encoded: Vec<(Option<Vec<u8>>, Vec<u8>)> = records
+            .into_iter()
+            .map(|r| (pipeline::encode(job.settings.sink_format, &r), r.key))
+            .map(|(p, k)| (k, p))
+            .collect();
+        encoded
+    });
+    let results = results.and_then(|encoded| {
+        let largest = encoded.iter().map(|(key, payload)| record_size(key.as_deref(), payload, &[])).max();
+        match largest {
+            Some(size) if size > job.limits.sink => Err(too_large(size, job.limits.sink)),
+            _ => Ok(encoded),
+        }
+    });
     match results {
-        Ok(records) => {
+        Ok(encoded) => {
             let ticket = out.ticket(input.offset, input.timestamp_ms, Destination::Sink);
-            out.progress.hold(input.offset, records.len() as u32);
-            for record in records {
-                out.send_result(record, ticket);
+            out.progress.hold(input.offset, encoded.len() as u32);
+            for (key, payload) in encoded {
+                out.push(Output {
+                    destination: Destination::Sink,
+                    key,
+                    payload,
+                    headers: Vec::new(),
+                    ticket: Some(ticket),
+                });
             }
         }
         Err(error) => out.reject(input, &error, 1, false, || input.offset),
     }
+}
+
+/// A result the sink topic would refuse for its size: the input is dead-lettered instead.
+fn too_large(size: usize, limit: usize) -> StageError {
+    StageError::new(
+        "sink",
+        Reason::TooLarge,
+        format!("the result takes {size} bytes, more than the sink topic takes (max.message.bytes {limit})"),
+    )
 }
 
 /// A record no stage changes goes to the sink as it came, key and value, once it is valid in
@@ -54,6 +84,11 @@ fn forward(input: &Input<'_>, out: &mut Outbox<'_>) {
             .and_then(|r| pipeline::run_stateless(&job.pipeline.before_window, r))
             .map(|records| !records.is_empty())
     };
+    let payload = input.payload.unwrap_or_default();
+    let passes = passes.and_then(|passes| match record_size(input.key, payload, &[]) {
+        size if passes && size > job.limits.sink => Err(too_large(size, job.limits.sink)),
+        _ => Ok(passes),
+    });
     match passes {
         Ok(true) => {
             let ticket = out.ticket(input.offset, input.timestamp_ms, Destination::Sink);
@@ -61,7 +96,7 @@ fn forward(input: &Input<'_>, out: &mut Outbox<'_>) {
             out.push(Output {
                 destination: Destination::Sink,
                 key: input.key.map(<[u8]>::to_vec),
-                payload: input.payload.unwrap_or_default().to_vec(),
+                payload: payload.to_vec(),
                 headers: Vec::new(),
                 ticket: Some(ticket),
             });

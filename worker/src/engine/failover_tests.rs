@@ -7,6 +7,8 @@ use std::sync::Arc;
 use streamjob_crds::{SinkFormat, SourceFormat};
 
 use super::*;
+use crate::metrics::PartitionLabels;
+use crate::repartition::RepartitionMessage;
 
 const SECOND: i64 = 1000;
 /// The start of the window the records fall in; windows are 10 s long.
@@ -347,4 +349,44 @@ fn a_replay_of_a_closed_window_flushed_with_new_records_is_not_late() {
         assert_eq!(engine.totals.late.load(Ordering::Relaxed), 0, "a replay is not late");
         assert_eq!(engine.totals.skipped.load(Ordering::Relaxed), 0);
     }
+}
+
+/// At-least-once: the first owner of `lines/0` loses it while its partials are still in its
+/// producer's queue; the new owner replays the partition, and only then does the old
+/// producer deliver them, after the new owner's reset. They come from a replaced owner: they
+/// are discarded, and the window counts each record once, the same value a run without the
+/// failover gives.
+#[test]
+fn an_old_owners_partials_delivered_after_the_new_owners_reset_are_discarded() {
+    let (mut topics, mut first, mut other) = two_workers();
+    let mut now = WINDOW + 60 * SECOND;
+    read_lines(&mut first, 0, 0..3, WINDOW + SECOND);
+    first.on_tick(now);
+    let (queued, sent): (Vec<Output>, Vec<Output>) = first.take_outputs().into_iter().partition(|output| {
+        serde_json::from_slice::<RepartitionMessage>(&output.payload)
+            .is_ok_and(|message| matches!(message, RepartitionMessage::Partial { .. }))
+    });
+    assert_eq!(queued.len(), 1, "one partial, fox in the window, still queued");
+    topics.repartition.extend(sent.into_iter().map(|output| (output.key, output.payload)));
+    drop(first);
+
+    let mut next = worker();
+    next.assign("lines", 0, None);
+    read_lines(&mut next, 0, 0..3, WINDOW + SECOND);
+    read_lines(&mut other, 1, 0..2, WINDOW + 2 * SECOND);
+    now += SECOND;
+    topics.tick(&mut next, now);
+    topics.repartition.extend(queued.into_iter().map(|output| (output.key, output.payload)));
+    for _ in 0..10 {
+        now += SECOND;
+        next.observe_end("lines", 0, true, now);
+        other.observe_end("lines", 1, true, now);
+        topics.tick(&mut next, now);
+        topics.tick(&mut other, now);
+    }
+    assert_eq!(topics.counts(), vec![(fox_at(WINDOW), 5)], "3 of lines/0 once, 2 of lines/1");
+    let discarded =
+        other.metrics.replayed_partials_discarded.get_or_create(&PartitionLabels::new(REPARTITION, 0)).get();
+    assert_eq!(discarded, 1, "the stale partial is discarded and counted");
+    assert_eq!(other.totals.late.load(Ordering::Relaxed) + next.totals.late.load(Ordering::Relaxed), 0);
 }

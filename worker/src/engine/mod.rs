@@ -24,7 +24,7 @@ mod slots;
 mod source;
 mod types;
 
-pub use types::{Commit, Destination, EngineSettings, Input, Output, Ticket, Totals};
+pub use types::{record_size, Commit, Destination, EngineSettings, Input, Output, RecordLimits, Ticket, Totals};
 
 use std::sync::Arc;
 
@@ -48,6 +48,9 @@ pub struct Engine {
     slots: Slots,
     outbox: Vec<Output>,
     failure: Option<String>,
+    /// The broker's reason when the failure is the sink refusing records (see
+    /// [`crate::sink_refusal`]).
+    refused: Option<String>,
     last_flush_ms: i64,
     /// Inputs whose outputs no retry can deliver, for when the rewind reads them again.
     poisoned: PoisonedInputs,
@@ -63,6 +66,8 @@ struct Job {
     forward_fields: Fields,
     /// The source partitions whose progress every window waits for.
     expected: ExpectedSources,
+    /// The largest records the sink and dead-letter topics take.
+    limits: RecordLimits,
 }
 
 impl Job {
@@ -142,6 +147,7 @@ impl Engine {
             settings,
             pipeline,
             expected: ExpectedSources::default(),
+            limits: RecordLimits::default(),
         };
         Self {
             job,
@@ -150,6 +156,7 @@ impl Engine {
             slots: Slots::default(),
             outbox: Vec::new(),
             failure: None,
+            refused: None,
             last_flush_ms: 0,
             poisoned: PoisonedInputs::default(),
         }
@@ -159,6 +166,12 @@ impl Engine {
     /// reported its progress.
     pub fn expect_sources(&mut self, ids: Vec<String>) {
         self.job.expected = ExpectedSources::new(ids);
+    }
+
+    /// The largest records the sink and dead-letter topics take: a result larger than the sink
+    /// takes is dead-lettered (its input, with the reason) instead of being sent to fail.
+    pub fn limit_record_sizes(&mut self, limits: RecordLimits) {
+        self.job.limits = limits;
     }
 
     /// Whether this worker has read a source partition to its end (as the consumer's position
@@ -290,6 +303,9 @@ impl Engine {
         self.metrics.assigned_partitions.set(self.slots.assigned().count() as i64);
     }
 }
+
+#[cfg(test)]
+mod dead_letter_tests;
 
 #[cfg(test)]
 mod failover_tests;

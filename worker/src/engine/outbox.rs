@@ -6,8 +6,6 @@ use std::sync::atomic::Ordering;
 use super::{Destination, Job, Output, Ticket, Totals};
 use crate::metrics::{PartitionLabels, WorkerMetrics};
 use crate::offsets::PartitionProgress;
-use crate::pipeline;
-use crate::record::Record;
 use crate::repartition::RepartitionMessage;
 use crate::undeliverable::PoisonedInputs;
 
@@ -36,17 +34,6 @@ impl Outbox<'_> {
 
     pub fn push(&mut self, output: Output) {
         self.outputs.push(output);
-    }
-
-    /// A result for the sink, in the sink's format.
-    pub fn send_result(&mut self, record: Record, ticket: Ticket) {
-        self.outputs.push(Output {
-            destination: Destination::Sink,
-            payload: pipeline::encode(self.job.settings.sink_format, &record),
-            key: record.key,
-            headers: Vec::new(),
-            ticket: Some(ticket),
-        });
     }
 
     /// The same message to every repartition partition.

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use super::{Checkpoint, Destination, Input, Job, Outbox, Output, Stage};
 use crate::offsets::PartitionProgress;
-use crate::pipeline::{self, Accumulator, Emit, StageError, WindowOperator};
+use crate::pipeline::{self, Accumulator, Emit, Reason, StageError, WindowOperator};
 use crate::record::Record;
-use crate::repartition::{partition_for, RepartitionMessage};
+use crate::repartition::{new_owner_id, partition_for, RepartitionMessage};
 
 /// How often the owner of an idle source partition repeats that it still is: each marker
 /// moves the partition's watermark on, and only a live owner sends them.
@@ -21,6 +21,8 @@ const IDLE_HEARTBEAT: Duration = Duration::from_secs(1);
 #[derive(Default)]
 pub(super) struct SourceStage {
     id: String,
+    /// This assignment's owner id, in every message it sends.
+    owner: u64,
     /// Window start → what the current range added to that window.
     partials: BTreeMap<i64, WindowPartials>,
     /// The keys in `partials`, over all windows.
@@ -29,6 +31,8 @@ pub(super) struct SourceStage {
     range_end: i64,
     max_event_ms: Option<i64>,
     reset_sent: bool,
+    /// This owner has announced itself (with its `Reset`, or an `Owner` marker before it).
+    announced: bool,
     /// The last offset whose partials were sent.
     through: Option<i64>,
     /// Since when this worker has seen the partition read to its end, without a record since.
@@ -67,14 +71,15 @@ impl Stage for SourceStage {
         self.range_end = input.offset;
         self.staged = staged;
         if let Some((event_ms, watermark)) = late {
-            let error = StageError {
-                stage: window.stage.clone(),
-                message: format!(
+            let error = StageError::new(
+                &window.stage,
+                Reason::Late,
+                format!(
                     "late: event time {} is behind the partition's watermark {} by more than the allowed lateness",
                     pipeline::rfc3339(event_ms),
                     pipeline::rfc3339(watermark)
                 ),
-            };
+            );
             self.reject(input, &error, true, out);
         }
         if self.partial_count >= job.settings.max_partials {
@@ -106,7 +111,9 @@ impl Stage for SourceStage {
         for (window, to, key, accumulator) in partials.into_iter().flat_map(|(window, partials)| {
             partials.keys.into_iter().map(move |(key, a)| (window, partials.last_offset, key, a))
         }) {
-            let payload = RepartitionMessage::Partial { src: self.id.clone(), from, to, window, accumulator }.encode();
+            let payload =
+                RepartitionMessage::Partial { src: self.id.clone(), owner: self.owner, from, to, window, accumulator }
+                    .encode();
             out.push(Output {
                 destination: Destination::Repartition { partition: partition_for(&key, partitions) },
                 key: Some(key.into_bytes()),
@@ -133,7 +140,7 @@ impl Stage for SourceStage {
 
 impl SourceStage {
     pub fn new(id: String) -> Self {
-        Self { id, ..Self::default() }
+        Self { id, owner: new_owner_id(), ..Self::default() }
     }
 
     /// A record dead-lettered inside a range holds the range's start: a reset replays whole
@@ -155,7 +162,8 @@ impl SourceStage {
             return;
         }
         self.reset_sent = true;
-        let message = RepartitionMessage::Reset { src: self.id.clone(), from: offset };
+        self.announced = true;
+        let message = RepartitionMessage::Reset { src: self.id.clone(), owner: self.owner, from: offset };
         let ticket = out.ticket(offset, None, Destination::Repartition { partition: 0 });
         out.progress.hold(offset, partitions as u32);
         out.broadcast(&message, Some(ticket), partitions);
@@ -183,8 +191,15 @@ impl SourceStage {
         }
         self.progress_unsent = false;
         self.last_progress_ms = now_ms;
+        if !self.announced {
+            // An owner that has read nothing has nothing to replay, but the aggregators must
+            // know it is the owner before its first marker.
+            self.announced = true;
+            out.broadcast(&RepartitionMessage::Owner { src: self.id.clone(), owner: self.owner }, None, partitions);
+        }
         let message = RepartitionMessage::Progress {
             src: self.id.clone(),
+            owner: self.owner,
             watermark: self.watermark(lateness).unwrap_or(i64::MIN),
             idle: self.idle,
             through: self.through.unwrap_or(-1),

@@ -26,6 +26,29 @@ pub struct EngineSettings {
     pub max_partials: usize,
 }
 
+/// The largest record each topic the engine writes takes: its `max.message.bytes`, read at
+/// start (see the runner's `limits.rs`). Unlimited until the runner says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordLimits {
+    pub sink: usize,
+    pub dead_letter: usize,
+}
+
+impl Default for RecordLimits {
+    fn default() -> Self {
+        Self { sink: usize::MAX, dead_letter: usize::MAX }
+    }
+}
+
+/// The bytes a record takes in a record batch of its own, as the broker checks it against the
+/// topic's `max.message.bytes`: the batch header (61 bytes), the record's framing (at most 32),
+/// the key, the value and each header with its framing. An upper bound, so a record this says
+/// fits is never refused for its size.
+pub fn record_size(key: Option<&[u8]>, payload: &[u8], headers: &[(&str, String)]) -> usize {
+    let headers: usize = headers.iter().map(|(name, value)| name.len() + value.len() + 10).sum();
+    61 + 32 + key.map_or(0, <[u8]>::len) + payload.len() + headers
+}
+
 /// A record read from Kafka.
 #[derive(Debug, Clone, Copy)]
 pub struct Input<'a> {

@@ -4,16 +4,16 @@ use base64::Engine as _;
 use serde_json::{Map, Value};
 use streamjob_crds::{SinkFormat, SourceFormat};
 
-use super::StageError;
+use super::{Reason, StageError};
 use crate::liveness::{self, Fields};
 use crate::record::{key_text, Record};
 
 fn invalid_json(error: serde_json::Error) -> StageError {
-    StageError::new("decode", format!("invalid JSON: {error}"))
+    StageError::new("decode", Reason::Decode, format!("invalid JSON: {error}"))
 }
 
 fn invalid_text(error: std::str::Utf8Error) -> StageError {
-    StageError::new("decode", format!("invalid UTF-8 text: {error}"))
+    StageError::new("decode", Reason::Decode, format!("invalid UTF-8 text: {error}"))
 }
 
 /// Checks that a source record's value decodes per `spec.source.format`, without building it.

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::StageError;
+use super::{Reason, StageError};
 use crate::record::{key_text, FieldPath, Record};
 
 #[derive(Debug)]
@@ -19,7 +19,13 @@ impl KeyBy {
     }
 
     pub(super) fn apply(&self, record: &mut Record) -> Result<(), StageError> {
-        let missing = || StageError::new(&self.stage, format!("keyBy field {} is missing", self.field.as_str()));
+        let missing = || {
+            StageError::new(
+                &self.stage,
+                Reason::MissingField,
+                format!("keyBy field {} is missing", self.field.as_str()),
+            )
+        };
         let key = if self.take_value {
             match self.field.remove(&mut record.fields) {
                 Some(Value::String(text)) => text,

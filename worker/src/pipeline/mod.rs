@@ -8,6 +8,7 @@ mod codec;
 mod filter;
 mod key_by;
 mod map;
+mod number;
 mod plan;
 mod split;
 mod window;
@@ -16,6 +17,7 @@ pub use codec::{decode, encode, validate};
 pub use filter::Filter;
 pub use key_by::KeyBy;
 pub use map::MapOperator;
+pub use number::number_of;
 pub use plan::{fields_read_by, CompileError, CompiledPipeline};
 pub use split::Split;
 pub use window::{function_name, rfc3339, window_result, Accumulator, WindowOperator};
@@ -23,18 +25,57 @@ pub use window::{function_name, rfc3339, window_result, Accumulator, WindowOpera
 use crate::liveness::Liveness;
 use crate::record::Record;
 
-/// A record that could not be decoded or processed: it goes to the dead-letter topic.
+/// A record that could not be decoded or processed: it goes to the dead-letter topic with the
+/// message in its `streamjob.error` header, or, without one, is counted as skipped by reason.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{stage}: {message}")]
 pub struct StageError {
     /// Which stage failed, for example `pipeline[1] (map)` or `decode`.
     pub stage: String,
     pub message: String,
+    /// Why, as a short label (the `reason` of `streamjob_worker_records_skipped_total`).
+    pub reason: Reason,
+}
+
+/// Why a record was not delivered: the label values of the skipped-records metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The value is not valid in the source format (JSON, UTF-8 text).
+    Decode,
+    /// A field a stage reads has a type the stage cannot use (`"abc"` or `true` under `gt 50`).
+    TypeMismatch,
+    /// A field a stage needs is missing or null.
+    MissingField,
+    /// A number that is not finite (`"NaN"`, `"Infinity"`, `1e999`) where a stage computes with it.
+    NonFinite,
+    /// The record came after its window was emitted.
+    Late,
+    /// The result (or the record, for the dead-letter topic) is larger than the topic takes.
+    TooLarge,
+    /// The broker refused the output for good.
+    Undeliverable,
+    /// An internal repartition message that does not parse.
+    Internal,
+}
+
+impl Reason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Decode => "decode",
+            Self::TypeMismatch => "type-mismatch",
+            Self::MissingField => "missing-field",
+            Self::NonFinite => "non-finite",
+            Self::Late => "late",
+            Self::TooLarge => "too-large",
+            Self::Undeliverable => "undeliverable",
+            Self::Internal => "internal",
+        }
+    }
 }
 
 impl StageError {
-    pub(crate) fn new(stage: &str, message: impl Into<String>) -> Self {
-        Self { stage: stage.to_owned(), message: message.into() }
+    pub(crate) fn new(stage: &str, reason: Reason, message: impl Into<String>) -> Self {
+        Self { stage: stage.to_owned(), message: message.into(), reason }
     }
 }
 

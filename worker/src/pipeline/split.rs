@@ -3,7 +3,7 @@
 use serde_json::{Map, Value};
 use streamjob_crds::SplitStage;
 
-use super::{run_stateless_into, Emit, Operator, StageError};
+use super::{run_stateless_into, Emit, Operator, Reason, StageError};
 use crate::record::{FieldPath, Record};
 
 #[derive(Debug)]
@@ -46,14 +46,19 @@ impl Split {
     pub(super) fn apply(&self, mut record: Record, rest: &[Operator], emit: &mut impl Emit) -> Result<(), StageError> {
         let text = match self.field.remove(&mut record.fields) {
             Some(Value::String(text)) => text,
-            Some(other) => {
+            Some(other) if !other.is_null() => {
                 return Err(StageError::new(
                     &self.stage,
+                    Reason::TypeMismatch,
                     format!("split needs text in {}, found {other}", self.field.as_str()),
                 ))
             }
-            None => {
-                return Err(StageError::new(&self.stage, format!("split field {} is missing", self.field.as_str())))
+            _ => {
+                return Err(StageError::new(
+                    &self.stage,
+                    Reason::MissingField,
+                    format!("split field {} is missing", self.field.as_str()),
+                ))
             }
         };
         if !self.copy_rest {

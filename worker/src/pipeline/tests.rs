@@ -95,3 +95,45 @@ fn split_copies_the_other_fields_and_the_key_only_when_a_later_stage_reads_them(
     let records = run(&to_sink, json!({"text": "a", "n": 2}));
     assert_eq!((key_of(&records[0]), &records[0].fields), (Some("input-key"), &json!({"text": "a", "n": 2})));
 }
+
+/// What a window's aggregate takes from a record: a finite number, or a string holding one;
+/// anything else is an error of the window stage with its reason, and never reaches a partial.
+#[test]
+fn an_aggregated_field_must_be_a_finite_number() {
+    let summed = compile("[{keyBy: {field: k}}, {window: {size: 10s, aggregate: {function: sum, field: amount}}}]");
+    let window = summed.window.as_ref().expect("a window");
+    let cases: &[(Value, Result<f64, Reason>)] = &[
+        (json!({"amount": 100}), Ok(100.0)),
+        (json!({"amount": "100"}), Ok(100.0)),
+        (json!({"amount": "1e3"}), Ok(1000.0)),
+        (json!({"amount": "7"}), Ok(7.0)),
+        (json!({"amount": "9"}), Ok(9.0)),
+        (json!({"amount": "abc"}), Err(Reason::TypeMismatch)),
+        (json!({"amount": true}), Err(Reason::TypeMismatch)),
+        (json!({"amount": "NaN"}), Err(Reason::NonFinite)),
+        (json!({"amount": "Infinity"}), Err(Reason::NonFinite)),
+        (json!({"amount": "-Infinity"}), Err(Reason::NonFinite)),
+        (json!({"amount": null}), Err(Reason::MissingField)),
+        (json!({}), Err(Reason::MissingField)),
+    ];
+    for (fields, want) in cases {
+        let record = Record { fields: fields.clone(), key: Some(b"k".to_vec()), timestamp_ms: 0 };
+        let got = window.accumulate(&record).map(|a| a.sum).map_err(|e| e.reason);
+        assert_eq!(got, *want, "{fields}");
+    }
+    let error = window.accumulate(&Record { fields: json!({"amount": "NaN"}), ..Record::default() });
+    assert_eq!(error.map_err(|e| e.message), Err(r#"aggregate field amount is "NaN", not a finite number"#.to_owned()));
+}
+
+#[test]
+fn a_time_field_that_is_missing_or_no_time_is_an_error_with_its_reason() {
+    let timed = compile("[{keyBy: {field: k}}, {window: {size: 10s, timeField: ts, aggregate: {function: count}}}]");
+    let window = timed.window.as_ref().expect("a window");
+    let reason = |fields: Value| window.event_time(&Record { fields, ..Record::default() }).map_err(|e| e.reason);
+    assert_eq!(reason(json!({"ts": 1_000})), Ok(1_000));
+    assert_eq!(reason(json!({"ts": "2026-01-01T00:00:00Z"})), Ok(1_767_225_600_000));
+    assert_eq!(reason(json!({"ts": "yesterday"})), Err(Reason::TypeMismatch));
+    assert_eq!(reason(json!({"ts": true})), Err(Reason::TypeMismatch));
+    assert_eq!(reason(json!({"ts": null})), Err(Reason::MissingField));
+    assert_eq!(reason(json!({})), Err(Reason::MissingField));
+}

@@ -5,7 +5,8 @@ use serde_json::{Map, Value};
 use streamjob_crds::duration::parse_duration;
 use streamjob_crds::{AggregateFunction, WindowKind, WindowStage};
 
-use super::StageError;
+use super::number::{number_of, NotANumber};
+use super::{Reason, StageError};
 use crate::liveness::Fields;
 use crate::record::{FieldPath, Record};
 
@@ -63,15 +64,20 @@ impl WindowOperator {
         let Some(path) = &self.time_field else {
             return Ok(record.timestamp_ms);
         };
+        let mismatch = |message: String| StageError::new(&self.stage, Reason::TypeMismatch, message);
         match path.get(&record.fields) {
-            Some(Value::Number(n)) => n
-                .as_i64()
-                .ok_or_else(|| StageError::new(&self.stage, format!("{} is not whole milliseconds", path.as_str()))),
+            Some(Value::Number(n)) => {
+                n.as_i64().ok_or_else(|| mismatch(format!("{} is not whole milliseconds", path.as_str())))
+            }
             Some(Value::String(text)) => chrono::DateTime::parse_from_rfc3339(text)
                 .map(|t| t.timestamp_millis())
-                .map_err(|e| StageError::new(&self.stage, format!("{} is not an RFC 3339 time: {e}", path.as_str()))),
-            Some(other) => Err(StageError::new(&self.stage, format!("{} is not a time: {other}", path.as_str()))),
-            None => Err(StageError::new(&self.stage, format!("time field {} is missing", path.as_str()))),
+                .map_err(|e| mismatch(format!("{} is not an RFC 3339 time: {e}", path.as_str()))),
+            None | Some(Value::Null) => Err(StageError::new(
+                &self.stage,
+                Reason::MissingField,
+                format!("time field {} is missing", path.as_str()),
+            )),
+            Some(other) => Err(mismatch(format!("{} is not a time: {other}", path.as_str()))),
         }
     }
 
@@ -99,24 +105,25 @@ impl WindowOperator {
         self.contribution(&Record::key_only(None, timestamp_ms))
     }
 
-    /// The aggregate's contribution of one record.
+    /// The aggregate's contribution of one record: only a finite number (or a string holding
+    /// one) enters a partial aggregate, so a partial is always a finite, readable message.
     pub fn accumulate(&self, record: &Record) -> Result<Accumulator, StageError> {
         let Some(field) = &self.field else {
             return Ok(Accumulator::one(0.0));
         };
-        match field.get(&record.fields).and_then(number_of) {
-            Some(number) => Ok(Accumulator::one(number)),
-            None => Err(StageError::new(&self.stage, format!("aggregate field {} is not a number", field.as_str()))),
-        }
+        let value = field.get(&record.fields);
+        let (reason, what) = match number_of(value) {
+            Ok(number) => return Ok(Accumulator::one(number)),
+            Err(NotANumber::Missing) => (Reason::MissingField, "missing".to_owned()),
+            Err(NotANumber::NonFinite) => (Reason::NonFinite, format!("{}, not a finite number", shown(value))),
+            Err(NotANumber::Type) => (Reason::TypeMismatch, format!("{}, not a number", shown(value))),
+        };
+        Err(StageError::new(&self.stage, reason, format!("aggregate field {} is {what}", field.as_str())))
     }
 }
 
-fn number_of(value: &Value) -> Option<f64> {
-    match value {
-        Value::Number(n) => n.as_f64(),
-        Value::String(text) => text.parse().ok(),
-        _ => None,
-    }
+fn shown(value: Option<&Value>) -> String {
+    value.map_or_else(|| "missing".to_owned(), Value::to_string)
 }
 
 /// Count, sum, min and max of a group of records: enough for every aggregate function, and

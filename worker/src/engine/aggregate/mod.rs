@@ -6,11 +6,9 @@ mod state;
 
 pub(super) use state::{AggregateStage, ExpectedSources};
 
-use std::sync::atomic::Ordering;
-
-use super::{Checkpoint, Destination, Input, Job, Outbox, Stage};
+use super::{record_size, Checkpoint, Destination, Input, Job, Outbox, Output, Stage};
 use crate::offsets::PartitionProgress;
-use crate::pipeline::{self, Accumulator, StageError, WindowOperator};
+use crate::pipeline::{self, Accumulator, Reason, StageError, WindowOperator};
 use crate::repartition::RepartitionMessage;
 use state::{OpenWindow, PartialOutcome};
 
@@ -23,33 +21,39 @@ impl Stage for AggregateStage {
             Ok(message) => message,
             Err(error) => {
                 let error =
-                    StageError { stage: "repartition".into(), message: format!("not a repartition message: {error}") };
+                    StageError::new("repartition", Reason::Internal, format!("not a repartition message: {error}"));
                 return out.reject(input, &error, 1, false, || input.offset);
             }
         };
         match message {
-            RepartitionMessage::Reset { src, from } => self.reset(&src, from, input.offset),
-            RepartitionMessage::Progress { src, watermark, through, .. } => {
-                self.progress(src, watermark, through, input.offset)
+            RepartitionMessage::Reset { src, owner, from } => {
+                if !self.reset(&src, owner, from, input.offset) {
+                    tracing::info!(src, from, "ignored the late reset of a replaced owner of a source partition");
+                }
             }
-            RepartitionMessage::Partial { src, from, to, window: start, accumulator } => {
+            RepartitionMessage::Owner { src, owner } => self.owner(src, owner, input.offset),
+            RepartitionMessage::Progress { src, owner, watermark, through, .. } => {
+                self.progress(src, owner, watermark, through, input.offset)
+            }
+            RepartitionMessage::Partial { src, owner, from, to, window: start, accumulator } => {
                 let key = input.key.map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
                 let records = accumulator.count;
-                let outcome = self.partial(src, from, to, start, window.size_ms, key, accumulator, input.offset);
+                let outcome = self.partial(src, owner, from, to, start, window.size_ms, key, accumulator, input.offset);
                 match outcome {
                     PartialOutcome::Applied => {}
-                    PartialOutcome::Replayed => {
+                    PartialOutcome::Replayed | PartialOutcome::Stale => {
                         out.metrics.replayed_partials_discarded.get_or_create(out.labels).inc();
                     }
                     PartialOutcome::Late => {
                         let key = input.key.map(String::from_utf8_lossy).unwrap_or_default();
-                        let error = StageError {
-                            stage: window.stage.clone(),
-                            message: format!(
+                        let error = StageError::new(
+                            &window.stage,
+                            Reason::Late,
+                            format!(
                                 "late: {records} records of key {key} for the window starting {} arrived after it was emitted",
                                 pipeline::rfc3339(start)
                             ),
-                        };
+                        );
                         out.reject(input, &error, records, true, || input.offset);
                     }
                 }
@@ -108,25 +112,55 @@ impl AggregateStage {
                 per_key.entry(key).and_modify(|a| a.merge(&accumulator)).or_insert(accumulator);
             }
         }
+        let sink_format = out.job.settings.sink_format;
         let mut results = Vec::new();
         for (key, accumulator) in per_key {
-            match pipeline::run_stateless(
-                &out.job.pipeline.after_window,
-                pipeline::window_result(window, &key, start, &accumulator),
-            ) {
-                Ok(records) => results.extend(records),
+            let result = pipeline::window_result(window, &key, start, &accumulator);
+            let encoded = pipeline::run_stateless(&out.job.pipeline.after_window, result.clone()).and_then(|records| {
+                let encoded: Vec<(Option<Vec<u8>>, Vec<u8>)> =
+                    records.iter().map(|r| (r.key.clone(), pipeline::encode(sink_format, r))).collect();
+                match encoded.iter().map(|(k, p)| record_size(k.as_deref(), p, &[])).max() {
+                    Some(size) if size > out.job.limits.sink => Err(StageError::new(
+                        "sink",
+                        Reason::TooLarge,
+                        format!(
+                            "the window result takes {size} bytes, more than the sink topic takes (max.message.bytes {})",
+                            out.job.limits.sink
+                        ),
+                    )),
+                    _ => Ok(encoded),
+                }
+            });
+            match encoded {
+                Ok(encoded) => results.extend(encoded),
                 Err(error) => {
-                    out.metrics.records_skipped.get_or_create(out.labels).inc();
-                    out.totals.skipped.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(stage = %error.stage, error = %error.message, key, "window result dropped by a later stage's error")
+                    // No input record to send: the window's result goes to the dead-letter
+                    // topic in its place, as JSON, standing for the records it counts.
+                    let payload = pipeline::encode(streamjob_crds::SinkFormat::Json, &result);
+                    let topic = out.labels.topic.clone();
+                    let input = Input {
+                        topic: &topic,
+                        partition: out.labels.partition.parse().unwrap_or(-1),
+                        offset: hold,
+                        key: Some(key.as_bytes()),
+                        payload: Some(&payload),
+                        timestamp_ms: Some(start + window.size_ms),
+                    };
+                    out.reject(&input, &error, accumulator.count, false, || hold);
                 }
             }
         }
         let ticket = out.ticket(hold, Some(start + window.size_ms), Destination::Sink);
         out.progress.hold(hold, results.len() as u32);
         self.emitted.push((start + window.size_ms, hold));
-        for record in results {
-            out.send_result(record, ticket);
+        for (key, payload) in results {
+            out.push(Output {
+                destination: Destination::Sink,
+                key,
+                payload,
+                headers: Vec::new(),
+                ticket: Some(ticket),
+            });
         }
     }
 }

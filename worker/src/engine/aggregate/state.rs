@@ -7,6 +7,12 @@
 //! the new owner reports. So a window waits, however long, until every source is known past
 //! its end.
 //!
+//! Each source partition has one owner at a time, which announces itself (see
+//! [`crate::repartition`]): once this stage has read that announcement, what another owner
+//! still sends is stale and discarded, so a partial that an old owner's producer delivers after
+//! the new owner's `Reset` never counts next to its replay. (After a restart, until the replay
+//! reads an announcement again, every owner's messages count, as they did when first read.)
+//!
 //! The checkpoint is two numbers, whatever the number of sources: each source's state is
 //! rebuilt on a restart by replaying the repartition partition from its committed offset, and
 //! the committed offset never passes the last marker a source's state depends on (its pin).
@@ -56,11 +62,31 @@ struct SourceProgress {
     replaying: bool,
     /// The repartition offset a replay must start from to rebuild this state.
     pin: Option<i64>,
+    /// The owner whose announcement was read last, if one was.
+    owner: Option<u64>,
+    /// Where that owner's `Reset` restarts the source (`i64::MIN` for an `Owner` marker).
+    owner_from: i64,
 }
 
 impl Default for SourceProgress {
     fn default() -> Self {
-        Self { watermark: None, applied_through: -1, replayed_through: -1, replaying: false, pin: None }
+        Self {
+            watermark: None,
+            applied_through: -1,
+            replayed_through: -1,
+            replaying: false,
+            pin: None,
+            owner: None,
+            owner_from: i64::MIN,
+        }
+    }
+}
+
+impl SourceProgress {
+    /// Whether a message of `owner` counts: it comes from the announced owner, or none is known
+    /// (0 is a worker without owner ids).
+    fn sent_by_owner(&self, owner: u64) -> bool {
+        owner == 0 || self.owner.is_none_or(|current| current == owner)
     }
 }
 
@@ -82,6 +108,9 @@ pub enum PartialOutcome {
     Replayed,
     /// Its window was emitted without it.
     Late,
+    /// It comes from an owner of its source that another has replaced: the new owner sends
+    /// its records again.
+    Stale,
 }
 
 /// The source partitions a stage waits for: every partition of the job's source topics, and
@@ -140,9 +169,19 @@ impl AggregateStage {
         windows.chain(pins).min()
     }
 
-    /// A source partition restarts at `from` (read at `offset`): what it sent from there will
-    /// come again, and its watermark is unknown until its new owner reports.
-    pub fn reset(&mut self, src: &str, from: i64, offset: i64) {
+    /// A source partition restarts at `from` (read at `offset`) under `owner`: what it sent
+    /// from there will come again, and its watermark is unknown until its new owner reports.
+    /// Returns false, changing nothing, for the late `Reset` of an owner that an owner
+    /// restarting further on has replaced.
+    pub fn reset(&mut self, src: &str, owner: u64, from: i64, offset: i64) -> bool {
+        let progress = self.sources.entry(src.to_owned()).or_default();
+        if owner != 0 {
+            if progress.owner.is_some_and(|current| current != owner) && from < progress.owner_from {
+                return false;
+            }
+            progress.owner = Some(owner);
+            progress.owner_from = from;
+        }
         for window in self.windows.values_mut() {
             window.segments.retain(|(source, range_start), _| source != src || *range_start < from);
         }
@@ -152,11 +191,26 @@ impl AggregateStage {
         progress.replaying = progress.replayed_through >= from;
         progress.watermark = None;
         progress.pin.get_or_insert(offset);
+        true
     }
 
-    /// A progress marker of `src`'s current owner, read at `offset`.
-    pub fn progress(&mut self, src: String, watermark: i64, through: i64, offset: i64) {
+    /// A new owner of `src` that has read nothing (read at `offset`): other owners' messages are
+    /// stale from here on. Its watermark comes with its first progress marker.
+    pub fn owner(&mut self, src: String, owner: u64, offset: i64) {
         let progress = self.sources.entry(src).or_default();
+        progress.owner = Some(owner);
+        progress.owner_from = i64::MIN;
+        if !progress.replaying {
+            progress.pin = Some(offset);
+        }
+    }
+
+    /// A progress marker of `src`'s owner `owner`, read at `offset`; a stale owner's is ignored.
+    pub fn progress(&mut self, src: String, owner: u64, watermark: i64, through: i64, offset: i64) {
+        let progress = self.sources.entry(src).or_default();
+        if !progress.sent_by_owner(owner) {
+            return;
+        }
         if watermark > i64::MIN {
             progress.watermark = Some(progress.watermark.map_or(watermark, |w| w.max(watermark)));
         }
@@ -175,6 +229,7 @@ impl AggregateStage {
     pub fn partial(
         &mut self,
         src: String,
+        owner: u64,
         from: i64,
         to: i64,
         start: i64,
@@ -184,6 +239,9 @@ impl AggregateStage {
         offset: i64,
     ) -> PartialOutcome {
         let progress = self.sources.entry(src.clone()).or_default();
+        if !progress.sent_by_owner(owner) {
+            return PartialOutcome::Stale;
+        }
         progress.applied_through = progress.applied_through.max(to);
         if self.watermark.is_some_and(|w| start + size_ms <= w) {
             // Before `replay_until_offset` this partition's own replay reads what it handled
@@ -240,7 +298,7 @@ mod tests {
         let mut progress = PartitionProgress::default();
         for (offset, id) in expected.ids.iter().enumerate() {
             let offset = offset as i64 + 9_000_000_000;
-            stage.progress(id.clone(), 1_700_000_000_000 + offset, 123_456_789_012, offset);
+            stage.progress(id.clone(), 1, 1_700_000_000_000 + offset, 123_456_789_012, offset);
             progress.read(offset);
         }
         stage.advance_watermark(&expected);
@@ -255,11 +313,11 @@ mod tests {
     fn a_window_waits_for_every_expected_source() {
         let expected = sources(2);
         let mut stage = AggregateStage::default();
-        stage.progress("lines/0".into(), 50_000, 10, 0);
+        stage.progress("lines/0".into(), 1, 50_000, 10, 0);
         stage.advance_watermark(&expected);
         assert_eq!(stage.watermark, None, "lines/1 has not reported");
-        stage.progress("lines/1".into(), 40_000, 10, 1);
-        stage.progress("other/0".into(), 10, 10, 2);
+        stage.progress("lines/1".into(), 1, 40_000, 10, 1);
+        stage.progress("other/0".into(), 1, 10, 10, 2);
         stage.advance_watermark(&expected);
         assert_eq!(stage.watermark, Some(40_000), "a topic the job does not read does not count");
     }
@@ -270,15 +328,44 @@ mod tests {
     fn the_commit_keeps_every_sources_last_marker() {
         let expected = sources(2);
         let mut stage = AggregateStage::default();
-        stage.progress("lines/0".into(), 10_000, 100, 5);
-        stage.progress("lines/1".into(), 10_000, 100, 6);
+        stage.progress("lines/0".into(), 1, 10_000, 100, 5);
+        stage.progress("lines/1".into(), 1, 10_000, 100, 6);
         assert_eq!(stage.oldest_needed_offset(&expected), Some(5));
-        stage.progress("lines/0".into(), 11_000, 130, 10);
-        stage.reset("lines/0", 90, 11);
-        stage.progress("lines/1".into(), 11_000, 120, 12);
-        stage.progress("lines/0".into(), 9_000, 110, 13);
+        stage.progress("lines/0".into(), 1, 11_000, 130, 10);
+        assert!(stage.reset("lines/0", 1, 90, 11));
+        stage.progress("lines/1".into(), 1, 11_000, 120, 12);
+        stage.progress("lines/0".into(), 1, 9_000, 110, 13);
         assert_eq!(stage.oldest_needed_offset(&expected), Some(10), "lines/0 is replayed up to 130");
-        stage.progress("lines/0".into(), 12_000, 130, 14);
+        stage.progress("lines/0".into(), 1, 12_000, 130, 14);
         assert_eq!(stage.oldest_needed_offset(&expected), Some(12));
+    }
+
+    /// Once a source's owner has announced itself, another owner's partials and markers are
+    /// stale; a late `Reset` of an owner that restarted further back is ignored, and a new
+    /// owner's (restarting at or after it) takes over.
+    #[test]
+    fn only_the_announced_owners_messages_count() {
+        let expected = sources(1);
+        let mut stage = AggregateStage::default();
+        let accumulator = Accumulator::one(1.0);
+        let partial = |stage: &mut AggregateStage, owner: u64, from: i64, offset: i64| {
+            stage.partial("lines/0".into(), owner, from, from, 0, 10_000, "k".into(), accumulator, offset)
+        };
+        assert_eq!(partial(&mut stage, 7, 0, 0), PartialOutcome::Applied, "no owner known yet: counts");
+        assert!(stage.reset("lines/0", 1, 10, 1));
+        assert_eq!(partial(&mut stage, 1, 10, 2), PartialOutcome::Applied);
+        assert_eq!(partial(&mut stage, 7, 11, 3), PartialOutcome::Stale);
+        assert_eq!(partial(&mut stage, 0, 12, 4), PartialOutcome::Applied, "a worker without owner ids");
+        stage.progress("lines/0".into(), 7, 50_000, 11, 5);
+        stage.advance_watermark(&expected);
+        assert_eq!(stage.watermark, None, "a stale owner's marker moves nothing");
+        assert!(!stage.reset("lines/0", 7, 5, 6), "a late reset of the replaced owner");
+        assert_eq!(partial(&mut stage, 1, 13, 7), PartialOutcome::Applied);
+        assert!(stage.reset("lines/0", 9, 10, 8), "a newer owner restarting where the last did");
+        assert_eq!(partial(&mut stage, 1, 14, 9), PartialOutcome::Stale);
+        stage.owner("lines/0".into(), 11, 10);
+        stage.progress("lines/0".into(), 11, 60_000, -1, 11);
+        stage.advance_watermark(&expected);
+        assert_eq!(stage.watermark, Some(60_000), "an owner that read nothing announced itself");
     }
 }
