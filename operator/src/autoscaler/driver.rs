@@ -195,7 +195,8 @@ impl Autoscaler {
         };
         let key = job_key(job);
         let (namespace, name) = key.clone();
-        let settings = Settings::from_spec(autoscaling, job.spec.source.start_from);
+        let settings =
+            Settings::from_spec(autoscaling, job.spec.source.start_from).with_open_windows(&job.spec.pipeline);
         let poll_interval = f64::from(autoscaling.poll_interval_seconds.max(1));
         self.states().entry(key.clone()).or_default().next_poll_at = now + poll_interval;
 

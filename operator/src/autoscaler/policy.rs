@@ -4,7 +4,8 @@
 
 use std::collections::VecDeque;
 
-use streamjob_crds::{AutoscalingSpec, StartFrom};
+use streamjob_crds::duration::parse_duration;
+use streamjob_crds::{AutoscalingSpec, PipelineStage, StartFrom};
 
 pub use super::capacity::{Capacity, WorkerRate};
 
@@ -68,7 +69,17 @@ pub struct Settings {
     pub scale_down_max_step: Option<i32>,
     pub allow_idle_consumers: bool,
     pub start_from: StartFrom,
+    /// For a windowed job, seconds after its input went quiet by which every open window has
+    /// been emitted (see [`Settings::with_open_windows`]); 0 without a window.
+    pub open_windows_seconds: f64,
 }
+
+/// The workers' `--idle-timeout` default (the worker's `Timings`): a quiet source partition's
+/// watermark follows the wall clock after it, which closes the windows without new input.
+pub const WORKER_IDLE_TIMEOUT_SECONDS: f64 = 10.0;
+
+/// Heartbeats, commits and the emit itself after a window's close.
+const WINDOW_EMIT_MARGIN_SECONDS: f64 = 5.0;
 
 impl Settings {
     pub fn from_spec(spec: &AutoscalingSpec, start_from: StartFrom) -> Self {
@@ -84,7 +95,29 @@ impl Settings {
             scale_down_max_step: spec.scale_down.max_step,
             allow_idle_consumers: spec.allow_idle_consumers,
             start_from,
+            open_windows_seconds: 0.0,
         }
+    }
+
+    /// For a job with a window stage: scale to zero only once every open window has been
+    /// emitted. The window holding the last record ends at most `size` after it and closes
+    /// `allowedLateness` later; with the input quiet, the workers' watermark passes it after
+    /// their idle timeout. So after `size + allowedLateness + idle timeout` (+ a margin) of zero
+    /// lag every window is out, for records whose event time is not ahead of the wall clock. A
+    /// duration that cannot be read keeps the job from scaling to zero.
+    pub fn with_open_windows(mut self, pipeline: &[PipelineStage]) -> Self {
+        let seconds = |text: &str| parse_duration(text).map(|d| d.as_secs_f64()).unwrap_or(f64::INFINITY);
+        self.open_windows_seconds = pipeline
+            .iter()
+            .filter_map(|stage| stage.window.as_ref())
+            .map(|w| {
+                seconds(&w.size)
+                    + seconds(&w.allowed_lateness)
+                    + WORKER_IDLE_TIMEOUT_SECONDS
+                    + WINDOW_EMIT_MARGIN_SECONDS
+            })
+            .fold(0.0, f64::max);
+        self
     }
 }
 
@@ -447,9 +480,18 @@ pub fn decide(history: &mut History, workers: Workers, partitions: i32, settings
         wanted = efficient.max(floor);
     }
 
-    // Scale to zero only after the lag has been 0 for the whole scale-down window.
+    // Scale to zero only after the lag has been 0 for the whole scale-down window, and for a
+    // windowed job until its open windows have been emitted.
     let zero_for = history.zero_lag_since.map(|since| now - since).unwrap_or(0.0);
-    if settings.min_replicas == 0 && all_lag == 0 && zero_for >= settings.scale_down_stabilization_seconds {
+    let zero_needed = settings.scale_down_stabilization_seconds.max(settings.open_windows_seconds);
+    let zero_lag = settings.min_replicas == 0 && all_lag == 0;
+    if zero_lag && zero_for >= settings.scale_down_stabilization_seconds && zero_for < zero_needed {
+        explanation.push_str(&format!(
+            "; not to zero before every open window is emitted: {:.0}s of zero lag of {:.0}s (window size + allowedLateness + the workers' idle timeout)",
+            zero_for, settings.open_windows_seconds
+        ));
+    }
+    if zero_lag && zero_for >= zero_needed {
         history.recommendations.push_back((now, 0));
         start_rebalance(history);
         let target = settings.scale_down_max_step.map_or(0, |step| (current - step).max(0));

@@ -17,6 +17,7 @@ fn settings() -> Settings {
         scale_down_max_step: None,
         allow_idle_consumers: false,
         start_from: StartFrom::Earliest,
+        open_windows_seconds: 0.0,
     }
 }
 
@@ -361,4 +362,35 @@ fn a_scale_down_leaves_room_to_drain_what_its_own_rebalance_holds_up() {
     let decision = decide(&mut history, settled(4), 12, &s, 20.0);
     assert_eq!((decision.replicas, decision.kind), (4, "steady"), "{}", decision.reason);
     assert!(decision.reason.contains("a scale-down's rebalance holds up"), "{}", decision.reason);
+}
+
+#[test]
+fn a_windowed_job_scales_to_zero_only_once_its_open_windows_are_emitted() {
+    let pipeline: Vec<streamjob_crds::PipelineStage> = serde_json::from_value(serde_json::json!([
+        {"keyBy": {"field": "word"}},
+        {"window": {"type": "tumbling", "size": "1m", "allowedLateness": "30s", "aggregate": {"function": "count"}}}
+    ]))
+    .expect("pipeline");
+    let s =
+        Settings { min_replicas: 0, scale_down_stabilization_seconds: 30.0, ..settings() }.with_open_windows(&pipeline);
+    // 60 s of window, 30 s of lateness, the workers' 10 s idle timeout and 5 s of margin.
+    assert_eq!(s.open_windows_seconds, 105.0);
+    let mut history = History::default();
+    let mut reached_zero_at = None;
+    for step in 0..=12 {
+        let t = f64::from(step) * 10.0;
+        observe(&mut history, sample(t, 12, 0, 100), settled(1), &s);
+        let decision = decide(&mut history, settled(1), 12, &s, t);
+        if decision.replicas == 0 {
+            reached_zero_at = Some(t);
+            break;
+        }
+        if t >= 30.0 {
+            assert!(decision.reason.contains("not to zero before every open window is emitted"), "{}", decision.reason);
+        }
+    }
+    assert_eq!(reached_zero_at, Some(110.0), "zero after 105 s of zero lag, at the next 10 s poll");
+    let plain =
+        Settings { min_replicas: 0, scale_down_stabilization_seconds: 30.0, ..settings() }.with_open_windows(&[]);
+    assert_eq!(plain.open_windows_seconds, 0.0, "no window: the scale-down window alone");
 }

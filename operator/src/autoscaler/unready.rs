@@ -93,6 +93,7 @@ mod tests {
             scale_down_max_step: None,
             allow_idle_consumers: false,
             start_from: StartFrom::Earliest,
+            open_windows_seconds: 0.0,
         }
     }
 
