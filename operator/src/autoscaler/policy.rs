@@ -297,7 +297,10 @@ pub const REBALANCE_PAUSE_SECONDS: f64 = 2.0;
 const IN_FLIGHT_SECONDS: f64 = 5.0;
 
 /// Whether the group consumes again since `at_change`: every partition that has lag in `sample`
-/// has committed past where it was then, or is stuck (its commit stands while others move).
+/// has committed past where it was then, is stuck (its commit stands while others move), or is
+/// quiet (nothing was written to it since the change, so there is nothing a consumer could
+/// commit: a transactional input's trailing commit marker or aborted records read as lag the
+/// workers never commit past; waiting for them to move would hold every decision forever).
 fn consumption_resumed(
     at_change: &[PartitionSample],
     sample: &LagSample,
@@ -311,7 +314,8 @@ fn consumption_resumed(
             (None, now) => now.is_some(),
             (Some(_), None) => false,
         };
-        advanced || stuck.iter().any(|(t, n)| *t == p.topic && *n == p.partition)
+        let quiet = before.is_some_and(|b| b.high == p.high && b.committed == p.committed);
+        advanced || quiet || stuck.iter().any(|(t, n)| *t == p.topic && *n == p.partition)
     })
 }
 

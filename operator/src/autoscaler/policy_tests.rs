@@ -394,3 +394,20 @@ fn a_windowed_job_scales_to_zero_only_once_its_open_windows_are_emitted() {
         Settings { min_replicas: 0, scale_down_stabilization_seconds: 30.0, ..settings() }.with_open_windows(&[]);
     assert_eq!(plain.open_windows_seconds, 0.0, "no window: the scale-down window alone");
 }
+
+#[test]
+fn after_a_scale_change_on_a_quiet_transactional_input_the_workers_settle() {
+    let settings = Settings { scale_down_stabilization_seconds: 0.0, ..settings() };
+    let mut history = History::default();
+    // Drained, but each partition of a transactional input ends with a commit marker the
+    // workers never commit past: lag 1 everywhere, and nothing new is written.
+    observe(&mut history, sample(0.0, 12, 1, 1000), settled(4), &settings);
+    observe(&mut history, sample(10.0, 12, 1, 1000), settled(4), &settings);
+    let down = decide(&mut history, settled(4), 12, &settings, 10.0);
+    assert_eq!(down.replicas, 1, "{}", down.reason);
+    observe(&mut history, sample(20.0, 12, 1, 1000), settled(1), &settings);
+    assert_eq!(decide(&mut history, settled(1), 12, &settings, 20.0).kind, "hold", "settled for less than an interval");
+    observe(&mut history, sample(30.0, 12, 1, 1000), settled(1), &settings);
+    let judged = decide(&mut history, settled(1), 12, &settings, 30.0);
+    assert_ne!(judged.kind, "hold", "a quiet input does not hold decisions forever: {}", judged.reason);
+}
