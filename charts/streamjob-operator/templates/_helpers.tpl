@@ -63,8 +63,8 @@ annotations:
 {{/* The rules for StreamJobs and their children, shared by the ClusterRole and the Roles: the
 calls the operator makes, no more (tests/tests/chart_install.rs runs it with only these). */}}
 {{- define "streamjob-operator.jobRules" -}}
-# Watch the jobs; merge-patch metadata.finalizers (deletionPolicy: DeleteConsumerGroup). The
-# autoscaler compares its part of the status with the watch's copy and reads no job itself.
+# Watch the jobs; merge-patch metadata.finalizers (deletionPolicy: DeleteConsumerGroup); get:
+# whether the job holding a consumer group still exists. The autoscaler reads no job itself.
 - apiGroups: ["streamjob.io"]
   resources: ["streamjobs"]
   verbs: ["get", "list", "watch", "patch"]
