@@ -64,7 +64,7 @@ cargo test -p streamjob-e2e --locked -- --nocapture --test-threads 1 2>&1 | tee 
 awk '/Running tests\// { file = $2 } /^test result: ok\. [0-9]+ passed/ { passed[file] += $4 }
   END { for (f in passed) print f, passed[f] }' "$e2e_log" | sort >"$e2e_log.counts"
 count_passed() { grep -E "tests/($1)\.rs" "$e2e_log.counts" | awk '{ n += $2 } END { print n + 0 }'; }
-echo "real API server: $(count_passed 'api_server|api_restart|autoscaling|chart_install|crd_validation|scale_1000_jobs') tests passed against a real kube-apiserver"
+echo "real API server: $(count_passed 'api_server|api_restart|autoscaling|chart_install|crd_validation|scale_1000_jobs|faults_lifecycle') tests passed against a real kube-apiserver"
 echo "real Kafka broker: $(count_passed 'autoscaling|dev_mode|worker_processes|fault_suite|faults_[a-z_]+') end-to-end tests passed against a real Kafka broker"
 # A real-node test prints its "ran on a real node:" line last, once everything it checks held
 # (a test that skipped, outside CI, prints none).

@@ -663,6 +663,23 @@ pub struct AutoscalingSpec {
     /// Allow more workers than partitions (the extra ones sit idle).
     #[serde(default)]
     pub allow_idle_consumers: bool,
+    /// Workers to run once lag could not be measured for `failureThreshold` polls in a row
+    /// (broker unreachable, credentials refused), as KEDA's `fallback`. Without it the workers
+    /// stay as they are while lag cannot be measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<AutoscalingFallback>,
+}
+
+/// KEDA's `fallback`: a replica count for when the metric source fails.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingFallback {
+    /// Failed lag measurements in a row before `replicas` applies (KEDA's `failureThreshold`).
+    #[schemars(range(min = 1, max = 1000))]
+    pub failure_threshold: i32,
+    /// Workers to run meanwhile, kept within minReplicas..maxReplicas (KEDA's `replicas`).
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
 }
 
 fn default_min_replicas() -> i32 {

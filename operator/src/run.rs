@@ -1,5 +1,6 @@
 //! `streamjob-operator run`: leader election, the controllers, and the health/metrics server.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,7 +12,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
+use kube::runtime::reflector::Store;
+use kube::runtime::{predicates, reflector, watcher, Controller, Predicate, PredicateConfig, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use streamjob_crds::StreamJob;
 
@@ -23,7 +25,7 @@ use crate::build::{FIELD_MANAGER, MANAGED_BY_LABEL};
 use crate::controller::{error_policy, reconcile, Context, ScaleDecisions};
 use crate::kafka::KafkaGroupDeleter;
 use crate::leader::{Elector, LeaseTimings};
-use crate::metrics::Metrics;
+use crate::metrics::{JobLabels, Metrics};
 
 /// Settings of `run`.
 #[derive(Clone, Debug)]
@@ -142,7 +144,9 @@ async fn lead(client: &Client, options: &RunOptions, metrics: &Arc<Metrics>) {
         if options.namespaces.is_empty() { vec![None] } else { options.namespaces.iter().cloned().map(Some).collect() };
     let controllers: Vec<(Option<String>, JobController)> =
         scopes.into_iter().map(|ns| (ns.clone(), job_controller(client, ns.as_deref()))).collect();
-    let stores = controllers.iter().map(|(_, controller)| controller.store()).collect();
+    let stores: Vec<Store<StreamJob>> = controllers.iter().map(|(_, controller)| controller.store()).collect();
+    // Stopped with the controllers, also when a leader steps down and drops them.
+    let _job_metrics = AbortOnDrop(tokio::spawn(follow_job_metrics(stores.clone(), metrics.clone())));
     let _autoscaling = AbortOnDrop(tokio::spawn(Arc::new(Autoscaler::new(context.clone())).run(stores)));
     futures::future::join_all(
         controllers.into_iter().map(|(ns, controller)| run_controller(controller, ns, context.clone())),
@@ -229,7 +233,8 @@ fn job_controller(client: &Client, scope: Option<&str>) -> JobController {
         .backoff(WatchBackoff::default())
         .modify(|job| job.managed_fields_mut().clear())
         .reflect(writer)
-        .applied_objects();
+        .applied_objects()
+        .predicate_filter(spec_or_metadata_changed, PredicateConfig::default());
     Controller::for_stream(job_changes, jobs)
         .owns_stream(child_changes::<StatefulSet>(client, scope))
         .owns_stream(child_changes::<ConfigMap>(client, scope))
@@ -238,6 +243,24 @@ fn job_controller(client: &Client, scope: Option<&str>) -> JobController {
         .trigger_backoff(NoWait)
         .with_config(kube::runtime::controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES))
         .shutdown_on_signal()
+}
+
+/// What a reconcile acts on: the spec (its generation), the annotations (pause), labels,
+/// finalizers and the deletion. A change to the status alone (the reconciler's own write, or
+/// the autoscaler's lag readings) does not wake the reconciler, as controller-runtime's
+/// `GenerationChangedPredicate`; the cache still holds the new status.
+fn spec_or_metadata_changed(job: &StreamJob) -> Option<u64> {
+    let deletion = |job: &StreamJob| {
+        let mut hasher = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&job.metadata.deletion_timestamp.as_ref().map(|t| t.0.to_string()), &mut hasher);
+        Some(std::hash::Hasher::finish(&hasher))
+    };
+    predicates::generation
+        .combine(predicates::annotations)
+        .combine(predicates::labels)
+        .combine(predicates::finalizers)
+        .combine(deletion)
+        .hash_property(job)
 }
 
 /// Changes to the `K`s the operator manages (by their `managed-by` label), metadata only.
@@ -260,17 +283,24 @@ where
         .touched_objects()
 }
 
+/// How often the phase counts are refreshed and the series of deleted jobs removed.
+const JOB_METRICS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Keeps the `jobs{phase}` gauge and the per-job series in line with the jobs of every watched
+/// scope together: one count over all namespaces (one task per namespace made the gauge
+/// alternate between their counts), and a deleted job's series removed (an alert on
+/// `job_degraded` stops firing when the job is gone).
+async fn follow_job_metrics(stores: Vec<Store<StreamJob>>, metrics: Arc<Metrics>) {
+    loop {
+        tokio::time::sleep(JOB_METRICS_INTERVAL).await;
+        let jobs: Vec<Arc<StreamJob>> = stores.iter().flat_map(Store::state).collect();
+        metrics.record_phases(jobs.iter().map(|job| job.as_ref()));
+        let present: HashSet<JobLabels> = jobs.iter().map(|job| JobLabels::of(job)).collect();
+        metrics.forget_jobs_except(&present);
+    }
+}
+
 async fn run_controller(controller: JobController, namespace: Option<String>, context: Arc<Context>) {
-    let store = controller.store();
-    let metrics = context.metrics.clone();
-    // Stopped with the controller, also when a leader steps down and drops it.
-    let _phase_gauge = AbortOnDrop(tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(15)).await;
-            let jobs = store.state();
-            metrics.record_phases(jobs.iter().map(|job| job.as_ref()));
-        }
-    }));
     tracing::info!(namespace = namespace.as_deref().unwrap_or("<all>"), "watching StreamJobs");
     controller
         .run(reconcile, error_policy, context)

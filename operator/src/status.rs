@@ -16,6 +16,15 @@ pub const CONFIG_VALID: &str = "ConfigValid";
 pub const SUSPENDED: &str = "Suspended";
 pub const RECONCILIATION_PAUSED: &str = "ReconciliationPaused";
 pub const AUTOSCALER_DEGRADED: &str = "AutoscalerDegraded";
+pub const SCALE_BLOCKED: &str = "ScaleBlocked";
+
+/// The conditions the autoscaler writes, under its own field manager.
+pub const AUTOSCALER_CONDITIONS: &[&str] = &[AUTOSCALER_DEGRADED, SCALE_BLOCKED];
+
+/// Whether the autoscaler writes this condition (see [`AUTOSCALER_CONDITIONS`]).
+pub fn is_autoscaler_condition(condition: &Condition) -> bool {
+    AUTOSCALER_CONDITIONS.contains(&condition.type_.as_str())
+}
 
 /// Container states that mean a worker cannot run, as the kubelet names them.
 const FAILING_WAITING_REASONS: &[&str] = &[
@@ -40,18 +49,18 @@ pub struct Observation<'a> {
 
 /// The part of a status the reconciler writes (field manager `streamjob-operator`): all but
 /// what the autoscaler measures and decides (`lag`, `partitions`, `throughput`, `lastScale` and
-/// the `AutoscalerDegraded` condition), which it writes under its own field manager. Each field
+/// the `AutoscalerDegraded` and `ScaleBlocked` conditions), which it writes under its own field manager. Each field
 /// has one writer, so neither puts back an old copy of the other's.
 pub fn reconciler_part(status: &StreamJobStatus) -> StreamJobStatus {
     let mut part = status.clone();
     (part.lag, part.partitions, part.throughput, part.last_scale) = (None, None, None, None);
-    part.conditions.retain(|c| c.type_ != AUTOSCALER_DEGRADED);
+    part.conditions.retain(|c| !is_autoscaler_condition(c));
     part
 }
 
 /// The part of a status the autoscaler writes (see [`reconciler_part`]), as applied.
 pub fn autoscaler_part(status: &StreamJobStatus) -> serde_json::Value {
-    let conditions: Vec<&Condition> = status.conditions.iter().filter(|c| c.type_ == AUTOSCALER_DEGRADED).collect();
+    let conditions: Vec<&Condition> = status.conditions.iter().filter(|c| is_autoscaler_condition(c)).collect();
     let mut part = serde_json::json!({ "conditions": conditions });
     let fields = [
         ("partitions", serde_json::to_value(status.partitions)),

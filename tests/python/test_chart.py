@@ -122,6 +122,7 @@ JOB_RULES = {
     ("", "pods"): {"list"},
     ("", "secrets"): {"get"},
     ("events.k8s.io", "events"): {"create", "patch"},
+    ("", "events"): {"list"},
 }
 
 

@@ -1,9 +1,9 @@
 //! The kubelet's part for a job's worker Pods on a control plane without nodes: every Pod the
 //! StatefulSet controller creates gets a real `streamjob-worker` process, started as its
 //! container would be (`POD_NAME`, `POD_NAMESPACE`, the ConfigMap's `job.yaml` as the config
-//! file), and is reported Running and Ready; a Pod being deleted gets SIGTERM, and once the
-//! process has exited the Pod is removed (grace 0), as a kubelet confirms a termination. So
-//! consumer-group membership follows the Pods exactly as in a cluster.
+//! file), and is reported Running and Ready; a Pod being deleted (or gone) gets SIGTERM, and once
+//! the process has exited the Pod is removed (grace 0), as a kubelet confirms a termination. So
+//! consumer-group membership follows the Pods as in a cluster.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -33,6 +33,8 @@ pub struct PodLog {
     pub stopped: Vec<(String, String)>,
     /// Workers that exited without being asked, with their status.
     pub exited_on_their_own: Vec<(String, String)>,
+    /// Pods whose worker could not be started, and why (the last error of each).
+    pub start_failures: Vec<(String, String)>,
 }
 
 /// Runs the worker processes of the Pods matching `selector` in `namespace` until dropped.
@@ -62,7 +64,22 @@ impl PodWorkers {
             let maps: Api<ConfigMap> = Api::namespaced(client, &namespace);
             let params = ListParams::default().labels(&format!("app.kubernetes.io/instance={job}"));
             loop {
-                for pod in pods.list(&params).await.map(|list| list.items).unwrap_or_default() {
+                let Ok(listed) = pods.list(&params).await.map(|list| list.items) else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
+                // A Pod deleted outright (an unscheduled Pod goes without a grace period): its
+                // worker is stopped as the kubelet would stop the container.
+                let gone: Vec<String> = lock(&shared_processes)
+                    .keys()
+                    .filter(|name| !listed.iter().any(|pod| pod.name_any() == **name))
+                    .cloned()
+                    .collect();
+                for name in gone {
+                    let status = stop(&shared_processes, &name).await;
+                    lock(&shared_log).stopped.push((name, status));
+                }
+                for pod in listed {
                     let name = pod.name_any();
                     let running = lock(&shared_processes).contains_key(&name);
                     if pod.metadata.deletion_timestamp.is_some() {
@@ -81,7 +98,11 @@ impl PodWorkers {
                                 let ready = Patch::Merge(crate::pod_ready_status(&pod));
                                 let _ = pods.patch_status(&name, &PatchParams::default(), &ready).await;
                             }
-                            Err(error) => tracing::warn!(pod = %name, %error, "could not start the worker"),
+                            Err(error) => {
+                                let mut log = lock(&shared_log);
+                                log.start_failures.retain(|(pod, _)| *pod != name);
+                                log.start_failures.push((name.clone(), format!("{error:#}")));
+                            }
                         }
                     }
                 }

@@ -55,6 +55,9 @@ pub enum Poison {
 #[derive(Debug, Default)]
 pub struct PoisonedInputs {
     by_topic: HashMap<String, HashMap<(i32, i64), Poison>>,
+    /// The skipped ones already counted: a later rewind reads them again before the commit
+    /// passes them, and skips them again, but they are one record each.
+    counted: std::cell::RefCell<std::collections::HashSet<(String, i32, i64)>>,
 }
 
 impl PoisonedInputs {
@@ -70,8 +73,14 @@ impl PoisonedInputs {
         self.by_topic.get(topic)?.get(&(partition, offset))
     }
 
+    /// Whether the skip of this input is to be counted: only the first time it is read again.
+    pub fn count_skip_once(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        self.counted.borrow_mut().insert((topic.to_owned(), partition, offset))
+    }
+
     /// The partition was committed at `offset`: what lies before is never read again.
     pub fn forget_before(&mut self, topic: &str, partition: i32, offset: i64) {
+        self.counted.get_mut().retain(|(t, p, o)| t != topic || *p != partition || *o >= offset);
         if let Some(inputs) = self.by_topic.get_mut(topic) {
             inputs.retain(|(p, o), _| *p != partition || *o >= offset);
             if inputs.is_empty() {

@@ -63,8 +63,8 @@ annotations:
 {{/* The rules for StreamJobs and their children, shared by the ClusterRole and the Roles: the
 calls the operator makes, no more (tests/tests/chart_install.rs runs it with only these). */}}
 {{- define "streamjob-operator.jobRules" -}}
-# Watch the jobs; merge-patch metadata.finalizers (deletionPolicy: DeleteConsumerGroup); the
-# autoscaler reads a fresh copy before it writes its part of the status.
+# Watch the jobs; merge-patch metadata.finalizers (deletionPolicy: DeleteConsumerGroup); get:
+# whether the job holding a consumer group still exists. The autoscaler reads no job itself.
 - apiGroups: ["streamjob.io"]
   resources: ["streamjobs"]
   verbs: ["get", "list", "watch", "patch"]
@@ -100,4 +100,9 @@ calls the operator makes, no more (tests/tests/chart_install.rs runs it with onl
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+# The StatefulSet controller's FailedCreate events (a ResourceQuota, a webhook), read while
+# workers are missing, for the ScaleBlocked condition.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["list"]
 {{- end -}}

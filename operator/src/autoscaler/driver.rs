@@ -7,30 +7,38 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use streamjob_crds::{LagStatus, PartitionLag, ScaleEvent, StreamJob, StreamJobStatus};
+use streamjob_crds::{AutoscalingSpec, LagStatus, PartitionLag, ScaleEvent, StreamJob};
 use streamjob_runtime::metrics::PartitionLabels;
 use streamjob_runtime::sync::lock;
 
-use super::policy::{poll, rates, Decision, History, PartitionSample, Settings, Workers};
+use super::blocked::{scale_blockers, summary, Blocker};
+use super::policy::{poll, rates, start_rebalance, Decision, History, PartitionSample, Settings, Workers};
 use super::probe::{LagProbe, ProbeError, ProbeTarget};
-use crate::build::FIELD_MANAGER;
+use crate::build::{selector_string, FIELD_MANAGER};
 use crate::controller::events::{publish, JobEvent};
 use crate::controller::{apply_status, job_key, reconciliation_paused, Context};
 use crate::kafka::{source_client_config, ClientConfigError};
-use crate::metrics::{DecisionLabels, JobLabels, JobPartitionLabels};
-use crate::status::{autoscaler_part, set_condition, AUTOSCALER_DEGRADED};
+use crate::metrics::{DecisionLabels, JobLabels};
+use crate::status::{autoscaler_part, is_autoscaler_condition, set_condition, AUTOSCALER_DEGRADED, SCALE_BLOCKED};
 
 /// The field manager of the status fields the autoscaler writes.
 pub const AUTOSCALER_FIELD_MANAGER: &str = "streamjob-autoscaler";
 
 /// Most partitions listed in `status.lag.perPartition`.
 const MAX_PARTITIONS_IN_STATUS: usize = 64;
+
+/// Seconds between refreshes of the lag readings (`status.lag`, `status.throughput`) when
+/// nothing else a user reads changes: the live figures are the `*_lag_records` metrics, which
+/// every poll sets. A scale decision, a partition count or condition change, and lag reaching
+/// or leaving 0 are written at once, with fresh readings.
+pub const LAG_STATUS_REFRESH_SECONDS: f64 = 60.0;
 
 /// Why a job's lag could not be measured.
 #[derive(Debug, thiserror::Error)]
@@ -51,8 +59,6 @@ pub enum AutoscalerError {
     ReadStatefulSet(#[source] kube::Error),
     #[error("setting the StatefulSet's replicas failed: {0}")]
     ScaleStatefulSet(#[source] kube::Error),
-    #[error("reading the StreamJob for its status failed: {0}")]
-    ReadJob(#[source] kube::Error),
     #[error("applying the autoscaler's status failed: {0}")]
     ApplyStatus(#[source] kube::Error),
 }
@@ -65,7 +71,6 @@ impl AutoscalerError {
             AutoscalerError::Probe(_) => "Probe",
             AutoscalerError::ReadStatefulSet(_) => "ReadStatefulSet",
             AutoscalerError::ScaleStatefulSet(_) => "ScaleStatefulSet",
-            AutoscalerError::ReadJob(_) => "ReadJob",
             AutoscalerError::ApplyStatus(_) => "ApplyStatus",
         }
     }
@@ -79,6 +84,27 @@ struct JobScaling {
     degraded: bool,
     /// The cluster, credentials and group the job was last measured with: its probe client.
     probe_target: Option<ProbeTarget>,
+    /// When the lag readings were last written to the status (seconds, the polls' clock).
+    lag_written_at: Option<f64>,
+    /// The reason of the last `ScaleBlocked` event: one event per blocked streak and reason.
+    blocked: Option<&'static str>,
+    /// Polls in a row that could not measure lag, for `fallback.failureThreshold`.
+    failed_polls: u32,
+    /// The autoscaler's part of the status as it last applied it. It is that part's only
+    /// writer, so this is newer than the watch's copy, which may not show its last write yet:
+    /// an apply built from that copy would drop what the last one set (server-side apply
+    /// removes a manager's fields it no longer sends).
+    applied: Option<serde_json::Value>,
+}
+
+/// What one poll reports in the status.
+struct PollReport {
+    partitions: i32,
+    lag: LagStatus,
+    throughput: Option<f64>,
+    last_scale: Option<ScaleEvent>,
+    /// The `ScaleBlocked` condition's reason and message, when workers cannot run.
+    blocked: Option<(&'static str, String)>,
 }
 
 /// The autoscaler of every job in one operator.
@@ -100,14 +126,15 @@ fn autoscaled(job: &StreamJob) -> bool {
 /// runs the current template, and the controller has seen the latest spec.
 pub fn workers_of(stateful_set: &StatefulSet) -> Workers {
     let current = stateful_set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let Some(status) = stateful_set.status.as_ref() else { return Workers { current, settled: false } };
+    let Some(status) = stateful_set.status.as_ref() else { return Workers { current, ready: 0, settled: false } };
+    let ready = status.ready_replicas.unwrap_or(0);
     let observed = status.observed_generation.unwrap_or(0) >= stateful_set.metadata.generation.unwrap_or(0);
     let same_revision = status.current_revision == status.update_revision;
     let settled = observed
         && status.replicas == current
         && status.ready_replicas.unwrap_or(0) == current
         && (current == 0 || (status.updated_replicas.unwrap_or(0) == current && same_revision));
-    Workers { current, settled }
+    Workers { current, ready, settled }
 }
 
 impl Autoscaler {
@@ -132,7 +159,14 @@ impl Autoscaler {
     pub async fn poll_due(&self, jobs: &[Arc<StreamJob>], now: f64) {
         let due: Vec<&StreamJob> = {
             let mut states = self.states();
-            states.retain(|key, _| jobs.iter().any(|job| job_key(job) == *key && autoscaled(job)));
+            states.retain(|key, _| {
+                let kept = jobs.iter().any(|job| job_key(job) == *key && autoscaled(job));
+                if !kept {
+                    let (namespace, job) = key.clone();
+                    self.context.metrics.forget_lag(&JobLabels { namespace, job });
+                }
+                kept
+            });
             let targets: Vec<ProbeTarget> = states.values().filter_map(|s| s.probe_target.clone()).collect();
             self.probe.retain(&targets);
             jobs.iter()
@@ -161,7 +195,8 @@ impl Autoscaler {
         };
         let key = job_key(job);
         let (namespace, name) = key.clone();
-        let settings = Settings::from_spec(autoscaling, job.spec.source.start_from);
+        let settings =
+            Settings::from_spec(autoscaling, job.spec.source.start_from).with_open_windows(&job.spec.pipeline);
         let poll_interval = f64::from(autoscaling.poll_interval_seconds.max(1));
         self.states().entry(key.clone()).or_default().next_poll_at = now + poll_interval;
 
@@ -174,13 +209,30 @@ impl Autoscaler {
             });
         };
         let workers = workers_of(&stateful_set);
+        let blockers = if workers.ready < workers.current {
+            self.blockers(&stateful_set, &namespace, &name, workers.current).await
+        } else {
+            Vec::new()
+        };
+        self.report_blockers(job, &blockers).await;
         let samples = match self.measure(job).await {
             Ok(samples) => samples,
             Err(error) => {
-                self.report_probe_failure(job, &error).await?;
+                let failures = {
+                    let mut states = self.states();
+                    let state = states.entry(key.clone()).or_default();
+                    state.failed_polls = state.failed_polls.saturating_add(1);
+                    state.failed_polls
+                };
+                let fallback = fallback_replicas(autoscaling, failures);
+                if let Some(replicas) = fallback.filter(|r| *r != workers.current) {
+                    self.apply_fallback(job, &stateful_sets, workers.current, replicas, failures).await?;
+                }
+                self.report_probe_failure(job, &error, failures, fallback).await?;
                 return Err(AutoscalerError::Probe(error));
             }
         };
+        self.states().entry(key.clone()).or_default().failed_polls = 0;
         let partitions = i32::try_from(samples.len()).unwrap_or(i32::MAX);
         let (decision, throughput, recovered) = {
             let mut states = self.states();
@@ -203,8 +255,50 @@ impl Autoscaler {
             let note = format!("lag measured again on {partitions} partitions; autoscaling resumed");
             publish(&self.context, job, JobEvent::normal("AutoscalerRecovered", "Autoscale", note)).await;
         }
-        self.write_status(job, partitions, lag, throughput, last_scale).await?;
+        let report = PollReport { partitions, lag, throughput, last_scale, blocked: summary(&blockers) };
+        self.write_status(job, report, now).await?;
         Ok(decision)
+    }
+
+    /// Why some of the `wanted` workers do not run; empty when that cannot be read (logged).
+    async fn blockers(&self, stateful_set: &StatefulSet, namespace: &str, name: &str, wanted: i32) -> Vec<Blocker> {
+        let client = &self.context.client;
+        let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+        let failures = ListParams::default()
+            .fields(&format!("involvedObject.kind=StatefulSet,involvedObject.name={name},reason=FailedCreate"));
+        let events = match events.list(&failures).await {
+            Ok(list) => list.items,
+            Err(error) => {
+                tracing::warn!(job = name, namespace, %error, "cannot list the StatefulSet's events for ScaleBlocked");
+                Vec::new()
+            }
+        };
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let pods = match pods.list(&ListParams::default().labels(&selector_string(name))).await {
+            Ok(list) => list.items,
+            Err(error) => {
+                tracing::warn!(job = name, namespace, %error, "cannot list the workers' pods for ScaleBlocked");
+                Vec::new()
+            }
+        };
+        let existing = stateful_set.status.as_ref().map_or(0, |s| s.replicas);
+        scale_blockers(wanted, existing, &events, &pods)
+    }
+
+    /// A warning event when workers become blocked, or blocked for another reason.
+    async fn report_blockers(&self, job: &StreamJob, blockers: &[Blocker]) {
+        let now_blocked = summary(blockers);
+        let previous = {
+            let mut states = self.states();
+            let state = states.entry(job_key(job)).or_default();
+            std::mem::replace(&mut state.blocked, now_blocked.as_ref().map(|(reason, _)| *reason))
+        };
+        let Some((reason, message)) = now_blocked else { return };
+        if previous != Some(reason) {
+            tracing::warn!(job = %job.name_any(), namespace = ?job.namespace(), reason, %message, "workers cannot run");
+            publish(&self.context, job, JobEvent::warning(SCALE_BLOCKED, "Scale", format!("{reason}: {message}")))
+                .await;
+        }
     }
 
     async fn measure(&self, job: &StreamJob) -> Result<Vec<PartitionSample>, MeasureError> {
@@ -236,9 +330,46 @@ impl Autoscaler {
         }
     }
 
-    /// Holds the replicas and says why, once per failure streak in an event and on every poll
-    /// in the condition and metric.
-    async fn report_probe_failure(&self, job: &StreamJob, error: &MeasureError) -> Result<(), AutoscalerError> {
+    /// Runs `fallback.replicas` workers (KEDA's `fallback`): the StatefulSet, the decision the
+    /// reconciler keeps, an event and `status.lastScale`.
+    async fn apply_fallback(
+        &self,
+        job: &StreamJob,
+        stateful_sets: &Api<StatefulSet>,
+        from: i32,
+        replicas: i32,
+        failures: u32,
+    ) -> Result<(), AutoscalerError> {
+        let (namespace, name) = job_key(job);
+        self.scale(stateful_sets, &name, replicas).await.map_err(AutoscalerError::ScaleStatefulSet)?;
+        self.context.decisions.set(&namespace, &name, replicas);
+        if let Some(state) = self.states().get_mut(&job_key(job)) {
+            start_rebalance(&mut state.history);
+        }
+        let reason = format!(
+            "lag could not be measured {failures} times in a row (fallback.failureThreshold): running fallback.replicas: {from} → {replicas}"
+        );
+        tracing::warn!(job = %name, namespace = %namespace, from, to = replicas, "{reason}");
+        publish(&self.context, job, JobEvent::warning("FallbackReplicas", "Scale", reason.clone())).await;
+        let last_scale = ScaleEvent {
+            time: Time(Timestamp::now()),
+            from,
+            to: replicas,
+            reason,
+            summary: Some(format!("{from} → {replicas}")),
+        };
+        self.patch_status(job, json!({ "lastScale": last_scale }), json!({}), false, |_, _, _| {}).await.map(|_| ())
+    }
+
+    /// Holds the replicas (or runs the fallback's) and says why, once per failure streak in an
+    /// event and on every poll in the condition and metric.
+    async fn report_probe_failure(
+        &self,
+        job: &StreamJob,
+        error: &MeasureError,
+        failures: u32,
+        fallback: Option<i32>,
+    ) -> Result<(), AutoscalerError> {
         let labels = JobLabels::of(job);
         self.context.metrics.probe_errors.get_or_create(&labels).inc();
         let first_failure = {
@@ -246,13 +377,21 @@ impl Autoscaler {
             let state = states.entry(job_key(job)).or_default();
             !std::mem::replace(&mut state.degraded, true)
         };
-        let message = format!("cannot measure lag, holding the current replicas: {error}");
+        let (reason, message) = match fallback {
+            Some(replicas) => (
+                "FallbackReplicas",
+                format!(
+                    "cannot measure lag ({failures} polls in a row), running fallback.replicas {replicas}: {error}"
+                ),
+            ),
+            None => ("LagProbeFailed", format!("cannot measure lag, holding the current replicas: {error}")),
+        };
         if first_failure {
             tracing::warn!(job = %job.name_any(), namespace = ?job.namespace(), %error, "lag probe failed; holding replicas");
             publish(&self.context, job, JobEvent::warning(AUTOSCALER_DEGRADED, "Autoscale", message.clone())).await;
         }
         self.patch_conditions(job, |conditions, generation, now| {
-            set_condition(conditions, AUTOSCALER_DEGRADED, true, "LagProbeFailed", message, generation, now);
+            set_condition(conditions, AUTOSCALER_DEGRADED, true, reason, message, generation, now);
         })
         .await
     }
@@ -267,40 +406,52 @@ impl Autoscaler {
     ) {
         let metrics = &self.context.metrics;
         let labels = JobLabels::of(job);
+        metrics.track_job(&labels);
         metrics.job_lag.get_or_create(&labels).set(total_lag);
         metrics.desired_replicas.get_or_create(&labels).set(decision.replicas.into());
-        for sample in samples {
-            let partition_labels = JobPartitionLabels {
-                job: labels.clone(),
-                partition: PartitionLabels::new(&sample.topic, sample.partition),
-            };
-            metrics.partition_lag.get_or_create(&partition_labels).set(sample.lag(settings.start_from));
-        }
+        let lags = samples
+            .iter()
+            .map(|sample| (PartitionLabels::new(&sample.topic, sample.partition), sample.lag(settings.start_from)));
+        metrics.set_partition_lags(&labels, lags);
         let JobLabels { namespace, job: name } = labels;
         let decision_labels = DecisionLabels { namespace, job: name, reason: decision.kind.to_owned() };
         metrics.scale_decisions.get_or_create(&decision_labels).inc();
     }
 
-    async fn write_status(
-        &self,
-        job: &StreamJob,
-        partitions: i32,
-        lag: LagStatus,
-        throughput: Option<f64>,
-        last_scale: Option<ScaleEvent>,
-    ) -> Result<(), AutoscalerError> {
-        let mut status = json!({ "partitions": partitions, "lag": lag });
-        if let Some(throughput) = throughput {
-            status["throughput"] = json!((throughput * 10.0).round() / 10.0);
-        }
+    /// Writes the poll's outcome when a user would read something new (see
+    /// [`LAG_STATUS_REFRESH_SECONDS`]); the lag readings alone are refreshed at most that often.
+    async fn write_status(&self, job: &StreamJob, report: PollReport, now: f64) -> Result<(), AutoscalerError> {
+        let PollReport { partitions, lag, throughput, last_scale, blocked } = report;
+        let mut status = json!({ "partitions": partitions });
         if let Some(last_scale) = last_scale {
             status["lastScale"] = json!(last_scale);
         }
-        self.patch_status(job, status, |conditions, generation, now| {
-            let message = "lag is measured every pollIntervalSeconds".to_owned();
-            set_condition(conditions, AUTOSCALER_DEGRADED, false, "LagMeasured", message, generation, now);
-        })
-        .await
+        let mut readings = json!({ "lag": lag });
+        if let Some(throughput) = throughput {
+            readings["throughput"] = json!((throughput * 10.0).round() / 10.0);
+        }
+        let (applied, written_at) = self
+            .states()
+            .get(&job_key(job))
+            .map_or((None, None), |s| (s.applied.as_ref().map(|a| a["lag"]["total"].as_i64()), s.lag_written_at));
+        let cached = || job.status.as_ref().and_then(|s| s.lag.as_ref()).map(|l| l.total);
+        let written_lag = applied.unwrap_or_else(cached);
+        let refresh = lag_readings_due(written_lag, lag.total, written_at, now);
+        let written = self
+            .patch_status(job, status, readings, refresh, |conditions, generation, now| {
+                let message = "lag is measured every pollIntervalSeconds".to_owned();
+                set_condition(conditions, AUTOSCALER_DEGRADED, false, "LagMeasured", message, generation, now);
+                let (blocked, reason, message) = match blocked {
+                    Some((reason, message)) => (true, reason, message),
+                    None => (false, "NotBlocked", "every worker the autoscaler asked for can run".to_owned()),
+                };
+                set_condition(conditions, SCALE_BLOCKED, blocked, reason, message, generation, now);
+            })
+            .await?;
+        if written {
+            self.states().entry(job_key(job)).or_default().lag_written_at = Some(now);
+        }
+        Ok(())
     }
 
     async fn patch_conditions(
@@ -308,36 +459,72 @@ impl Autoscaler {
         job: &StreamJob,
         update: impl FnOnce(&mut Vec<Condition>, Option<i64>, &Time),
     ) -> Result<(), AutoscalerError> {
-        self.patch_status(job, json!({}), update).await
+        self.patch_status(job, json!({}), json!({}), false, update).await.map(|_| ())
     }
 
     /// Applies the autoscaler's part of the status (see [`autoscaler_part`]) as its own field
     /// manager: what it has now from `fields`, the rest of its part as the job carries it, and
-    /// its condition as `update` leaves it. Nothing is written when nothing changes.
+    /// its condition as `update` leaves it. `readings` (the lag) go with any write, and alone
+    /// only when `refresh_readings`. Nothing is written when nothing changes; the comparison is
+    /// with the job as the operator's cache has it (no read per poll). Returns whether it wrote.
     async fn patch_status(
         &self,
         job: &StreamJob,
         fields: serde_json::Value,
+        readings: serde_json::Value,
+        refresh_readings: bool,
         update: impl FnOnce(&mut Vec<Condition>, Option<i64>, &Time),
-    ) -> Result<(), AutoscalerError> {
+    ) -> Result<bool, AutoscalerError> {
         let (namespace, name) = job_key(job);
-        let jobs: Api<StreamJob> = Api::namespaced(self.context.client.clone(), &namespace);
-        let Some(fresh) = jobs.get_opt(&name).await.map_err(AutoscalerError::ReadJob)? else { return Ok(()) };
-        let status: StreamJobStatus = fresh.status.clone().unwrap_or_default();
-        let current = autoscaler_part(&status);
-        let mut conditions = status.conditions.clone();
-        update(&mut conditions, fresh.metadata.generation, &Time(Timestamp::now()));
+        let applied = self.states().get(&job_key(job)).and_then(|s| s.applied.clone());
+        let current = applied.unwrap_or_else(|| autoscaler_part(&job.status.clone().unwrap_or_default()));
+        let mut conditions: Vec<Condition> =
+            current.get("conditions").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default();
+        update(&mut conditions, job.metadata.generation, &Time(Timestamp::now()));
         let mut wanted = current.clone();
         for (field, value) in fields.as_object().into_iter().flatten() {
             wanted[field] = value.clone();
         }
-        conditions.retain(|c| c.type_ == AUTOSCALER_DEGRADED);
+        conditions.retain(is_autoscaler_condition);
         wanted["conditions"] = json!(conditions);
-        if wanted == current {
-            return Ok(());
+        if wanted == current && !refresh_readings {
+            return Ok(false);
         }
-        apply_status(&jobs, &name, AUTOSCALER_FIELD_MANAGER, wanted).await.map_err(AutoscalerError::ApplyStatus)?;
-        Ok(())
+        for (field, value) in readings.as_object().into_iter().flatten() {
+            wanted[field] = value.clone();
+        }
+        if wanted == current {
+            return Ok(false);
+        }
+        let jobs: Api<StreamJob> = Api::namespaced(self.context.client.clone(), &namespace);
+        match apply_status(&jobs, &name, AUTOSCALER_FIELD_MANAGER, wanted.clone()).await {
+            Ok(()) => {
+                self.states().entry(job_key(job)).or_default().applied = Some(wanted);
+                Ok(true)
+            }
+            // Deleted since the cache saw it: nothing to report on.
+            Err(kube::Error::Api(response)) if response.is_not_found() => Ok(false),
+            Err(error) => Err(AutoscalerError::ApplyStatus(error)),
+        }
+    }
+}
+
+/// The workers KEDA's `fallback` asks for after `failures` failed polls in a row, within
+/// minReplicas..maxReplicas; `None` without a fallback or below its `failureThreshold`.
+pub fn fallback_replicas(spec: &AutoscalingSpec, failures: u32) -> Option<i32> {
+    let fallback = spec.fallback.as_ref()?;
+    let threshold = u32::try_from(fallback.failure_threshold.max(1)).unwrap_or(1);
+    (failures >= threshold)
+        .then(|| fallback.replicas.clamp(spec.min_replicas, spec.max_replicas.max(spec.min_replicas)))
+}
+
+/// Whether the lag readings are written now although nothing else in the status changed: none
+/// written yet, lag reached or left 0 (the job caught up, or fell behind), or the last ones
+/// are [`LAG_STATUS_REFRESH_SECONDS`] old.
+pub fn lag_readings_due(written_total: Option<i64>, total: i64, written_at: Option<f64>, now: f64) -> bool {
+    match (written_total, written_at) {
+        (None, _) | (_, None) => true,
+        (Some(written), Some(at)) => (written == 0) != (total == 0) || now - at >= LAG_STATUS_REFRESH_SECONDS,
     }
 }
 
@@ -353,5 +540,46 @@ fn lag_status(samples: &[PartitionSample], settings: &Settings) -> LagStatus {
         total: samples.iter().map(|s| s.lag(settings.start_from)).sum(),
         per_partition,
         measured_at: Some(Time(Timestamp::now())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallback_replicas_apply_from_the_failure_threshold_on_within_the_bounds() {
+        let spec = |fallback: serde_json::Value| -> AutoscalingSpec {
+            serde_json::from_value(json!({ "minReplicas": 1, "maxReplicas": 6, "fallback": fallback })).expect("spec")
+        };
+        let table = [
+            ("no fallback", json!(null), 10, None),
+            ("below the threshold", json!({"failureThreshold": 3, "replicas": 4}), 2, None),
+            ("at the threshold", json!({"failureThreshold": 3, "replicas": 4}), 3, Some(4)),
+            ("past it", json!({"failureThreshold": 3, "replicas": 4}), 30, Some(4)),
+            ("above maxReplicas", json!({"failureThreshold": 1, "replicas": 9}), 1, Some(6)),
+            ("below minReplicas", json!({"failureThreshold": 1, "replicas": 0}), 1, Some(1)),
+        ];
+        for (case, fallback, failures, expected) in table {
+            assert_eq!(fallback_replicas(&spec(fallback), failures), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn lag_readings_are_written_when_a_user_would_read_something_new() {
+        let refresh = LAG_STATUS_REFRESH_SECONDS;
+        let table = [
+            ("nothing written yet", None, 40, None, 0.0, true),
+            ("readings of the same job, moments later", Some(37), 52, Some(100.0), 110.0, false),
+            ("a big change in lag alone waits for the refresh", Some(10), 90_000, Some(100.0), 110.0, false),
+            ("caught up", Some(37), 0, Some(100.0), 110.0, true),
+            ("fell behind", Some(0), 5, Some(100.0), 110.0, true),
+            ("still 0", Some(0), 0, Some(100.0), 110.0, false),
+            ("the refresh is due", Some(37), 52, Some(100.0), 100.0 + refresh, true),
+            ("written before this operator started", Some(37), 52, None, 5.0, true),
+        ];
+        for (case, written, total, at, now, due) in table {
+            assert_eq!(lag_readings_due(written, total, at, now), due, "{case}");
+        }
     }
 }

@@ -1,10 +1,12 @@
 //! Lag-driven autoscaling: the pure policy, the lag probe, and the driver that applies its
 //! decisions. The simulator that compares the policy with KEDA's is in `streamjob-testkit`.
 
+pub mod blocked;
 pub mod capacity;
 pub mod driver;
 pub mod policy;
 pub mod probe;
+pub mod unready;
 
 #[cfg(test)]
 mod policy_tests;

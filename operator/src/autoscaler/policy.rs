@@ -4,7 +4,8 @@
 
 use std::collections::VecDeque;
 
-use streamjob_crds::{AutoscalingSpec, StartFrom};
+use streamjob_crds::duration::parse_duration;
+use streamjob_crds::{AutoscalingSpec, PipelineStage, StartFrom};
 
 pub use super::capacity::{Capacity, WorkerRate};
 
@@ -68,7 +69,17 @@ pub struct Settings {
     pub scale_down_max_step: Option<i32>,
     pub allow_idle_consumers: bool,
     pub start_from: StartFrom,
+    /// For a windowed job, seconds after its input went quiet by which every open window has
+    /// been emitted (see [`Settings::with_open_windows`]); 0 without a window.
+    pub open_windows_seconds: f64,
 }
+
+/// The workers' `--idle-timeout` default (the worker's `Timings`): a quiet source partition's
+/// watermark follows the wall clock after it, which closes the windows without new input.
+pub const WORKER_IDLE_TIMEOUT_SECONDS: f64 = 10.0;
+
+/// Heartbeats, commits and the emit itself after a window's close.
+const WINDOW_EMIT_MARGIN_SECONDS: f64 = 5.0;
 
 impl Settings {
     pub fn from_spec(spec: &AutoscalingSpec, start_from: StartFrom) -> Self {
@@ -84,7 +95,29 @@ impl Settings {
             scale_down_max_step: spec.scale_down.max_step,
             allow_idle_consumers: spec.allow_idle_consumers,
             start_from,
+            open_windows_seconds: 0.0,
         }
+    }
+
+    /// For a job with a window stage: scale to zero only once every open window has been
+    /// emitted. The window holding the last record ends at most `size` after it and closes
+    /// `allowedLateness` later; with the input quiet, the workers' watermark passes it after
+    /// their idle timeout. So after `size + allowedLateness + idle timeout` (+ a margin) of zero
+    /// lag every window is out, for records whose event time is not ahead of the wall clock. A
+    /// duration that cannot be read keeps the job from scaling to zero.
+    pub fn with_open_windows(mut self, pipeline: &[PipelineStage]) -> Self {
+        let seconds = |text: &str| parse_duration(text).map(|d| d.as_secs_f64()).unwrap_or(f64::INFINITY);
+        self.open_windows_seconds = pipeline
+            .iter()
+            .filter_map(|stage| stage.window.as_ref())
+            .map(|w| {
+                seconds(&w.size)
+                    + seconds(&w.allowed_lateness)
+                    + WORKER_IDLE_TIMEOUT_SECONDS
+                    + WINDOW_EMIT_MARGIN_SECONDS
+            })
+            .fold(0.0, f64::max);
+        self
     }
 }
 
@@ -141,8 +174,18 @@ pub struct Decision {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Workers {
     pub current: i32,
+    /// Workers ready: only their capacity counts (a pod blocked by a quota, unschedulable or
+    /// crash-looping is not).
+    pub ready: i32,
     /// All current workers ready and no rollout under way.
     pub settled: bool,
+}
+
+impl Workers {
+    /// `current` workers, all ready and settled.
+    pub fn settled(current: i32) -> Self {
+        Self { current, ready: current, settled: true }
+    }
 }
 
 /// How many samples and recommendations are kept at most.
@@ -218,7 +261,7 @@ const ROUND_DOWN_SHARE: f64 = 0.8;
 
 /// The efficient count for `wanted`: the next one up, unless the one below still gives at least
 /// 80% of the wanted throughput (busiest worker load considered); never above `limit`.
-fn efficient_for(wanted: i32, partitions: i32, limit: i32) -> i32 {
+pub(super) fn efficient_for(wanted: i32, partitions: i32, limit: i32) -> i32 {
     let counts: Vec<i32> = efficient_counts(partitions).into_iter().filter(|&c| c <= limit).collect();
     let below = counts.iter().copied().filter(|&c| c <= wanted).max();
     let above = counts.iter().copied().find(|&c| c >= wanted);
@@ -235,7 +278,7 @@ fn efficient_for(wanted: i32, partitions: i32, limit: i32) -> i32 {
 }
 
 /// Lag of a sample, leaving out the partitions in `excluded`.
-fn lag_excluding(sample: &LagSample, start_from: StartFrom, excluded: &[(String, i32)]) -> i64 {
+pub(super) fn lag_excluding(sample: &LagSample, start_from: StartFrom, excluded: &[(String, i32)]) -> i64 {
     sample
         .partitions
         .iter()
@@ -254,7 +297,10 @@ pub const REBALANCE_PAUSE_SECONDS: f64 = 2.0;
 const IN_FLIGHT_SECONDS: f64 = 5.0;
 
 /// Whether the group consumes again since `at_change`: every partition that has lag in `sample`
-/// has committed past where it was then, or is stuck (its commit stands while others move).
+/// has committed past where it was then, is stuck (its commit stands while others move), or is
+/// quiet (nothing was written to it since the change, so there is nothing a consumer could
+/// commit: a transactional input's trailing commit marker or aborted records read as lag the
+/// workers never commit past; waiting for them to move would hold every decision forever).
 fn consumption_resumed(
     at_change: &[PartitionSample],
     sample: &LagSample,
@@ -268,13 +314,14 @@ fn consumption_resumed(
             (None, now) => now.is_some(),
             (Some(_), None) => false,
         };
-        advanced || stuck.iter().any(|(t, n)| *t == p.topic && *n == p.partition)
+        let quiet = before.is_some_and(|b| b.high == p.high && b.committed == p.committed);
+        advanced || quiet || stuck.iter().any(|(t, n)| *t == p.topic && *n == p.partition)
     })
 }
 
 /// A scale change was decided: the group rebalances, and the next intervals do not describe it
 /// until its commits move again.
-fn start_rebalance(history: &mut History) {
+pub(super) fn start_rebalance(history: &mut History) {
     history.settled_since = None;
     history.commits_at_change = history.samples.back().map(|latest| latest.partitions.clone());
 }
@@ -325,7 +372,7 @@ pub fn observe(history: &mut History, sample: LagSample, workers: Workers, setti
     if !saturated {
         return;
     }
-    let measured = rates.consume / f64::from(workers.current);
+    let measured = rates.consume / f64::from(workers.ready.clamp(1, workers.current));
     history.capacity_per_replica = Some(match history.capacity_per_replica {
         Some(previous) => 0.5 * previous + 0.5 * measured,
         None => measured,
@@ -355,7 +402,7 @@ pub fn decide(history: &mut History, workers: Workers, partitions: i32, settings
     };
     let start_from = settings.start_from;
     if current > 0 && !(workers.settled && history.settled_interval()) {
-        return hold(current, "workers are starting or rebalancing; lag is not representative yet".to_owned());
+        return super::unready::decide_unsettled(history, workers, partitions, settings, now);
     }
     let stuck = stuck_partitions(&history.samples, start_from, 3);
     let total_lag = lag_excluding(latest, start_from, &stuck);
@@ -437,9 +484,18 @@ pub fn decide(history: &mut History, workers: Workers, partitions: i32, settings
         wanted = efficient.max(floor);
     }
 
-    // Scale to zero only after the lag has been 0 for the whole scale-down window.
+    // Scale to zero only after the lag has been 0 for the whole scale-down window, and for a
+    // windowed job until its open windows have been emitted.
     let zero_for = history.zero_lag_since.map(|since| now - since).unwrap_or(0.0);
-    if settings.min_replicas == 0 && all_lag == 0 && zero_for >= settings.scale_down_stabilization_seconds {
+    let zero_needed = settings.scale_down_stabilization_seconds.max(settings.open_windows_seconds);
+    let zero_lag = settings.min_replicas == 0 && all_lag == 0;
+    if zero_lag && zero_for >= settings.scale_down_stabilization_seconds && zero_for < zero_needed {
+        explanation.push_str(&format!(
+            "; not to zero before every open window is emitted: {:.0}s of zero lag of {:.0}s (window size + allowedLateness + the workers' idle timeout)",
+            zero_for, settings.open_windows_seconds
+        ));
+    }
+    if zero_lag && zero_for >= zero_needed {
         history.recommendations.push_back((now, 0));
         start_rebalance(history);
         let target = settings.scale_down_max_step.map_or(0, |step| (current - step).max(0));
@@ -496,11 +552,11 @@ pub fn decide(history: &mut History, workers: Workers, partitions: i32, settings
     Decision { replicas: target, reason, kind }
 }
 
-fn ceil_div_i64(a: i64, b: i64) -> i32 {
+pub(super) fn ceil_div_i64(a: i64, b: i64) -> i32 {
     let value = (a + b - 1) / b;
     i32::try_from(value).unwrap_or(i32::MAX)
 }
 
-fn hold(current: i32, why: String) -> Decision {
+pub(super) fn hold(current: i32, why: String) -> Decision {
     Decision { replicas: current, reason: format!("holding {current}: {why}"), kind: "hold" }
 }

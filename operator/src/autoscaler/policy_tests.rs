@@ -17,6 +17,7 @@ fn settings() -> Settings {
         scale_down_max_step: None,
         allow_idle_consumers: false,
         start_from: StartFrom::Earliest,
+        open_windows_seconds: 0.0,
     }
 }
 
@@ -38,7 +39,7 @@ fn sample(at: f64, partitions: i32, lag_each: i64, committed: i64) -> LagSample 
 }
 
 fn settled(current: i32) -> Workers {
-    Workers { current, settled: true }
+    Workers::settled(current)
 }
 
 /// A decision after two identical samples 10 s apart (one settled interval, no consumption).
@@ -202,7 +203,7 @@ fn no_decision_while_a_rollout_is_in_progress() {
     let s = settings();
     let mut history = History::default();
     observe(&mut history, sample(0.0, 12, 5000, 0), settled(2), &s);
-    let decision = decide(&mut history, Workers { current: 2, settled: false }, 12, &s, 0.0);
+    let decision = decide(&mut history, Workers { current: 2, ready: 2, settled: false }, 12, &s, 0.0);
     assert_eq!((decision.replicas, decision.kind), (2, "hold"));
     let mut empty = History::default();
     assert_eq!(decide(&mut empty, settled(3), 12, &s, 0.0).kind, "hold", "no sample, no decision");
@@ -223,9 +224,9 @@ fn scale_to_zero_only_after_a_full_window_of_zero_lag_and_wake_on_activation() {
         assert_eq!(decision.replicas, expected, "at {t}s: {}", decision.reason);
     }
     let mut asleep = History::default();
-    observe(&mut asleep, sample(0.0, 12, 4, 100), Workers { current: 0, settled: true }, &s);
+    observe(&mut asleep, sample(0.0, 12, 4, 100), Workers::settled(0), &s);
     assert_eq!(decide(&mut asleep, settled(0), 12, &s, 0.0).replicas, 0, "48 ≤ activation threshold 50");
-    observe(&mut asleep, sample(10.0, 12, 5, 100), Workers { current: 0, settled: true }, &s);
+    observe(&mut asleep, sample(10.0, 12, 5, 100), Workers::settled(0), &s);
     let wake = decide(&mut asleep, settled(0), 12, &s, 10.0);
     assert_eq!((wake.replicas, wake.kind), (1, "wake"));
     let s1 = Settings { min_replicas: 1, ..settings() };
@@ -361,4 +362,52 @@ fn a_scale_down_leaves_room_to_drain_what_its_own_rebalance_holds_up() {
     let decision = decide(&mut history, settled(4), 12, &s, 20.0);
     assert_eq!((decision.replicas, decision.kind), (4, "steady"), "{}", decision.reason);
     assert!(decision.reason.contains("a scale-down's rebalance holds up"), "{}", decision.reason);
+}
+
+#[test]
+fn a_windowed_job_scales_to_zero_only_once_its_open_windows_are_emitted() {
+    let pipeline: Vec<streamjob_crds::PipelineStage> = serde_json::from_value(serde_json::json!([
+        {"keyBy": {"field": "word"}},
+        {"window": {"type": "tumbling", "size": "1m", "allowedLateness": "30s", "aggregate": {"function": "count"}}}
+    ]))
+    .expect("pipeline");
+    let s =
+        Settings { min_replicas: 0, scale_down_stabilization_seconds: 30.0, ..settings() }.with_open_windows(&pipeline);
+    // 60 s of window, 30 s of lateness, the workers' 10 s idle timeout and 5 s of margin.
+    assert_eq!(s.open_windows_seconds, 105.0);
+    let mut history = History::default();
+    let mut reached_zero_at = None;
+    for step in 0..=12 {
+        let t = f64::from(step) * 10.0;
+        observe(&mut history, sample(t, 12, 0, 100), settled(1), &s);
+        let decision = decide(&mut history, settled(1), 12, &s, t);
+        if decision.replicas == 0 {
+            reached_zero_at = Some(t);
+            break;
+        }
+        if t >= 30.0 {
+            assert!(decision.reason.contains("not to zero before every open window is emitted"), "{}", decision.reason);
+        }
+    }
+    assert_eq!(reached_zero_at, Some(110.0), "zero after 105 s of zero lag, at the next 10 s poll");
+    let plain =
+        Settings { min_replicas: 0, scale_down_stabilization_seconds: 30.0, ..settings() }.with_open_windows(&[]);
+    assert_eq!(plain.open_windows_seconds, 0.0, "no window: the scale-down window alone");
+}
+
+#[test]
+fn after_a_scale_change_on_a_quiet_transactional_input_the_workers_settle() {
+    let settings = Settings { scale_down_stabilization_seconds: 0.0, ..settings() };
+    let mut history = History::default();
+    // Drained, but each partition of a transactional input ends with a commit marker the
+    // workers never commit past: lag 1 everywhere, and nothing new is written.
+    observe(&mut history, sample(0.0, 12, 1, 1000), settled(4), &settings);
+    observe(&mut history, sample(10.0, 12, 1, 1000), settled(4), &settings);
+    let down = decide(&mut history, settled(4), 12, &settings, 10.0);
+    assert_eq!(down.replicas, 1, "{}", down.reason);
+    observe(&mut history, sample(20.0, 12, 1, 1000), settled(1), &settings);
+    assert_eq!(decide(&mut history, settled(1), 12, &settings, 20.0).kind, "hold", "settled for less than an interval");
+    observe(&mut history, sample(30.0, 12, 1, 1000), settled(1), &settings);
+    let judged = decide(&mut history, settled(1), 12, &settings, 30.0);
+    assert_ne!(judged.kind, "hold", "a quiet input does not hold decisions forever: {}", judged.reason);
 }

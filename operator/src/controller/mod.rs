@@ -269,6 +269,7 @@ fn last_autoscaled_replicas(job: &StreamJob) -> Option<i32> {
 
 fn record_job_metrics(context: &Context, job: &StreamJob, status: &StreamJobStatus) {
     let labels = JobLabels::of(job);
+    context.metrics.track_job(&labels);
     context.metrics.desired_replicas.get_or_create(&labels).set(status.desired_replicas.into());
     context.metrics.ready_replicas.get_or_create(&labels).set(status.ready_replicas.into());
     let degraded = condition_is_true(Some(status), DEGRADED);

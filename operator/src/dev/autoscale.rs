@@ -27,7 +27,8 @@ impl DevAutoscaler {
         let mut connection = ClientConfig::new();
         connection.set("bootstrap.servers", bootstrap);
         Self {
-            settings: autoscaling.map(|a| Settings::from_spec(a, job.spec.source.start_from)),
+            settings: autoscaling
+                .map(|a| Settings::from_spec(a, job.spec.source.start_from).with_open_windows(&job.spec.pipeline)),
             poll_interval: Duration::from_secs(autoscaling.map_or(5, |a| a.poll_interval_seconds.max(1)) as u64),
             history: History::default(),
             probe: LagProbe::default(),
@@ -61,7 +62,7 @@ pub(super) async fn poll_autoscaler(
         snapshot.decision = format!("autoscaling is off: spec.replicas {}", pool.len());
         return None;
     };
-    let workers = Workers { current: pool.len(), settled };
+    let workers = Workers { current: pool.len(), ready: pool.ready(), settled };
     let decision = poll(&mut autoscaler.history, samples, workers, settings, now);
     snapshot.decision = decision.reason.clone();
     if decision.replicas == workers.current {

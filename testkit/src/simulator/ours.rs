@@ -50,7 +50,8 @@ impl Scaler for Ours {
         if t % self.poll_interval != 0.0 {
             return self.wanted.unwrap_or(current);
         }
-        let workers = Workers { current, settled };
+        // The simulator models rebalance pauses, not pods that cannot run: every worker is ready.
+        let workers = Workers { current, ready: current, settled };
         observe(&mut self.history, LagSample { at: t, partitions: partitions.to_vec() }, workers, &self.settings);
         let decision = decide(&mut self.history, workers, self.partitions, &self.settings, t);
         self.wanted = Some(decision.replicas);

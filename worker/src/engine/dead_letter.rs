@@ -94,9 +94,11 @@ impl Outbox<'_> {
                 self.reject(input, &error, 1, false, || input.offset);
             }
             Poison::Skip(error) => {
-                let reason = reason_of_refusal(&error);
-                let error = StageError::new("sink", reason, format!("undeliverable: {error}"));
-                self.skip(input, &error, 1);
+                if self.poisoned.count_skip_once(input.topic, input.partition, input.offset) {
+                    let reason = reason_of_refusal(&error);
+                    let error = StageError::new("sink", reason, format!("undeliverable: {error}"));
+                    self.skip(input, &error, 1);
+                }
             }
         }
     }

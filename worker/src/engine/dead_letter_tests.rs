@@ -190,3 +190,43 @@ fn a_non_finite_amount_is_dead_lettered_and_the_partial_stays_readable() {
         .collect();
     assert_eq!(partials, [(2, 5.0)], "a readable partial of the two numbers");
 }
+
+/// Sums that would overflow a double: the record that would make a partial's sum infinite is
+/// dead-lettered, and the partial stays finite and readable.
+#[test]
+fn a_record_that_would_overflow_a_sum_is_dead_lettered() {
+    let stages: Vec<streamjob_crds::PipelineStage> =
+        serde_yaml::from_str("[{keyBy: {field: k}}, {window: {size: 10s, aggregate: {function: sum, field: amount}}}]")
+            .expect("pipeline");
+    let settings = EngineSettings {
+        source_format: SourceFormat::Json,
+        sink_format: SinkFormat::Json,
+        dead_letter: true,
+        repartition: Some(("job-repartition".to_owned(), 1)),
+        flush_interval_ms: 200,
+        idle_timeout_ms: 10_000,
+        max_partials: 1000,
+    };
+    let mut engine =
+        Engine::new(settings, CompiledPipeline::compile(&stages).expect("compiles"), Arc::default(), Arc::default());
+    engine.assign("orders", 0, None);
+    for (offset, amount) in ["1e308", "1e308", "1"].iter().enumerate() {
+        read(&mut engine, offset as i64, format!(r#"{{"k": "a", "amount": {amount}}}"#).as_bytes());
+    }
+    engine.flush_all();
+    let outputs = engine.take_outputs();
+    let reasons: Vec<&str> = outputs
+        .iter()
+        .filter(|o| o.destination == Destination::DeadLetter)
+        .filter_map(|o| header(o, "streamjob.reason"))
+        .collect();
+    assert_eq!(reasons, ["non-finite"]);
+    let sums: Vec<f64> = outputs
+        .iter()
+        .filter_map(|o| match serde_json::from_slice(&o.payload) {
+            Ok(crate::repartition::RepartitionMessage::Partial { accumulator, .. }) => Some(accumulator.sum),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sums, [1e308 + 1.0]);
+}

@@ -66,6 +66,10 @@ impl Stage for SourceStage {
             self.staged = staged;
             return self.reject(input, &error, false, out);
         }
+        if let Some(error) = self.overflow(window, &staged) {
+            self.staged = staged;
+            return self.reject(input, &error, false, out);
+        }
         let late = self.add_partials(window, &staged, input.offset);
         self.range_start.get_or_insert(input.offset);
         self.range_end = input.offset;
@@ -223,6 +227,26 @@ impl SourceStage {
             (Some(events), Some(floor)) => Some(events.max(floor)),
             (events, floor) => events.or(floor),
         }
+    }
+
+    /// Whether adding a record's contributions would make a partial's sum overflow to an
+    /// infinity, which no partial may hold: the record is rejected instead.
+    fn overflow(&self, window: &WindowOperator, staged: &StagedContributions) -> Option<StageError> {
+        let overflows = (0..staged.entries.len()).any(|index| {
+            let entry = &staged.entries[index];
+            let held = window.window_starts(entry.event_ms).filter_map(|start| {
+                self.partials.get(&start).and_then(|partials| partials.keys.get(staged.key(index)))
+            });
+            let mut sums = held.map(|partial| partial.sum + entry.accumulator.sum);
+            sums.any(|sum| !sum.is_finite())
+        });
+        overflows.then(|| {
+            StageError::new(
+                &window.stage,
+                Reason::NonFinite,
+                "the record makes its key's sum in the window larger than a double holds",
+            )
+        })
     }
 
     /// Adds a record's contributions to the open windows; returns the event time and the

@@ -126,3 +126,19 @@ fn a_missing_sink_topic_is_retried() {
     assert_eq!(outputs.iter().map(|o| o.destination).collect::<Vec<_>>(), [Destination::Sink, Destination::Sink]);
     assert_eq!(engine.totals.skipped.load(Ordering::Relaxed), 0);
 }
+
+/// Each rewind before the commit passes a skipped record reads it again: it is still one
+/// record skipped (the issue counted 9–10 skips for 5 records).
+#[test]
+fn a_skipped_record_read_again_by_later_rewinds_counts_once() {
+    let mut engine = passthrough(false);
+    read(&mut engine, 0);
+    deliver(&mut engine, Some((Destination::Sink, FailureKind::Record)));
+    read(&mut engine, 1);
+    rewind_and_read_again(&mut engine);
+    deliver(&mut engine, Some((Destination::Sink, FailureKind::Retriable)));
+    rewind_and_read_again(&mut engine);
+    deliver(&mut engine, None);
+    assert_eq!(engine.totals.skipped.load(Ordering::Relaxed), 1);
+    assert_eq!(engine.commits(true).first().map(|c| c.offset), Some(2));
+}

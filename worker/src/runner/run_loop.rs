@@ -2,8 +2,8 @@
 
 use super::admin::ensure_repartition_topic;
 use super::clients::{create_consumer, create_producer};
-use super::starts::StartReader;
 use super::limits::read_record_limits;
+use super::starts::StartReader;
 use super::*;
 use crate::sink_refusal::{SinkRefusal, Step};
 

@@ -116,7 +116,16 @@ impl AggregateStage {
         let mut results = Vec::new();
         for (key, accumulator) in per_key {
             let result = pipeline::window_result(window, &key, start, &accumulator);
-            let encoded = pipeline::run_stateless(&out.job.pipeline.after_window, result.clone()).and_then(|records| {
+            let finite = if accumulator.sum.is_finite() {
+                Ok(result.clone())
+            } else {
+                Err(StageError::new(
+                    &window.stage,
+                    Reason::NonFinite,
+                    format!("the sum of key {key}'s {} records overflows a double", accumulator.count),
+                ))
+            };
+            let encoded = finite.and_then(|result| pipeline::run_stateless(&out.job.pipeline.after_window, result)).and_then(|records| {
                 let encoded: Vec<(Option<Vec<u8>>, Vec<u8>)> =
                     records.iter().map(|r| (r.key.clone(), pipeline::encode(sink_format, r))).collect();
                 match encoded.iter().map(|(k, p)| record_size(k.as_deref(), p, &[])).max() {
