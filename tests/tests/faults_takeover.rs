@@ -42,12 +42,11 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use streamjob_e2e::faults::{
-    record, run_all, table, wait_busy, Case, Checker, Delivery, Job, Row, Tally, Task, Worker, DRAIN_LIMIT,
-    IDLE_TIMEOUT, SETTLE,
+    record, run_all, table, wait_busy, Case, Checker, Delivery, Job, Row, Task, Worker, IDLE_TIMEOUT,
 };
 use streamjob_e2e::{free_port, http_get, real_broker, unique, workspace_binary};
 use streamjob_testkit::kafka::NewRecord;
-use streamjob_worker::topic_io::{create_topics, send_waiting, TopicReader};
+use streamjob_worker::topic_io::{create_topics, send_waiting};
 
 /// The worker's `transaction.timeout.ms`, given to the transaction a row leaves open.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -118,7 +117,7 @@ fn aborted_input(case: &Case) -> Row {
         let (committed, aborted) = write_transactions(&case.bootstrap, &case.input, 30, 40)?;
         notes.push(format!("{aborted} records written in aborted transactions"));
         let checker = Checker::new(case.job, &committed);
-        let tally = check_against(case, &checker)?;
+        let tally = case.count(&checker)?;
         match wait_lag_zero(&case.bootstrap, &case.group, &case.input) {
             Ok(waited) => notes.push(format!(
                 "every input partition's lag 0, {:.1} s after the sink was complete",
@@ -372,24 +371,6 @@ fn write_transactions(
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok((committed, aborted))
-}
-
-/// Reads the sink and the dead-letter topic until `checker` finds nothing lost (or
-/// [`DRAIN_LIMIT`] passes), a little longer, and counts: [`Case::check`] for an input whose
-/// records the checker is given (a transactional input holds markers, so its record count is
-/// not its offsets').
-fn check_against(case: &Case, checker: &Checker) -> anyhow::Result<(Tally, Vec<String>)> {
-    let committed = case.delivery == Delivery::ExactlyOnce;
-    let mut sink = TopicReader::new(&case.bootstrap, &case.sink, committed)?;
-    let mut dead_letters = TopicReader::new(&case.bootstrap, &case.dead_letters, committed)?;
-    let deadline = Instant::now() + DRAIN_LIMIT;
-    while checker.tally(&sink.records, &dead_letters.records).lost > 0 && Instant::now() < deadline {
-        sink.poll_for(Duration::from_millis(300));
-        dead_letters.poll_for(Duration::from_millis(100));
-    }
-    sink.poll_for(SETTLE);
-    dead_letters.poll_for(Duration::from_millis(500));
-    Ok((checker.tally(&sink.records, &dead_letters.records), checker.explain(&sink.records, &dead_letters.records)))
 }
 
 /// Waits until every partition of `topic` has a commit of `group` at its high watermark, as the
