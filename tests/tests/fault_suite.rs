@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use streamjob_e2e::faults::{
-    failed_row, records_for, run_all, sleep_until, table, wait_busy, Case, Cluster, Delivery, Feed, Job, Row, Task,
+    failed_row, records_for, report, run_all, sleep_until, wait_busy, Case, Cluster, Delivery, Feed, Job, Row, Task,
     Worker, DELIVERIES,
 };
 use streamjob_e2e::{in_ci, real_broker, require_real_part};
@@ -226,11 +226,5 @@ fn fault_suite() {
     let Some(bootstrap) = real_broker() else { return };
     let started = Instant::now();
     let rows = run_all(plan(&bootstrap));
-    eprintln!("\nfault suite ({} rows, {:.0?}):\n{}", rows.len(), started.elapsed(), table(&rows));
-    let failed: Vec<String> = rows
-        .iter()
-        .filter(|r| !r.passed())
-        .map(|r| format!("{} / {:?} / {:?}", r.scenario, r.job, r.delivery))
-        .collect();
-    assert!(failed.is_empty(), "rows that lost, duplicated (exactly once) or hold unexpected records: {failed:?}");
+    report("fault suite", &rows, started);
 }

@@ -22,7 +22,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use streamjob_e2e::faults::{
-    key_number, run_all, table, write_paced, Case, Checker, Delivery, Expected, Feed, Job, Row, Task, DELIVERIES,
+    key_number, report, run_all, write_paced, Case, Checker, Delivery, Expected, Feed, Job, Row, Task, DELIVERIES,
 };
 use streamjob_e2e::real_broker;
 use streamjob_testkit::kafka::NewRecord;
@@ -304,13 +304,7 @@ fn faults_records() {
     let Some(bootstrap) = real_broker() else { return };
     let started = Instant::now();
     let rows = run_all(plan(&bootstrap));
-    eprintln!("\nfaults of records ({} rows, {:.0?}):\n{}", rows.len(), started.elapsed(), table(&rows));
-    let failed: Vec<String> = rows
-        .iter()
-        .filter(|r| !r.passed())
-        .map(|r| format!("{} / {:?} / {:?}", r.scenario, r.job, r.delivery))
-        .collect();
-    assert!(failed.is_empty(), "rows that lost, duplicated or hold unexpected records: {failed:?}");
+    report("faults of records", &rows, started);
 }
 
 /// The fates of the values are those of the worker's own filter tests, and the checker

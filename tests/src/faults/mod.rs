@@ -127,6 +127,18 @@ pub fn table(rows: &[Row]) -> String {
     text
 }
 
+/// Prints a fault file's table under `title` and fails when a row lost a record, holds an
+/// unexpected one or, with exactly-once delivery, a duplicate.
+pub fn report(title: &str, rows: &[Row], started: Instant) {
+    eprintln!("\n{title} ({} rows, {:.0?}):\n{}", rows.len(), started.elapsed(), table(rows));
+    let failed: Vec<String> = rows
+        .iter()
+        .filter(|r| !r.passed())
+        .map(|r| format!("{} / {:?} / {:?}", r.scenario, r.job, r.delivery))
+        .collect();
+    assert!(failed.is_empty(), "rows that lost, duplicated (exactly once) or hold unexpected records: {failed:?}");
+}
+
 /// How many records a row of `job` writes.
 pub fn records_for(job: Job) -> usize {
     match job {
