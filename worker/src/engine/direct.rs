@@ -50,13 +50,7 @@ fn process(input: &Input<'_>, out: &mut Outbox<'_>) {
             let ticket = out.ticket(input.offset, input.timestamp_ms, Destination::Sink);
             out.progress.hold(input.offset, encoded.len() as u32);
             for (key, payload) in encoded {
-                out.push(Output {
-                    destination: Destination::Sink,
-                    key,
-                    payload,
-                    headers: Vec::new(),
-                    ticket: Some(ticket),
-                });
+                out.push(Output::to_sink(key, payload, ticket));
             }
         }
         Err(error) => out.reject(input, &error, 1, false, || input.offset),
@@ -93,13 +87,7 @@ fn forward(input: &Input<'_>, out: &mut Outbox<'_>) {
         Ok(true) => {
             let ticket = out.ticket(input.offset, input.timestamp_ms, Destination::Sink);
             out.progress.hold(input.offset, 1);
-            out.push(Output {
-                destination: Destination::Sink,
-                key: input.key.map(<[u8]>::to_vec),
-                payload: payload.to_vec(),
-                headers: Vec::new(),
-                ticket: Some(ticket),
-            });
+            out.push(Output::to_sink(input.key.map(<[u8]>::to_vec), payload.to_vec(), ticket));
         }
         Ok(false) => {}
         Err(error) => out.reject(input, &error, 1, false, || input.offset),

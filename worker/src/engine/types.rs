@@ -98,6 +98,13 @@ pub struct Output {
     pub ticket: Option<Ticket>,
 }
 
+impl Output {
+    /// A result for the sink, acknowledged under `ticket`.
+    pub fn to_sink(key: Option<Vec<u8>>, payload: Vec<u8>, ticket: Ticket) -> Self {
+        Self { destination: Destination::Sink, key, payload, headers: Vec::new(), ticket: Some(ticket) }
+    }
+}
+
 /// An offset to commit, with the aggregating stage's progress as commit metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Commit {

@@ -163,13 +163,7 @@ impl AggregateStage {
         out.progress.hold(hold, results.len() as u32);
         self.emitted.push((start + window.size_ms, hold));
         for (key, payload) in results {
-            out.push(Output {
-                destination: Destination::Sink,
-                key,
-                payload,
-                headers: Vec::new(),
-                ticket: Some(ticket),
-            });
+            out.push(Output::to_sink(key, payload, ticket));
         }
     }
 }
