@@ -5,13 +5,14 @@
 //! chart's ServiceAccount and its restricted security context, reaching the API server through
 //! the `kubernetes` Service; the wordcount example applied against a real Kafka broker the pods
 //! reach; its workers run as pods from the worker image; `kubectl wait --for=condition=Ready`;
-//! the word counts are exact; a spike scales the workers up (new pods, same checks) and, once
-//! the lag is gone, back to one, and the counts of everything are still exact.
+//! the word counts are exact; a backlog written while the job is suspended scales the resumed
+//! workers up (new pods, same checks) and, once the lag is gone, back to one, and the counts of everything are still exact.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
+use streamjob_crds::names;
 use streamjob_e2e::chart_rbac::Release;
 use streamjob_e2e::node::{images, RealNode};
 use streamjob_e2e::unique;
@@ -26,6 +27,8 @@ const WAIT: Duration = Duration::from_secs(240);
 /// The wordcount example's window size.
 const WINDOW_MS: i64 = 10_000;
 const PARTITIONS: i32 = 6;
+/// Each worker pod's CPU request and limit (see `manifest`).
+const WORKER_CPU: &str = "50m";
 
 #[test]
 fn chart_operator_and_workers_run_as_pods_on_a_real_node_and_count_words_exactly() -> anyhow::Result<()> {
@@ -79,8 +82,7 @@ fn whole_path(node: &RealNode) -> anyhow::Result<()> {
     node.kubectl(&["create", "namespace", &namespace])?;
     let (lines_topic, counts_topic) = (unique("lines"), unique("word-counts"));
     let name = "wordcount";
-    let group = format!("streamjob-{namespace}-{name}");
-    let repartition = format!("{group}-repartition");
+    let repartition = names::repartition_topic(&names::default_consumer_group(&namespace, name));
     create_topics(
         &node.bootstrap,
         &[(lines_topic.as_str(), PARTITIONS), (counts_topic.as_str(), PARTITIONS), (repartition.as_str(), PARTITIONS)],
@@ -104,13 +106,18 @@ fn whole_path(node: &RealNode) -> anyhow::Result<()> {
     let mut sink = TopicReader::new(&node.bootstrap, &counts_topic, false)?;
     exact_counts(node, &namespace, name, &mut sink, &lines)?;
 
-    // A spike far above lagThreshold (2 000 per replica): more worker pods, then back to one
-    // once the lag is gone and the scale-down stabilisation (30 s) has passed.
+    // A backlog far above lagThreshold (2 000 per replica), written while the job is suspended,
+    // as after a pause or an outage, and drained by workers held to WORKER_CPU. More worker pods, then back to one once the
+    // lag is gone and the scale-down stabilisation (30 s) has passed.
+    suspend(node, &namespace, name, true)?;
+    wait_for_replicas(node, &namespace, name, |replicas| replicas == 0).context("the suspended job kept workers")?;
+    wait_for_no_pods(node, &namespace, &selector(&statefulset)?)?;
     let spike = lines_from(lines.len()..lines.len() + SPIKE_LINES, streamjob_worker::runner::now_ms());
     produce_all(&node.bootstrap, &lines_topic, &spike)?;
+    suspend(node, &namespace, name, false)?;
     let started = Instant::now();
     let peak = wait_for_replicas(node, &namespace, name, |replicas| replicas > 1)
-        .context("the job never scaled up on the spike")?;
+        .context("the job never scaled up on the backlog")?;
     let scaled_up_after = started.elapsed();
     wait_for_ready_replicas(node, &namespace, name, peak)?;
     for worker in pods(node, &namespace, &selector(&statefulset)?)? {
@@ -121,8 +128,8 @@ fn whole_path(node: &RealNode) -> anyhow::Result<()> {
     let all = [lines.clone(), spike].concat();
     exact_counts(node, &namespace, name, &mut sink, &all)?;
     let summary = format!(
-        "operator pod {}, worker pods 1 -> {peak} ({scaled_up_after:.0?} after the spike's last line was written) -> 1 \
-         ({scaled_down_after:.0?} after) on a spike of {SPIKE_LINES} lines; {} lines counted exactly",
+        "operator pod {}, worker pods 1 -> {peak} ({scaled_up_after:.0?} after it resumed) -> 1 \
+         ({scaled_down_after:.0?} after) on a backlog of {SPIKE_LINES} lines; {} lines counted exactly",
         operator["metadata"]["name"].as_str().unwrap_or_default(),
         all.len(),
     );
@@ -134,7 +141,7 @@ fn whole_path(node: &RealNode) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Lines of the spike: far above the test job's lagThreshold of 2 000 per replica.
+/// Lines of the backlog: far above the test job's lagThreshold of 2 000 per replica.
 const SPIKE_LINES: usize = 150_000;
 
 /// Reads the sink until its final counts are those of `lines`; an error with the differences
@@ -180,6 +187,28 @@ fn wait_for_replicas(
     }
 }
 
+/// Sets `spec.suspend`, as a user pauses and resumes a job.
+fn suspend(node: &RealNode, namespace: &str, name: &str, suspend: bool) -> anyhow::Result<()> {
+    let patch = json!({"spec": {"suspend": suspend}}).to_string();
+    node.kubectl(&["patch", "sj", name, "-n", namespace, "--type=merge", "-p", &patch])?;
+    Ok(())
+}
+
+/// Waits until no pod matches `selector` (a suspended job's workers have stopped).
+fn wait_for_no_pods(node: &RealNode, namespace: &str, selector: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = pods(node, namespace, selector)?.len();
+        if left == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{left} worker pods still there {WAIT:?} after the job was suspended");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 /// Waits until `replicas` worker pods are ready (or the job scaled on meanwhile).
 fn wait_for_ready_replicas(node: &RealNode, namespace: &str, name: &str, replicas: i64) -> anyhow::Result<()> {
     let deadline = Instant::now() + WAIT;
@@ -214,9 +243,10 @@ fn manifest(
     lines: &str,
     counts: &str,
 ) -> anyhow::Result<std::path::PathBuf> {
-    // The example's autoscaling with a lower lagThreshold and a shorter poll, so that a spike a
-    // test can produce in seconds outruns one worker at some poll (the example's 20 000 per
-    // replica did not, in a run where the worker drained 150 000 lines between polls).
+    // The example's autoscaling with a lower lagThreshold and a shorter poll, and workers held
+    // to 50 millicores, as a namespace's LimitRange would: so that a backlog lasts several polls
+    // after the resumed worker is ready however fast the machine is (unthrottled, a dist worker
+    // drained 150 000 lines between two 2 s polls), and the autoscaler has lag to act on.
     let mut job = example("wordcount.yaml").named(name).in_namespace(namespace).autoscaling(json!({
         "minReplicas": 1, "maxReplicas": 4, "lagThreshold": 2000, "pollIntervalSeconds": 2,
         "scaleDown": {"stabilizationSeconds": 30},
@@ -226,6 +256,10 @@ fn manifest(
     job.spec.sink.topic = counts.to_owned();
     let mut manifest = serde_json::to_value(&job)?;
     manifest["spec"]["imagePullPolicy"] = json!("Never");
+    manifest["spec"]["resources"] = json!({
+        "requests": {"cpu": WORKER_CPU, "memory": "64Mi"},
+        "limits": {"cpu": WORKER_CPU, "memory": "512Mi"},
+    });
     let path = node.dir.join(format!("{name}.yaml"));
     std::fs::write(&path, serde_yaml::to_string(&manifest)?)?;
     Ok(path)
