@@ -7,12 +7,12 @@ use std::time::Duration;
 mod common;
 
 use common::{commit, commit_with_metadata, create_topics, fill, real_broker, unique};
-use rdkafka::consumer::BaseConsumer;
 use rdkafka::ClientConfig;
 use streamjob_crds::capacity_report::CapacityReport;
 use streamjob_crds::StartFrom;
+use streamjob_operator::autoscaler::kafka_admin::ClusterAdmin;
 use streamjob_operator::autoscaler::policy::PartitionSample;
-use streamjob_operator::autoscaler::probe::{measure_blocking, LagProbe, ProbeError, ProbeTarget};
+use streamjob_operator::autoscaler::probe::{measure_with, LagProbe, ProbeError, ProbeTarget};
 use streamjob_worker::mock_broker::MockBroker;
 
 fn target(bootstrap: &str, group: &str, topics: &[&str]) -> ProbeTarget {
@@ -61,6 +61,28 @@ async fn committed_offsets_and_watermarks_give_the_lag_per_partition() {
     assert_eq!(samples[1].lag(StartFrom::Earliest), 27 - 20);
 }
 
+/// Many jobs on one cluster share one client (its threads and connections), whatever their
+/// groups; each still reads its own group's offsets.
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_on_one_cluster_share_one_client_and_read_their_own_groups() {
+    let Some(bootstrap) = real_broker() else { return };
+    let orders = unique("orders");
+    create_topics(&bootstrap, &[(&orders, 2)]);
+    fill(&bootstrap, &orders, &[10, 10]);
+    let groups: Vec<String> = (0..20).map(|_| unique("billing")).collect();
+    for (i, group) in groups.iter().enumerate() {
+        commit(&bootstrap, group, &orders, &[(0, i as i64 % 10)]);
+    }
+    let probe = LagProbe::default();
+    let targets: Vec<ProbeTarget> = groups.iter().map(|group| target(&bootstrap, group, &[orders.as_str()])).collect();
+    let measured = futures::future::join_all(targets.iter().map(|target| probe.measure(target))).await;
+    for (i, samples) in measured.into_iter().enumerate() {
+        let samples = samples.expect("probe");
+        assert_eq!(samples, vec![sample(&orders, 0, 10, Some(i as i64 % 10)), sample(&orders, 1, 10, None)]);
+    }
+    assert_eq!(probe.clients(), 1, "one client for the cluster");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_workers_capacity_report_comes_back_with_its_commit() {
     let Some(bootstrap) = real_broker() else { return };
@@ -102,8 +124,7 @@ async fn a_dead_broker_is_an_error_not_zero_lag() {
     let bootstrap = broker.bootstrap_servers();
     broker.create_topic("orders", 2).expect("topic");
     broker.cluster().broker_down(1).expect("broker down");
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", &bootstrap).set("group.id", "billing").create().expect("consumer");
-    let down = measure_blocking(&consumer, "billing", &["orders".to_owned()], Duration::from_secs(2));
+    let admin = ClusterAdmin::new(ClientConfig::new().set("bootstrap.servers", &bootstrap)).expect("admin client");
+    let down = measure_with(&admin, "billing", &["orders".to_owned()], Duration::from_secs(2)).await;
     assert!(down.is_err(), "a broker that is down gives an error: {down:?}");
 }

@@ -2,7 +2,7 @@
 //! StatefulSet's replicas, and report in the status, events and metrics. `spec.replicas` is
 //! never written: GitOps tools own the spec.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -112,6 +112,8 @@ pub struct Autoscaler {
     context: Arc<Context>,
     probe: LagProbe,
     jobs: Mutex<HashMap<(String, String), JobScaling>>,
+    /// The jobs whose poll is running (`run`).
+    in_flight: Mutex<HashSet<(String, String)>>,
 }
 
 /// Whether the autoscaler acts on this job now.
@@ -139,48 +141,68 @@ pub fn workers_of(stateful_set: &StatefulSet) -> Workers {
 
 impl Autoscaler {
     pub fn new(context: Arc<Context>) -> Self {
-        Self { context, probe: LagProbe::default(), jobs: Mutex::default() }
+        Self { context, probe: LagProbe::default(), jobs: Mutex::default(), in_flight: Mutex::default() }
     }
 
     /// Polls the jobs of every watched scope (one store per watched namespace, or one for all)
     /// as they fall due, until the task is dropped. One loop sees every job, so forgetting the
-    /// jobs that are gone never forgets another namespace's.
+    /// jobs that are gone never forgets another namespace's. Each poll runs as its own task: a
+    /// job whose cluster is slow or unreachable (up to the probe's deadline) never delays
+    /// another job's poll, and a job is not polled again while its last poll still runs.
     pub async fn run(self: Arc<Self>, stores: Vec<Store<StreamJob>>) {
         let started = Instant::now();
+        let mut polls = tokio::task::JoinSet::new();
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
+            while polls.try_join_next().is_some() {}
             let jobs: Vec<Arc<StreamJob>> = stores.iter().flat_map(Store::state).collect();
-            self.poll_due(&jobs, started.elapsed().as_secs_f64()).await;
+            let now = started.elapsed().as_secs_f64();
+            for job in self.due(&jobs, now) {
+                let key = job_key(&job);
+                if !lock(&self.in_flight).insert(key.clone()) {
+                    continue;
+                }
+                let autoscaler = self.clone();
+                polls.spawn(async move {
+                    autoscaler.poll_logged(&job, now).await;
+                    lock(&autoscaler.in_flight).remove(&key);
+                });
+            }
         }
     }
 
-    /// Polls every autoscaled job whose poll interval has passed, concurrently; forgets jobs
-    /// that are gone or no longer autoscaled, and the probe clients no job uses any more.
+    /// Polls every autoscaled job whose poll interval has passed, concurrently, and returns once
+    /// every poll has ended.
     pub async fn poll_due(&self, jobs: &[Arc<StreamJob>], now: f64) {
-        let due: Vec<&StreamJob> = {
-            let mut states = self.states();
-            states.retain(|key, _| {
-                let kept = jobs.iter().any(|job| job_key(job) == *key && autoscaled(job));
-                if !kept {
-                    let (namespace, job) = key.clone();
-                    self.context.metrics.forget_lag(&JobLabels { namespace, job });
-                }
-                kept
-            });
-            let targets: Vec<ProbeTarget> = states.values().filter_map(|s| s.probe_target.clone()).collect();
-            self.probe.retain(&targets);
-            jobs.iter()
-                .map(Arc::as_ref)
-                .filter(|job| autoscaled(job))
-                .filter(|job| states.get(&job_key(job)).is_none_or(|state| state.next_poll_at <= now))
-                .collect()
-        };
-        let polls = due.into_iter().map(|job| async move {
-            if let Err(error) = self.poll_job(job, now).await {
-                tracing::warn!(job = %job.name_any(), namespace = ?job.namespace(), step = error.category(), %error, "autoscaler poll failed");
+        let due = self.due(jobs, now);
+        futures::future::join_all(due.iter().map(|job| self.poll_logged(job, now))).await;
+    }
+
+    /// The autoscaled jobs whose poll interval has passed; forgets jobs that are gone or no
+    /// longer autoscaled, and the probe clients no job uses any more.
+    fn due(&self, jobs: &[Arc<StreamJob>], now: f64) -> Vec<Arc<StreamJob>> {
+        let mut states = self.states();
+        states.retain(|key, _| {
+            let kept = jobs.iter().any(|job| job_key(job) == *key && autoscaled(job));
+            if !kept {
+                let (namespace, job) = key.clone();
+                self.context.metrics.forget_lag(&JobLabels { namespace, job });
             }
+            kept
         });
-        futures::future::join_all(polls).await;
+        let targets: Vec<ProbeTarget> = states.values().filter_map(|s| s.probe_target.clone()).collect();
+        self.probe.retain(&targets);
+        jobs.iter()
+            .filter(|job| autoscaled(job))
+            .filter(|job| states.get(&job_key(job)).is_none_or(|state| state.next_poll_at <= now))
+            .cloned()
+            .collect()
+    }
+
+    async fn poll_logged(&self, job: &StreamJob, now: f64) {
+        if let Err(error) = self.poll_job(job, now).await {
+            tracing::warn!(job = %job.name_any(), namespace = ?job.namespace(), step = error.category(), %error, "autoscaler poll failed");
+        }
     }
 
     fn states(&self) -> MutexGuard<'_, HashMap<(String, String), JobScaling>> {

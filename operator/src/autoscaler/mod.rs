@@ -4,6 +4,7 @@
 pub mod blocked;
 pub mod capacity;
 pub mod driver;
+pub mod kafka_admin;
 pub mod policy;
 pub mod probe;
 pub mod unready;

@@ -1,6 +1,8 @@
 //! The lag probe: per partition of a job's source topics, the group's committed offset (with the
-//! capacity report the committing worker put in its metadata) and the low and high watermarks,
-//! read with librdkafka off the async runtime.
+//! capacity report the committing worker put in its metadata) and the low and high watermarks.
+//! One admin client per cluster and credentials serves every job on it (`kafka_admin.rs`), four
+//! asynchronous requests a measurement whatever the partition count, under one deadline, so a
+//! slow or unreachable cluster delays only its own jobs.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -8,31 +10,33 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use streamjob_crds::capacity_report::CapacityReport;
 use streamjob_runtime::clock::now_ms;
 use streamjob_runtime::sync::lock;
 
+use super::kafka_admin::{AdminError, ClusterAdmin, LogEnd, PartitionOffset};
 use super::policy::{PartitionSample, WorkerRate};
 
-/// How long one probe request (metadata, committed offsets, watermarks) may take.
+/// How long one measurement (its four requests) may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("creating the Kafka client: {0}")]
-    Client(rdkafka::error::KafkaError),
-    #[error("reading metadata of topic {topic}: {source}")]
-    Metadata { topic: String, source: rdkafka::error::KafkaError },
+    #[error("{0}")]
+    Client(AdminError),
+    #[error("reading the partitions of topics {topics:?}: {source}")]
+    Metadata { topics: Vec<String>, source: AdminError },
     #[error("topic {topic}: {message}")]
     Topic { topic: String, message: String },
     #[error("reading committed offsets of group {group}: {source}")]
-    Committed { group: String, source: rdkafka::error::KafkaError },
-    #[error("reading watermarks of {topic}/{partition}: {source}")]
-    Watermarks { topic: String, partition: i32, source: rdkafka::error::KafkaError },
-    #[error("the probe task failed: {0}")]
-    Task(String),
+    Committed { group: String, source: AdminError },
+    #[error("reading the log offsets of the source partitions: {0}")]
+    Watermarks(AdminError),
+    #[error("partition {topic}/{partition}: {message}")]
+    Partition { topic: String, partition: i32, message: String },
+    #[error("no answer from the cluster within {0:?}")]
+    Deadline(Duration),
 }
 
 /// What to measure: a consumer group's position on some topics of one cluster.
@@ -45,8 +49,7 @@ pub struct ProbeTarget {
 }
 
 impl ProbeTarget {
-    /// Identifies the client that can measure this target: same cluster, same credentials,
-    /// same group.
+    /// Identifies the client that can measure this target: same cluster, same credentials.
     fn client_key(&self) -> u64 {
         let mut hasher = DefaultHasher::new();
         // config_map() is sorted but masks secrets; get() has the real values.
@@ -54,28 +57,24 @@ impl ProbeTarget {
             key.hash(&mut hasher);
             self.connection.get(key).hash(&mut hasher);
         }
-        self.group.hash(&mut hasher);
         hasher.finish()
     }
 }
 
-/// Measures consumer-group lag. librdkafka reads committed offsets only for the consumer's own
-/// `group.id` (rust-rdkafka has no ListConsumerGroupOffsets), so there is one non-subscribed
-/// consumer per cluster and group; it never joins the group, so it triggers no rebalance. The
-/// clients are kept and reused across polls.
+/// Measures consumer-group lag with one admin client per cluster and credentials, shared by the
+/// jobs on it and kept across polls; it never joins a group, so it triggers no rebalance.
 #[derive(Default)]
 pub struct LagProbe {
-    clients: Mutex<HashMap<u64, Arc<BaseConsumer>>>,
+    clients: Mutex<HashMap<u64, Arc<ClusterAdmin>>>,
 }
 
 impl LagProbe {
-    /// One measurement of every partition of the target's topics.
+    /// One measurement of every partition of the target's topics, within `PROBE_TIMEOUT`.
     pub async fn measure(&self, target: &ProbeTarget) -> Result<Vec<PartitionSample>, ProbeError> {
-        let consumer = self.client_for(target)?;
-        let (group, topics) = (target.group.clone(), target.topics.clone());
-        tokio::task::spawn_blocking(move || measure_blocking(&consumer, &group, &topics, PROBE_TIMEOUT))
+        let admin = self.client_for(target)?;
+        tokio::time::timeout(PROBE_TIMEOUT, measure_with(&admin, &target.group, &target.topics, PROBE_TIMEOUT))
             .await
-            .map_err(|e| ProbeError::Task(e.to_string()))?
+            .map_err(|_| ProbeError::Deadline(PROBE_TIMEOUT))?
     }
 
     /// Drops clients no target in `keep` uses (jobs deleted, credentials rotated).
@@ -84,72 +83,104 @@ impl LagProbe {
         lock(&self.clients).retain(|key, _| keys.contains(key));
     }
 
-    fn client_for(&self, target: &ProbeTarget) -> Result<Arc<BaseConsumer>, ProbeError> {
+    /// How many clusters (with their credentials) the probe holds a client for.
+    pub fn clients(&self) -> usize {
+        lock(&self.clients).len()
+    }
+
+    fn client_for(&self, target: &ProbeTarget) -> Result<Arc<ClusterAdmin>, ProbeError> {
         let key = target.client_key();
         let mut clients = lock(&self.clients);
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
         let mut config = target.connection.clone();
-        config
-            .set("group.id", &target.group)
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .set("allow.auto.create.topics", "false")
-            .set("client.id", "streamjob-operator-lag-probe");
-        let client: Arc<BaseConsumer> = Arc::new(config.create().map_err(ProbeError::Client)?);
+        config.set("client.id", "streamjob-operator-lag-probe");
+        let client = Arc::new(ClusterAdmin::new(&config).map_err(ProbeError::Client)?);
         clients.insert(key, client.clone());
         Ok(client)
     }
 }
 
-/// The blocking part: metadata for the partition list, the group's committed offsets in one
-/// request, then each partition's watermarks.
-pub fn measure_blocking(
-    consumer: &BaseConsumer,
+/// The partitions of the topics, then the group's committed offsets and the partitions'
+/// log-start and end offsets, each one request.
+pub async fn measure_with(
+    admin: &ClusterAdmin,
     group: &str,
     topics: &[String],
     timeout: Duration,
 ) -> Result<Vec<PartitionSample>, ProbeError> {
-    let mut partitions = TopicPartitionList::new();
+    let described = admin
+        .describe_topics(topics, timeout)
+        .await
+        .map_err(|source| ProbeError::Metadata { topics: topics.to_vec(), source })?;
+    let mut partitions = Vec::new();
     for topic in topics {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(|source| ProbeError::Metadata { topic: topic.clone(), source })?;
-        let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
-            return Err(ProbeError::Topic { topic: topic.clone(), message: "not in the broker's metadata".to_owned() });
+        let found = described.iter().find(|(name, _)| name == topic);
+        let ids = match found {
+            None => return Err(ProbeError::Topic { topic: topic.clone(), message: "not in the answer".to_owned() }),
+            Some((_, Err(message))) => {
+                return Err(ProbeError::Topic { topic: topic.clone(), message: message.clone() })
+            }
+            Some((_, Ok(ids))) if ids.is_empty() => {
+                return Err(ProbeError::Topic { topic: topic.clone(), message: "has no partitions".to_owned() })
+            }
+            Some((_, Ok(ids))) => ids,
         };
-        if let Some(error) = found.error() {
-            let message = rdkafka::types::RDKafkaErrorCode::from(error).to_string();
-            return Err(ProbeError::Topic { topic: topic.clone(), message });
-        }
-        if found.partitions().is_empty() {
-            return Err(ProbeError::Topic { topic: topic.clone(), message: "has no partitions".to_owned() });
-        }
-        for partition in found.partitions() {
-            partitions.add_partition(topic, partition.id());
-        }
+        partitions.extend(ids.iter().map(|id| (topic.clone(), *id)));
     }
-    let committed = consumer
-        .committed_offsets(partitions, timeout)
-        .map_err(|source| ProbeError::Committed { group: group.to_owned(), source })?;
-    let mut samples = Vec::with_capacity(committed.count());
-    for element in committed.elements() {
-        let (topic, partition) = (element.topic().to_owned(), element.partition());
-        let (low, high) = consumer
-            .fetch_watermarks(&topic, partition, timeout)
-            .map_err(|source| ProbeError::Watermarks { topic: topic.clone(), partition, source })?;
-        let committed = match element.offset() {
-            Offset::Offset(offset) if offset >= 0 => Some(offset),
-            _ => None,
-        };
-        let committed_by = CapacityReport::decode(element.metadata()).map(|report| WorkerRate {
-            age_seconds: (now_ms() - report.at_ms).max(0) as f64 / 1000.0,
+    let (committed, low, high) = tokio::join!(
+        admin.committed_offsets(group, &partitions, timeout),
+        admin.log_offsets(&partitions, LogEnd::Start, timeout),
+        admin.log_offsets(&partitions, LogEnd::End, timeout),
+    );
+    let committed = committed.map_err(|source| ProbeError::Committed { group: group.to_owned(), source })?;
+    let (low, high) = (low.map_err(ProbeError::Watermarks)?, high.map_err(ProbeError::Watermarks)?);
+    samples(&partitions, &committed, &low, &high, now_ms())
+}
+
+/// One sample per partition from the three answers; a partition missing from an answer, or
+/// with an error in it, fails the measurement (a partial one would misstate the lag).
+pub fn samples(
+    partitions: &[(String, i32)],
+    committed: &[PartitionOffset],
+    low: &[PartitionOffset],
+    high: &[PartitionOffset],
+    now_ms: i64,
+) -> Result<Vec<PartitionSample>, ProbeError> {
+    let find = |answer: &[PartitionOffset], topic: &str, partition: i32| -> Result<(i64, Option<String>), ProbeError> {
+        let found = answer.iter().find(|offset| offset.topic == topic && offset.partition == partition);
+        match found {
+            None => Err(ProbeError::Partition {
+                topic: topic.to_owned(),
+                partition,
+                message: "missing from the broker's answer".to_owned(),
+            }),
+            Some(PartitionOffset { offset: Err(message), .. }) => {
+                Err(ProbeError::Partition { topic: topic.to_owned(), partition, message: message.clone() })
+            }
+            Some(PartitionOffset { offset: Ok(offset), metadata, .. }) => Ok((*offset, metadata.clone())),
+        }
+    };
+    let mut samples = Vec::with_capacity(partitions.len());
+    for (topic, partition) in partitions {
+        let (committed, metadata) = find(committed, topic, *partition)?;
+        let (low, _) = find(low, topic, *partition)?;
+        let (high, _) = find(high, topic, *partition)?;
+        let committed_by = metadata.as_deref().and_then(CapacityReport::decode).map(|report| WorkerRate {
+            age_seconds: (now_ms - report.at_ms).max(0) as f64 / 1000.0,
             worker: report.worker,
             records_per_busy_second: report.records_per_busy_second,
             busy_share: report.busy_share,
         });
-        samples.push(PartitionSample { topic, partition, low, high, committed, committed_by });
+        samples.push(PartitionSample {
+            topic: topic.clone(),
+            partition: *partition,
+            low,
+            high,
+            committed: (committed >= 0).then_some(committed),
+            committed_by,
+        });
     }
     samples.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
     Ok(samples)
@@ -173,7 +204,11 @@ mod tests {
         let forward: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let backward: Vec<(&str, &str)> = forward.iter().rev().copied().collect();
         assert_eq!(target(&forward, "g").client_key(), target(&backward, "g").client_key());
-        assert_ne!(target(&forward, "g").client_key(), target(&forward, "other").client_key());
+        assert_eq!(
+            target(&forward, "g").client_key(),
+            target(&forward, "other").client_key(),
+            "one client per cluster and credentials, whatever the group"
+        );
         let rotated = [("bootstrap.servers", "k:9092"), ("sasl.password", "new")];
         assert_ne!(
             target(&[("bootstrap.servers", "k:9092"), ("sasl.password", "old")], "g").client_key(),

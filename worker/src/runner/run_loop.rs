@@ -83,9 +83,29 @@ pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
     }
     drop(engine);
     shared.stall.enter("closing the consumer", shared.flush_timeout);
+    leave_group(&consumer, shared.flush_timeout);
     drop(consumer);
     tracing::info!("worker stopped: drained, committed and left the group");
     result
+}
+
+/// Leaves the group before the consumer is closed: unsubscribes and serves the revocation (it
+/// commits and unassigns, see `Shared::revoke`) until nothing is assigned. Closing a cooperative
+/// consumer that still holds partitions while a rebalance is under way can hang in librdkafka
+/// (confluentinc/librdkafka#4527; seen here as a `dev` whose worker never stopped, blocked in
+/// `incremental_unassign` inside the close). A record a poll returns now is not processed and
+/// not committed: the partition's next owner reads it.
+fn leave_group(consumer: &WorkerConsumer, timeout: Duration) {
+    consumer.unsubscribe();
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match consumer.assignment() {
+            Ok(assignment) if assignment.count() > 0 => {}
+            _ => return,
+        }
+        let _ = consumer.poll(Duration::from_millis(100));
+    }
+    tracing::warn!("partitions still assigned {timeout:?} after unsubscribing; closing the consumer anyway");
 }
 
 fn consume_until_stopped(
