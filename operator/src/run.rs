@@ -18,6 +18,7 @@ use kube::{Api, Client, ResourceExt};
 use streamjob_crds::StreamJob;
 
 use crate::autoscaler::driver::Autoscaler;
+use crate::autoscaler::view::ClusterView;
 use streamjob_runtime::http::{serve, Health};
 use streamjob_runtime::shutdown::shutdown_signal;
 
@@ -142,12 +143,14 @@ async fn lead(client: &Client, options: &RunOptions, metrics: &Arc<Metrics>) {
     ));
     let scopes: Vec<Option<String>> =
         if options.namespaces.is_empty() { vec![None] } else { options.namespaces.iter().cloned().map(Some).collect() };
+    let (view, view_tasks) = ClusterView::start(client, &scopes);
+    let _view_tasks: Vec<AbortOnDrop> = view_tasks.into_iter().map(AbortOnDrop).collect();
     let controllers: Vec<(Option<String>, JobController)> =
         scopes.into_iter().map(|ns| (ns.clone(), job_controller(client, ns.as_deref()))).collect();
     let stores: Vec<Store<StreamJob>> = controllers.iter().map(|(_, controller)| controller.store()).collect();
     // Stopped with the controllers, also when a leader steps down and drops them.
     let _job_metrics = AbortOnDrop(tokio::spawn(follow_job_metrics(stores.clone(), metrics.clone())));
-    let _autoscaling = AbortOnDrop(tokio::spawn(Arc::new(Autoscaler::new(context.clone())).run(stores)));
+    let _autoscaling = AbortOnDrop(tokio::spawn(Arc::new(Autoscaler::with_view(context.clone(), view)).run(stores)));
     futures::future::join_all(
         controllers.into_iter().map(|(ns, controller)| run_controller(controller, ns, context.clone())),
     )

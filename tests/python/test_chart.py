@@ -119,10 +119,10 @@ JOB_RULES = {
     ("", "services"): {"get", "list", "watch", "create", "patch"},
     ("", "configmaps"): {"get", "list", "watch", "create", "patch"},
     ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch"},
-    ("", "pods"): {"list"},
+    ("", "pods"): {"list", "watch"},
     ("", "secrets"): {"get"},
     ("events.k8s.io", "events"): {"create", "patch"},
-    ("", "events"): {"list"},
+    ("", "events"): {"list", "watch"},
 }
 
 

@@ -88,10 +88,11 @@ calls the operator makes, no more (tests/tests/chart_install.rs runs it with onl
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch"]
-# The workers' pods, listed for readiness and failure reasons in the status.
+# The workers' pods, listed for readiness and failure reasons in the status, and watched by the
+# autoscaler (why pods cannot run, for ScaleBlocked).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 # Kafka credentials and CA bundles of jobs, for the lag probe and consumer-group deletion.
 - apiGroups: [""]
   resources: ["secrets"]
@@ -100,9 +101,9 @@ calls the operator makes, no more (tests/tests/chart_install.rs runs it with onl
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
-# The StatefulSet controller's FailedCreate events (a ResourceQuota, a webhook), read while
-# workers are missing, for the ScaleBlocked condition.
+# The StatefulSet controller's FailedCreate events (a ResourceQuota, a webhook), watched by the
+# autoscaler for the ScaleBlocked condition.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 {{- end -}}

@@ -21,6 +21,7 @@ use streamjob_runtime::sync::lock;
 use super::blocked::{scale_blockers, summary, Blocker};
 use super::policy::{poll, rates, start_rebalance, Decision, History, PartitionSample, Settings, Workers};
 use super::probe::{LagProbe, ProbeError, ProbeTarget};
+use super::view::ClusterView;
 use crate::build::{selector_string, FIELD_MANAGER};
 use crate::controller::events::{publish, JobEvent};
 use crate::controller::{apply_status, job_key, reconciliation_paused, Context};
@@ -114,6 +115,8 @@ pub struct Autoscaler {
     jobs: Mutex<HashMap<(String, String), JobScaling>>,
     /// The jobs whose poll is running (`run`).
     in_flight: Mutex<HashSet<(String, String)>>,
+    /// The StatefulSets, pods and events from watches; without it (tests) each poll reads them.
+    view: Option<ClusterView>,
 }
 
 /// Whether the autoscaler acts on this job now.
@@ -141,7 +144,12 @@ pub fn workers_of(stateful_set: &StatefulSet) -> Workers {
 
 impl Autoscaler {
     pub fn new(context: Arc<Context>) -> Self {
-        Self { context, probe: LagProbe::default(), jobs: Mutex::default(), in_flight: Mutex::default() }
+        Self { context, probe: LagProbe::default(), jobs: Mutex::default(), in_flight: Mutex::default(), view: None }
+    }
+
+    /// An autoscaler that reads the StatefulSets, pods and events from `view`'s watches.
+    pub fn with_view(context: Arc<Context>, view: ClusterView) -> Self {
+        Self { view: Some(view), ..Self::new(context) }
     }
 
     /// Polls the jobs of every watched scope (one store per watched namespace, or one for all)
@@ -150,6 +158,9 @@ impl Autoscaler {
     /// job whose cluster is slow or unreachable (up to the probe's deadline) never delays
     /// another job's poll, and a job is not polled again while its last poll still runs.
     pub async fn run(self: Arc<Self>, stores: Vec<Store<StreamJob>>) {
+        if let Some(view) = &self.view {
+            view.ready().await;
+        }
         let started = Instant::now();
         let mut polls = tokio::task::JoinSet::new();
         loop {
@@ -223,7 +234,11 @@ impl Autoscaler {
         self.states().entry(key.clone()).or_default().next_poll_at = now + poll_interval;
 
         let stateful_sets: Api<StatefulSet> = Api::namespaced(self.context.client.clone(), &namespace);
-        let Some(stateful_set) = stateful_sets.get_opt(&name).await.map_err(AutoscalerError::ReadStatefulSet)? else {
+        let stateful_set = match &self.view {
+            Some(view) => view.stateful_set(&namespace, &name),
+            None => stateful_sets.get_opt(&name).await.map_err(AutoscalerError::ReadStatefulSet)?,
+        };
+        let Some(stateful_set) = stateful_set else {
             return Ok(Decision {
                 replicas: 0,
                 reason: "holding: the StatefulSet does not exist yet".to_owned(),
@@ -284,6 +299,11 @@ impl Autoscaler {
 
     /// Why some of the `wanted` workers do not run; empty when that cannot be read (logged).
     async fn blockers(&self, stateful_set: &StatefulSet, namespace: &str, name: &str, wanted: i32) -> Vec<Blocker> {
+        let existing = stateful_set.status.as_ref().map_or(0, |s| s.replicas);
+        if let Some(view) = &self.view {
+            let (events, pods) = (view.create_failures(namespace, name), view.worker_pods(namespace, name));
+            return scale_blockers(wanted, existing, &events, &pods);
+        }
         let client = &self.context.client;
         let events: Api<Event> = Api::namespaced(client.clone(), namespace);
         let failures = ListParams::default()
@@ -303,7 +323,6 @@ impl Autoscaler {
                 Vec::new()
             }
         };
-        let existing = stateful_set.status.as_ref().map_or(0, |s| s.replicas);
         scale_blockers(wanted, existing, &events, &pods)
     }
 

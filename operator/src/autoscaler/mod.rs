@@ -8,6 +8,7 @@ pub mod kafka_admin;
 pub mod policy;
 pub mod probe;
 pub mod unready;
+pub mod view;
 
 #[cfg(test)]
 mod policy_tests;
