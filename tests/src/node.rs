@@ -140,6 +140,23 @@ impl RealNode {
         Ok(())
     }
 
+    /// Runs `ctr` in the `k8s.io` namespace of the node's containerd (the kubelet's containers);
+    /// its stdout, or an error with its stderr.
+    pub fn ctr(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = Command::new("ctr")
+            .arg("--address")
+            .arg(self.dir.join("containerd/containerd.sock"))
+            .args(["-n", "k8s.io"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("ctr")?;
+        if !output.status.success() {
+            bail!("ctr {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// Runs kubectl against the node's API server; its stdout, or an error with its stderr.
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
         let output = Command::new(&self.kubectl)

@@ -46,6 +46,10 @@ const FLOW_OVER: Duration = Duration::from_secs(40);
 /// first worker is ready (an unthrottled worker drains it between two polls), and live input
 /// beside it.
 const BACKLOG: usize = 150_000;
+/// The operator row's backlog: it must outlast the first step, the kill and the new operator's
+/// lease wait (up to the chart's 15 s) and first settled polls, drained by 2 workers meanwhile
+/// (some 2 000 records a second each at 20 millicores here).
+const LONG_BACKLOG: usize = 450_000;
 const LAG_THRESHOLD: i64 = 1_000;
 const THROTTLED_CPU: &str = "20m";
 
@@ -95,7 +99,7 @@ fn a_worker_the_quota_refuses_is_reported_and_the_others_process_everything() ->
         });
         job.apply_object(&quota)?;
         let started = Instant::now();
-        let backlog = job.backlog()?;
+        let backlog = job.backlog(BACKLOG)?;
         job.apply_and_wait_ready()?;
         let feed = job.feed(BACKLOG, FLOW, FLOW_OVER);
         let blocked = job.wait_until("ScaleBlocked True with reason QuotaExceeded", || {
@@ -149,9 +153,9 @@ fn the_operator_pod_force_deleted_mid_scale_is_replaced_and_the_scale_up_finishe
         let [operator] = operator_pods.as_slice() else { bail!("{} operator pods, not 1", operator_pods.len()) };
         let operator = operator["metadata"]["name"].as_str().context("the operator pod's name")?.to_owned();
         let started = Instant::now();
-        let backlog = job.backlog()?;
+        let backlog = job.backlog(LONG_BACKLOG)?;
         job.apply_and_wait_ready()?;
-        let feed = job.feed(BACKLOG, FLOW, FLOW_OVER);
+        let feed = job.feed(LONG_BACKLOG, FLOW, FLOW_OVER);
         // The first step of the scale-up (1 → 2); the operator dies before the next one.
         job.wait_until("the autoscaler's first step, 1 → 2", || {
             Ok(ready_and_desired(node, &job.namespace, job.name())?.1 >= 2)
@@ -201,39 +205,73 @@ fn containerd_restarted_under_a_running_job_loses_nothing() -> anyhow::Result<()
         job.apply_and_wait_ready()?;
         let before = job.containers()?;
         let feed = job.feed(0, FLOW, FLOW_OVER);
+        let fed = Instant::now();
         job.wait_for_output()?;
         let restarted = Instant::now();
         node.restart_containerd()?;
         let serving = restarted.elapsed();
-        job.wait_until("every worker running and ready after the restart", || {
+        // The new containerd runs the workers' containers (the old ones, or new ones the kubelet
+        // started), the pods are ready, and records written after the restart reach the sink.
+        let after_restart = written_by(fed.elapsed()) + FLOW / FLOW_OVER.as_secs() as usize;
+        if after_restart >= FLOW {
+            bail!(
+                "containerd served again {:.0?} after the input began, too late to see input after it",
+                fed.elapsed()
+            );
+        }
+        job.wait_until("every worker container running in the new containerd, every pod ready", || {
             let containers = job.containers()?;
+            let tasks = node.ctr(&["tasks", "ls"])?;
+            let running = |id: &str| {
+                tasks.lines().any(|line| line.starts_with(id) && line.split_whitespace().nth(2) == Some("RUNNING"))
+            };
             Ok(containers.len() == 2
-                && containers.iter().all(|c| c.running && c.ready)
+                && containers.iter().all(|c| c.running && c.ready && running(c.id.trim_start_matches("containerd://")))
                 && ready_and_desired(node, &job.namespace, job.name())? == (2, 2))
         })?;
+        let mut sink = TopicReader::new(&node.bootstrap, &job.case.sink, false)?;
+        let resumed = sink.read_until(WAIT, |records| {
+            records.iter().any(|r| seq_of(&r.value).is_some_and(|seq| seq >= after_restart as u64))
+        });
+        if !resumed {
+            bail!("no record written after the restart (seq {after_restart} on) reached the sink within {WAIT:?}");
+        }
         let recovered = restarted.elapsed();
         let written = feed.join().map_err(|_| anyhow::anyhow!("the feed panicked"))??;
         let mut row = job.row(written, started);
         let after = job.containers()?;
-        let kept: Vec<&str> = after
-            .iter()
-            .filter(|c| before.iter().any(|b| b.pod == c.pod && b.id == c.id))
-            .map(|c| c.pod.as_str())
-            .collect();
+        let kept = after.iter().filter(|c| before.iter().any(|b| b.pod == c.pod && b.id == c.id)).count();
+        let restarts: Vec<String> = after.iter().map(|c| format!("{} {}", ordinal(&c.pod), c.restarts)).collect();
         let fate = format!(
-            "{} of {} worker containers kept running through the restart ({}), the others restarted by the kubelet \
-             (restarts {:?})",
-            kept.len(),
+            "{kept} of {} worker containers kept running through the restart (restarts by pod ordinal: {})",
             after.len(),
-            kept.join(", "),
-            after.iter().map(|c| (c.pod.as_str(), c.restarts)).collect::<Vec<_>>()
+            restarts.join(", ")
         );
         row.notes.push(format!(
-            "containerd serving again {serving:.0?} after the restart began; every worker ready {recovered:.0?} after; {fate}"
+            "containerd serving again {serving:.0?} after the restart began; records written after it in the sink \
+             {recovered:.0?} after; {fate}"
         ));
-        let summary = summary(&row, &format!("containerd restarted, workers ready {recovered:.0?} after; {fate}"));
+        let summary =
+            summary(&row, &format!("containerd restarted, records flowing again {recovered:.0?} after; {fate}"));
         Ok((row, summary))
     })
+}
+
+/// How many records the feed has written `elapsed` after it began (it writes in 100 ms steps).
+fn written_by(elapsed: Duration) -> usize {
+    let steps = (FLOW_OVER.as_millis() / 100) as usize;
+    let step = (elapsed.as_millis() / 100) as usize + 1;
+    FLOW * step.min(steps) / steps
+}
+
+/// The `seq` of a passthrough record's value.
+fn seq_of(value: &str) -> Option<u64> {
+    serde_json::from_str::<Value>(value).ok()?["seq"].as_u64()
+}
+
+/// `job-3` → `3`.
+fn ordinal(pod: &str) -> &str {
+    pod.rsplit_once('-').map_or(pod, |(_, ordinal)| ordinal)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -347,9 +385,9 @@ impl<'a> NodeJob<'a> {
         Ok(())
     }
 
-    /// [`BACKLOG`] records (numbers 0..BACKLOG), written at once.
-    fn backlog(&self) -> anyhow::Result<Vec<NewRecord>> {
-        write_paced(&self.case.bootstrap, &self.case.input, BACKLOG, Duration::ZERO, |i| {
+    /// `records` records (numbers 0..records), written at once.
+    fn backlog(&self, records: usize) -> anyhow::Result<Vec<NewRecord>> {
+        write_paced(&self.case.bootstrap, &self.case.input, records, Duration::ZERO, |i| {
             record(Job::Passthrough, i, false)
         })
     }
