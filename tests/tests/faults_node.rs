@@ -161,7 +161,7 @@ fn the_operator_pod_force_deleted_mid_scale_is_replaced_and_the_scale_up_finishe
             Ok(ready_and_desired(node, &job.namespace, job.name())?.1 >= 2)
         })?;
         node.kubectl(&["delete", "pod", &operator, "-n", &release.namespace, "--grace-period=0", "--force"])?;
-        let killed = Instant::now();
+        let (killed, killed_at) = (Instant::now(), chrono::Utc::now());
         let at_kill = ready_and_desired(node, &job.namespace, job.name())?.1;
         if at_kill != 2 {
             bail!("the operator was killed at {at_kill} workers, after the scale-up it was to interrupt");
@@ -179,12 +179,30 @@ fn the_operator_pod_force_deleted_mid_scale_is_replaced_and_the_scale_up_finishe
             Ok(ready_and_desired(node, &job.namespace, job.name())? == (3, 3))
         })?;
         let recovered = killed.elapsed();
+        // The step 2 → 3 is the new operator's: made after the kill, under its lease.
         let scale = job.status()?["lastScale"].clone();
+        let scaled_at = scale["time"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        if (scale["from"].as_i64(), scale["to"].as_i64()) != (Some(2), Some(3))
+            || scaled_at.is_none_or(|at| at < killed_at)
+        {
+            bail!("the last scale is not a step 2 → 3 made after the kill at {killed_at}: {scale}");
+        }
+        let holder = node.kubectl(&[
+            "get",
+            "lease",
+            "-n",
+            &release.namespace,
+            "-o",
+            "jsonpath={.items[*].spec.holderIdentity}",
+        ])?;
+        if holder.split_whitespace().all(|identity| identity != replacement) {
+            bail!("the leader lease is held by {holder:?}, not by the new operator pod {replacement}");
+        }
         let written = [backlog, feed.join().map_err(|_| anyhow::anyhow!("the feed panicked"))??].concat();
         let mut row = job.row(written, started);
         row.notes.push(format!(
             "operator {operator} force-deleted at 2 of 3 workers; {replacement} ready {replaced:.0?} later; \
-             3/3 workers ready {recovered:.0?} after the kill; lastScale {scale}"
+             3/3 workers ready {recovered:.0?} after the kill; it holds the lease; lastScale {scale}"
         ));
         let summary = summary(
             &row,
