@@ -8,6 +8,9 @@
 #                                  KUBECONFIG (admin), STREAMJOB_NODE_BOOTSTRAP (Kafka, as pods
 #                                  and the host reach it), STREAMJOB_NODE_GATEWAY
 #   scripts/node.sh import DIR ARCHIVE...   import OCI archives into the node's containerd
+#   scripts/node.sh restart-containerd DIR   stop containerd (SIGTERM: its shims and containers
+#                                  keep running) and start it again on the same state, as a
+#                                  package upgrade or a crash and systemd's restart would
 #   scripts/node.sh stop DIR       stop it all and undo what start did on the host
 #
 # The parts: etcd, kube-apiserver (listening on and advertising the bridge's gateway address, so
@@ -401,6 +404,17 @@ import() {
   done
 }
 
+restart_containerd() {
+  dir=$(cd "$1" && pwd)
+  [ -f "$dir/pids/containerd" ] || fail "no containerd runs for $dir"
+  stop_pid "$dir/pids/containerd"
+  echo "== node.sh: containerd restarted at $(date -u +%FT%TZ)" >>"$dir/logs/containerd.log"
+  nohup containerd --config "$dir/containerd.toml" >>"$dir/logs/containerd.log" 2>&1 </dev/null &
+  echo $! >"$dir/pids/containerd"
+  wait_for "$dir" "containerd serving again" 60 containerd \
+    ctr --address "$dir/containerd/containerd.sock" version
+}
+
 stop_pid() {
   local pid_file=$1 signal=${2:-TERM} pid waited=0
   [ -f "$pid_file" ] || return 0
@@ -470,6 +484,7 @@ stop() {
 case "${1:-}" in
   start) start "${2:?start DIR}" ;;
   import) import "${2:?import DIR ARCHIVE...}" "${@:3}" ;;
+  restart-containerd) restart_containerd "${2:?restart-containerd DIR}" ;;
   stop) stop "${2:?stop DIR}" ;;
-  *) echo "usage: $0 start DIR | import DIR ARCHIVE... | stop DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 start DIR | import DIR ARCHIVE... | restart-containerd DIR | stop DIR" >&2; exit 2 ;;
 esac

@@ -12,6 +12,7 @@ pub mod chart_rbac;
 pub mod control_plane;
 pub mod faults;
 pub mod node;
+pub mod node_job;
 pub mod pod_workers;
 
 use std::io::{BufRead, BufReader};

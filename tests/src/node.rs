@@ -124,6 +124,39 @@ impl RealNode {
         Ok(())
     }
 
+    /// Stops the node's containerd (SIGTERM, as systemd stops it: the shims and the containers
+    /// they hold keep running) and starts it again on the same state; returns once it serves.
+    pub fn restart_containerd(&self) -> anyhow::Result<()> {
+        let status = Command::new("bash")
+            .arg(repo_root().join("scripts/node.sh"))
+            .arg("restart-containerd")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .status()
+            .context("bash scripts/node.sh restart-containerd")?;
+        if !status.success() {
+            bail!("restarting the node's containerd failed; see {}/logs/containerd.log", self.dir.display());
+        }
+        Ok(())
+    }
+
+    /// Runs `ctr` in the `k8s.io` namespace of the node's containerd (the kubelet's containers);
+    /// its stdout, or an error with its stderr.
+    pub fn ctr(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = Command::new("ctr")
+            .arg("--address")
+            .arg(self.dir.join("containerd/containerd.sock"))
+            .args(["-n", "k8s.io"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("ctr")?;
+        if !output.status.success() {
+            bail!("ctr {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// Runs kubectl against the node's API server; its stdout, or an error with its stderr.
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
         let output = Command::new(&self.kubectl)

@@ -13,8 +13,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 use streamjob_crds::names;
-use streamjob_e2e::chart_rbac::Release;
 use streamjob_e2e::node::{images, RealNode};
+use streamjob_e2e::node_job::{
+    assert_running_restricted, install_operator, pods, print_diagnostics, selector, suspend, wait_for_no_pods,
+    wait_for_ready_replicas, wait_for_replicas,
+};
 use streamjob_e2e::unique;
 use streamjob_testkit::fixtures::{example, JobFixture as _};
 use streamjob_testkit::kafka::{
@@ -35,43 +38,14 @@ fn chart_operator_and_workers_run_as_pods_on_a_real_node_and_count_words_exactly
     let Some(node) = RealNode::start()? else { return Ok(()) };
     let result = whole_path(&node);
     if result.is_err() {
-        eprintln!("kubelet log ends:\n{}", node.log_tail("kubelet", 40));
-        eprintln!("containerd log ends:\n{}", node.log_tail("containerd", 20));
-        if let Ok(pods) = node.kubectl(&["get", "pods", "-A", "-o", "wide"]) {
-            eprintln!("pods:\n{pods}");
-        }
-        if let Ok(jobs) = node.kubectl(&["describe", "sj", "-A"]) {
-            eprintln!("jobs:\n{jobs}");
-        }
-        if let Ok(events) = node.kubectl(&["get", "events", "-A", "--sort-by=.lastTimestamp"]) {
-            eprintln!("events:\n{events}");
-        }
+        print_diagnostics(&node);
     }
     result
 }
 
 fn whole_path(node: &RealNode) -> anyhow::Result<()> {
     let images = images()?;
-    node.import(&[&images.operator, &images.worker])?;
-
-    let (repository, tag) = images.operator_ref.rsplit_once(':').context("an image reference with a tag")?;
-    let values = json!({
-        "replicaCount": 1,
-        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
-        "workerImage": images.worker_ref,
-        "logFormat": "text",
-    });
-    let release = Release::install(&node.kubeconfig, &values)?;
-    let deployment = release.name_of("Deployment")?;
-    node.kubectl(&[
-        "rollout",
-        "status",
-        "-n",
-        &release.namespace,
-        &format!("deployment/{deployment}"),
-        "--timeout=240s",
-    ])
-    .context("the operator Deployment never became available")?;
+    let release = install_operator(node, &images)?;
     let operator_pods = pods(node, &release.namespace, &selector(release.object("Deployment")?)?)?;
     assert_eq!(operator_pods.len(), 1, "one operator pod");
     let operator = &operator_pods[0];
@@ -164,76 +138,6 @@ fn exact_counts(
     bail!("the workers' counts differ: {:?}\nworker log ends:\n{logs}", word_count_differences(&want, &got))
 }
 
-/// The StatefulSet's `spec.replicas` once `wanted` holds for it, polled every second.
-fn wait_for_replicas(
-    node: &RealNode,
-    namespace: &str,
-    name: &str,
-    wanted: impl Fn(i64) -> bool,
-) -> anyhow::Result<i64> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let replicas =
-            node.kubectl(&["get", "statefulset", name, "-n", namespace, "-o", "jsonpath={.spec.replicas}"])?;
-        if let Ok(replicas) = replicas.trim().parse::<i64>() {
-            if wanted(replicas) {
-                return Ok(replicas);
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("the StatefulSet stayed at {} replicas for {WAIT:?}", replicas.trim());
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
-/// Sets `spec.suspend`, as a user pauses and resumes a job.
-fn suspend(node: &RealNode, namespace: &str, name: &str, suspend: bool) -> anyhow::Result<()> {
-    let patch = json!({"spec": {"suspend": suspend}}).to_string();
-    node.kubectl(&["patch", "sj", name, "-n", namespace, "--type=merge", "-p", &patch])?;
-    Ok(())
-}
-
-/// Waits until no pod matches `selector` (a suspended job's workers have stopped).
-fn wait_for_no_pods(node: &RealNode, namespace: &str, selector: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = pods(node, namespace, selector)?.len();
-        if left == 0 {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{left} worker pods still there {WAIT:?} after the job was suspended");
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
-/// Waits until `replicas` worker pods are ready (or the job scaled on meanwhile).
-fn wait_for_ready_replicas(node: &RealNode, namespace: &str, name: &str, replicas: i64) -> anyhow::Result<()> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let status = node.kubectl(&[
-            "get",
-            "statefulset",
-            name,
-            "-n",
-            namespace,
-            "-o",
-            "jsonpath={.status.readyReplicas} {.spec.replicas}",
-        ])?;
-        let numbers: Vec<i64> = status.split_whitespace().map(|n| n.parse().unwrap_or(0)).collect();
-        let (ready, desired) = (numbers.first().copied().unwrap_or(0), numbers.get(1).copied().unwrap_or(0));
-        if ready >= replicas || desired != replicas {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{ready} of {replicas} worker pods ready after {WAIT:?}");
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
 /// The wordcount example as a user adapts it: its name and namespace, the node's broker, fresh
 /// topics, and `imagePullPolicy: Never` (the image was imported, not pulled).
 fn manifest(
@@ -263,52 +167,6 @@ fn manifest(
     let path = node.dir.join(format!("{name}.yaml"));
     std::fs::write(&path, serde_yaml::to_string(&manifest)?)?;
     Ok(path)
-}
-
-/// `spec.selector.matchLabels` of a Deployment or StatefulSet, as a label selector.
-fn selector(object: &Value) -> anyhow::Result<String> {
-    let labels = object["spec"]["selector"]["matchLabels"].as_object().context("no spec.selector.matchLabels")?;
-    Ok(labels
-        .iter()
-        .map(|(key, value)| format!("{key}={}", value.as_str().unwrap_or_default()))
-        .collect::<Vec<_>>()
-        .join(","))
-}
-
-fn pods(node: &RealNode, namespace: &str, selector: &str) -> anyhow::Result<Vec<Value>> {
-    let list: Value =
-        serde_json::from_str(&node.kubectl(&["get", "pods", "-n", namespace, "-l", selector, "-o", "json"])?)?;
-    Ok(list["items"].as_array().cloned().unwrap_or_default())
-}
-
-/// A pod whose containers run, are ready, come from `image`, and run under the restricted Pod
-/// Security Standard: non-root 65532, read-only root filesystem, no capabilities, no privilege
-/// escalation, the runtime's default seccomp profile.
-fn assert_running_restricted(pod: &Value, image: &str) {
-    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-    assert_eq!(pod["status"]["phase"], "Running", "{name} runs");
-    let pod_security = &pod["spec"]["securityContext"];
-    for container in pod["spec"]["containers"].as_array().into_iter().flatten() {
-        let security = &container["securityContext"];
-        let either = |field: &str| {
-            if security[field].is_null() {
-                pod_security[field].clone()
-            } else {
-                security[field].clone()
-            }
-        };
-        assert_eq!(container["image"], image, "{name} runs the imported image");
-        assert_eq!(container["imagePullPolicy"], "Never", "{name}: the image was imported, not pulled");
-        assert_eq!(either("runAsNonRoot"), json!(true), "{name}: runAsNonRoot");
-        assert_eq!(security["readOnlyRootFilesystem"], json!(true), "{name}: read-only root filesystem");
-        assert_eq!(security["allowPrivilegeEscalation"], json!(false), "{name}: no privilege escalation");
-        assert_eq!(security["capabilities"]["drop"], json!(["ALL"]), "{name}: every capability dropped");
-        assert_eq!(either("seccompProfile")["type"], "RuntimeDefault", "{name}: seccomp RuntimeDefault");
-    }
-    for status in pod["status"]["containerStatuses"].as_array().into_iter().flatten() {
-        assert_eq!(status["ready"], json!(true), "{name}: container {} ready", status["name"]);
-        assert!(status["state"]["running"].is_object(), "{name}: container {} running", status["name"]);
-    }
 }
 
 /// Lines of 2–5 words, their timestamps in order from `start_ms`, 50 a millisecond.
