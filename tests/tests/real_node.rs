@@ -31,7 +31,7 @@ const WAIT: Duration = Duration::from_secs(240);
 const WINDOW_MS: i64 = 10_000;
 const PARTITIONS: i32 = 6;
 /// Each worker pod's CPU request and limit (see `manifest`).
-const WORKER_CPU: &str = "50m";
+const WORKER_CPU: &str = "20m";
 
 #[test]
 fn chart_operator_and_workers_run_as_pods_on_a_real_node_and_count_words_exactly() -> anyhow::Result<()> {
@@ -81,8 +81,9 @@ fn whole_path(node: &RealNode) -> anyhow::Result<()> {
     exact_counts(node, &namespace, name, &mut sink, &lines)?;
 
     // A backlog far above lagThreshold (2 000 per replica), written while the job is suspended,
-    // as after a pause or an outage, and drained by workers held to WORKER_CPU. More worker pods, then back to one once the
-    // lag is gone and the scale-down stabilisation (30 s) has passed.
+    // as after a pause or an outage, and drained by workers held to WORKER_CPU. More worker
+    // pods, then back to one once the lag is gone and the scale-down stabilisation (30 s) has
+    // passed.
     suspend(node, &namespace, name, true)?;
     wait_for_replicas(node, &namespace, name, |replicas| replicas == 0).context("the suspended job kept workers")?;
     wait_for_no_pods(node, &namespace, &selector(&statefulset)?)?;
@@ -116,7 +117,7 @@ fn whole_path(node: &RealNode) -> anyhow::Result<()> {
 }
 
 /// Lines of the backlog: far above the test job's lagThreshold of 2 000 per replica.
-const SPIKE_LINES: usize = 150_000;
+const SPIKE_LINES: usize = 600_000;
 
 /// Reads the sink until its final counts are those of `lines`; an error with the differences
 /// and the workers' log otherwise.
@@ -148,9 +149,10 @@ fn manifest(
     counts: &str,
 ) -> anyhow::Result<std::path::PathBuf> {
     // The example's autoscaling with a lower lagThreshold and a shorter poll, and workers held
-    // to 50 millicores, as a namespace's LimitRange would: so that a backlog lasts several polls
+    // to WORKER_CPU, as a namespace's LimitRange would: so that a backlog lasts several polls
     // after the resumed worker is ready however fast the machine is (unthrottled, a dist worker
-    // drained 150 000 lines between two 2 s polls), and the autoscaler has lag to act on.
+    // drained 150 000 lines between two 2 s polls; at 50 millicores it once drained them before
+    // the settled autoscaler's first decision), and the autoscaler has lag to act on.
     let mut job = example("wordcount.yaml").named(name).in_namespace(namespace).autoscaling(json!({
         "minReplicas": 1, "maxReplicas": 4, "lagThreshold": 2000, "pollIntervalSeconds": 2,
         "scaleDown": {"stabilizationSeconds": 30},
