@@ -129,3 +129,32 @@ async fn a_failing_probe_holds_the_replicas_and_says_so() {
         "{metrics}"
     );
 }
+
+/// A job without autoscaling has its lag measured too, as metrics only (every 30 s): its lag
+/// series and alerts exist, its replicas and status are the reconciler's alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fixed_size_job_gets_lag_series_and_no_decision() {
+    let Some(bootstrap) = real_broker() else { return };
+    let lines = unique("lines");
+    create_topics(&bootstrap, &[(&lines, PARTITIONS)]);
+    let mut job = example("wordcount.yaml");
+    job.spec.source.bootstrap_servers = bootstrap.clone();
+    job.spec.source.topics = vec![lines.clone()];
+    job.spec.source.consumer_group = Some(unique("wordcount"));
+    job.spec.autoscaling = None;
+    job.spec.replicas = 2;
+    let h = harness();
+    h.api.create(JOBS, &job);
+    h.reconcile("wordcount").await.expect("reconcile");
+    fill(&bootstrap, &lines, &[500; PARTITIONS as usize]);
+    let autoscaler = Autoscaler::new(h.context.clone());
+    autoscaler.poll_due(&[Arc::new(h.job("wordcount"))], 0.0).await;
+    let metrics = h.context.metrics.encode();
+    assert!(
+        metrics.contains("streamjob_operator_job_lag_records{namespace=\"team\",job=\"wordcount\"} 2000"),
+        "{metrics}"
+    );
+    assert_eq!(h.replicas("wordcount"), 2, "the autoscaler never scales a fixed-size job");
+    assert!(h.job("wordcount").status.and_then(|s| s.lag).is_none(), "no status write from a metrics-only poll");
+    assert!(!metrics.contains("streamjob_operator_scale_decisions_total{namespace=\"team\",job=\"wordcount\""));
+}

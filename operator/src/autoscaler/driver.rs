@@ -121,11 +121,18 @@ pub struct Autoscaler {
 
 /// Whether the autoscaler acts on this job now.
 fn autoscaled(job: &StreamJob) -> bool {
-    job.autoscaling_enabled()
-        && !job.spec.suspend
-        && !reconciliation_paused(job)
-        && job.metadata.deletion_timestamp.is_none()
+    job.autoscaling_enabled() && measured(job)
 }
+
+/// Whether the job's lag is measured now: every job whose workers run (not suspended, paused
+/// or being deleted), autoscaled or not, so that a fixed-size job has lag series and alerts too.
+fn measured(job: &StreamJob) -> bool {
+    !job.spec.suspend && !reconciliation_paused(job) && job.metadata.deletion_timestamp.is_none()
+}
+
+/// How often a job without autoscaling has its lag measured (metrics only: no decision, no
+/// status write).
+const FIXED_JOB_POLL_SECONDS: f64 = 30.0;
 
 /// The workers as the StatefulSet reports them: settled when every replica exists, is ready and
 /// runs the current template, and the controller has seen the latest spec.
@@ -194,7 +201,7 @@ impl Autoscaler {
     fn due(&self, jobs: &[Arc<StreamJob>], now: f64) -> Vec<Arc<StreamJob>> {
         let mut states = self.states();
         states.retain(|key, _| {
-            let kept = jobs.iter().any(|job| job_key(job) == *key && autoscaled(job));
+            let kept = jobs.iter().any(|job| job_key(job) == *key && measured(job));
             if !kept {
                 let (namespace, job) = key.clone();
                 self.context.metrics.forget_lag(&JobLabels { namespace, job });
@@ -204,15 +211,42 @@ impl Autoscaler {
         let targets: Vec<ProbeTarget> = states.values().filter_map(|s| s.probe_target.clone()).collect();
         self.probe.retain(&targets);
         jobs.iter()
-            .filter(|job| autoscaled(job))
+            .filter(|job| measured(job))
             .filter(|job| states.get(&job_key(job)).is_none_or(|state| state.next_poll_at <= now))
             .cloned()
             .collect()
     }
 
     async fn poll_logged(&self, job: &StreamJob, now: f64) {
+        if !autoscaled(job) {
+            return self.measure_fixed(job, now).await;
+        }
         if let Err(error) = self.poll_job(job, now).await {
             tracing::warn!(job = %job.name_any(), namespace = ?job.namespace(), step = error.category(), %error, "autoscaler poll failed");
+        }
+    }
+
+    /// The lag of a job without autoscaling, as metrics only (`job_lag_records`,
+    /// `partition_lag_records`, `lag_probe_errors_total`), every [`FIXED_JOB_POLL_SECONDS`].
+    async fn measure_fixed(&self, job: &StreamJob, now: f64) {
+        self.states().entry(job_key(job)).or_default().next_poll_at = now + FIXED_JOB_POLL_SECONDS;
+        let labels = JobLabels::of(job);
+        let metrics = &self.context.metrics;
+        match self.measure(job).await {
+            Ok(samples) => {
+                let start_from = job.spec.source.start_from;
+                metrics.track_job(&labels);
+                metrics.job_lag.get_or_create(&labels).set(samples.iter().map(|s| s.lag(start_from)).sum());
+                let lags = samples
+                    .iter()
+                    .map(|sample| (PartitionLabels::new(&sample.topic, sample.partition), sample.lag(start_from)));
+                metrics.set_partition_lags(&labels, lags);
+            }
+            Err(error) => {
+                metrics.track_job(&labels);
+                metrics.probe_errors.get_or_create(&labels).inc();
+                tracing::debug!(job = %job.name_any(), namespace = ?job.namespace(), %error, "lag probe failed");
+            }
         }
     }
 
