@@ -22,6 +22,20 @@ impl Shared {
         self.commit_offsets(consumer, engine, CommitMode::Sync)
     }
 
+    /// Moves each partition's progress to the consumer's position, past the transaction
+    /// markers (and aborted records) the consumer never returns: see [`Engine::passed_to`].
+    pub(super) fn advance_past_markers(&self, consumer: &WorkerConsumer, engine: &mut Engine) {
+        let positions = match consumer.position() {
+            Ok(positions) => positions,
+            Err(error) => return tracing::debug!(%error, "no consumer positions"),
+        };
+        for element in positions.elements() {
+            if let Offset::Offset(position) = element.offset() {
+                engine.passed_to(element.topic(), element.partition(), position);
+            }
+        }
+    }
+
     pub(super) fn commit_offsets(
         &self,
         consumer: &WorkerConsumer,
