@@ -70,9 +70,6 @@ fn exactly_once_crash_leaves_no_duplicates_for_a_read_committed_reader() {
 }
 
 #[test]
-#[ignore = "known regression (issue 26 note): since partitions are held until their commit is read, a window is \
-            sometimes never emitted after a join and a leave (1 of 2 runs here, 1 of 2 on 5a1a80e alone); run \
-            with --ignored"]
 fn a_late_joiner_and_a_leaver_share_the_work_and_nothing_is_lost() {
     let Some(bootstrap) = real_broker() else { return };
     let names = JobNames::new("wc-pair");

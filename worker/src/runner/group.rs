@@ -61,9 +61,10 @@ impl Shared {
         let now = now_ms();
         for element in partitions.elements() {
             let (topic, partition) = (element.topic(), element.partition());
-            // Any offset: the partition is paused at once and sought to its start before it
-            // is resumed.
-            if let Err(error) = assignment.add_partition_offset(topic, partition, Offset::End) {
+            // A concrete offset, never a logical one (see `pause_before_assigning`): nothing is
+            // fetched from it, the partition being paused, and it is sought to its start before
+            // it is resumed.
+            if let Err(error) = assignment.add_partition_offset(topic, partition, Offset::Offset(0)) {
                 tracing::error!(%error, topic, partition, "cannot add the partition to the assignment");
             }
             held.hold(topic, partition, now);
@@ -71,9 +72,11 @@ impl Shared {
         }
         self.metrics.held_partitions.set(held.len() as i64);
         drop(held);
+        pause_before_assigning(consumer, &assignment);
         if let Err(error) = consumer.incremental_assign(&assignment) {
             tracing::error!(%error, "incremental assign failed");
         }
+        // Again: a partition the client did not know before its assignment is paused now.
         if let Err(error) = consumer.pause(&assignment) {
             tracing::error!(%error, "cannot pause the assigned partitions until their start is known");
         }
@@ -225,5 +228,45 @@ impl Shared {
             let at_end = fetched_lately && partition_end::read_to_end(position, *start, watermarks);
             engine.observe_end(topic, partition, at_end, now);
         }
+    }
+}
+
+/// Pauses the partitions about to be assigned, before the assignment: the client then never
+/// fetches from them before their start is known, and never looks up where a logical offset
+/// is. That matters: librdkafka answers a seek made while it looks up a logical start offset
+/// (`Offset::End`, say) by dropping the lookup's answer as outdated and looking the logical
+/// offset up again, 500 ms later, after the seek; the partition then jumps from the sought
+/// start to the end, and the records between are never read (the cause of the lost word
+/// counts with held partitions: 'outdated offset response: (re)starting offset query timer for
+/// offset END' in its debug log). A partition the client does not know yet (one added to its
+/// topic since its last metadata) cannot be paused: the topic's metadata is read first, which
+/// makes it known.
+fn pause_before_assigning(consumer: &WorkerConsumer, assignment: &TopicPartitionList) {
+    // librdkafka marks in the list each partition it does not know.
+    let unknown = |list: &TopicPartitionList| -> Vec<(String, i32)> {
+        let elements = list.elements();
+        elements.iter().filter(|e| e.error().is_err()).map(|e| (e.topic().to_owned(), e.partition())).collect()
+    };
+    let list = assignment.clone();
+    if let Err(error) = consumer.pause(&list) {
+        return tracing::warn!(%error, "cannot pause the partitions before assigning them");
+    }
+    let missing = unknown(&list);
+    if missing.is_empty() {
+        return;
+    }
+    let mut topics: Vec<&str> = missing.iter().map(|(topic, _)| topic.as_str()).collect();
+    topics.dedup();
+    for topic in topics {
+        if let Err(error) = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT) {
+            tracing::warn!(%error, topic, "cannot read the metadata of a topic with new partitions");
+        }
+    }
+    let list = assignment.clone();
+    if let Err(error) = consumer.pause(&list) {
+        return tracing::warn!(%error, "cannot pause the partitions before assigning them");
+    }
+    for (topic, partition) in unknown(&list) {
+        tracing::warn!(topic, partition, "a partition the client does not know yet: paused only once assigned");
     }
 }
