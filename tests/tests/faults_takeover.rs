@@ -212,7 +212,14 @@ fn leave_offsets_pending(case: &Case) -> anyhow::Result<(BaseProducer, usize)> {
     for topic in [case.input.clone(), format!("{}-repartition", case.group)] {
         let Ok(count) = partition_count(&case.bootstrap, &topic) else { continue };
         let partitions: Vec<i32> = (0..count).collect();
-        for commit in streamjob_worker::group_offsets::committed(&case.bootstrap, &case.group, &topic, &partitions)? {
+        // Without waiting: a killed worker's own open transaction may hold some of them.
+        let commits = streamjob_worker::group_offsets::committed_without_waiting(
+            &case.bootstrap,
+            &case.group,
+            &topic,
+            &partitions,
+        )?;
+        for commit in commits {
             list.add_partition_offset(&commit.topic, commit.partition, Offset::Offset(commit.offset))?;
             if let (Some(metadata), Some(mut element)) =
                 (&commit.metadata, list.find_partition(&commit.topic, commit.partition))
