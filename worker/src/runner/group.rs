@@ -72,7 +72,7 @@ impl Shared {
         }
         self.metrics.held_partitions.set(held.len() as i64);
         drop(held);
-        pause_before_assigning(consumer, &assignment);
+        pause_before_assigning(consumer, &assignment, &self.stall);
         if let Err(error) = consumer.incremental_assign(&assignment) {
             tracing::error!(%error, "incremental assign failed");
         }
@@ -231,6 +231,9 @@ impl Shared {
     }
 }
 
+/// How long the metadata of a topic with partitions the client does not know is waited for.
+const METADATA_WAIT: Duration = Duration::from_secs(5);
+
 /// Pauses the partitions about to be assigned, before the assignment: the client then never
 /// fetches from them before their start is known, and never looks up where a logical offset
 /// is. That matters: librdkafka answers a seek made while it looks up a logical start offset
@@ -241,7 +244,7 @@ impl Shared {
 /// offset END' in its debug log). A partition the client does not know yet (one added to its
 /// topic since its last metadata) cannot be paused: the topic's metadata is read first, which
 /// makes it known.
-fn pause_before_assigning(consumer: &WorkerConsumer, assignment: &TopicPartitionList) {
+fn pause_before_assigning(consumer: &WorkerConsumer, assignment: &TopicPartitionList, stall: &StallWatch) {
     // librdkafka marks in the list each partition it does not know.
     let unknown = |list: &TopicPartitionList| -> Vec<(String, i32)> {
         let elements = list.elements();
@@ -258,7 +261,8 @@ fn pause_before_assigning(consumer: &WorkerConsumer, assignment: &TopicPartition
     let mut topics: Vec<&str> = missing.iter().map(|(topic, _)| topic.as_str()).collect();
     topics.dedup();
     for topic in topics {
-        if let Err(error) = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT) {
+        stall.enter("reading the metadata of a topic with new partitions", METADATA_WAIT);
+        if let Err(error) = consumer.fetch_metadata(Some(topic), METADATA_WAIT) {
             tracing::warn!(%error, topic, "cannot read the metadata of a topic with new partitions");
         }
     }
