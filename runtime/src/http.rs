@@ -23,6 +23,12 @@ pub trait Exposition: Send + Sync + 'static {
             Err(error) => format!("# encoding failed: {error}\n"),
         }
     }
+
+    /// Why the process cannot do its work now even while it counts as ready: `/readyz` fails
+    /// with this text.
+    fn not_ready_reason(&self) -> Option<String> {
+        None
+    }
 }
 
 /// What the endpoints report.
@@ -43,11 +49,13 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn readyz<M: Exposition>(State(health): State<Health<M>>) -> impl IntoResponse {
-    if health.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
+async fn readyz<M: Exposition>(State(health): State<Health<M>>) -> axum::response::Response {
+    if let Some(reason) = health.metrics.not_ready_reason() {
+        (StatusCode::SERVICE_UNAVAILABLE, reason).into_response()
+    } else if health.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, health.not_ready)
+        (StatusCode::SERVICE_UNAVAILABLE, health.not_ready).into_response()
     }
 }
 
@@ -118,6 +126,39 @@ mod tests {
         assert!(metrics.contains("application/openmetrics-text"), "{metrics}");
         assert!(metrics.contains("test_things_total 3"), "{metrics}");
 
+        let _ = stop.send(());
+        server.await.expect("joins").expect("stops cleanly");
+    }
+
+    struct Refusing(Registry, std::sync::Mutex<Option<String>>);
+
+    impl Exposition for Refusing {
+        fn registry(&self) -> &Registry {
+            &self.0
+        }
+
+        fn not_ready_reason(&self) -> Option<String> {
+            self.1.lock().ok()?.clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reason_not_to_be_ready_fails_readyz_with_it_while_it_lasts() {
+        let metrics = Arc::new(Refusing(Registry::default(), std::sync::Mutex::new(None)));
+        let ready = Arc::new(AtomicBool::new(true));
+        let health = Health { metrics: metrics.clone(), ready, not_ready: "not consuming" };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let address = listener.local_addr().expect("address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, health, async {
+            let _ = stopped.await;
+        }));
+        assert!(get(address, "/readyz").await.starts_with("HTTP/1.1 200"));
+        *metrics.1.lock().expect("not poisoned") = Some("sink refused: topic deleted".into());
+        let refused = get(address, "/readyz").await;
+        assert!(refused.starts_with("HTTP/1.1 503") && refused.ends_with("sink refused: topic deleted"), "{refused}");
+        *metrics.1.lock().expect("not poisoned") = None;
+        assert!(get(address, "/readyz").await.starts_with("HTTP/1.1 200"));
         let _ = stop.send(());
         server.await.expect("joins").expect("stops cleanly");
     }

@@ -27,9 +27,30 @@ pub fn commit(bootstrap: &str, group: &str, commits: &[Commit]) -> Result<(), Ka
 }
 
 /// What `group` has committed for `partitions` of `topic`; a partition without a commit is
-/// left out.
+/// left out. Offsets a transaction still open commits are waited for (`read_committed`: the
+/// broker answers UNSTABLE_OFFSET_COMMIT until the transaction ends), up to 30 s.
 pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: &[i32]) -> Result<Vec<Commit>, KafkaError> {
-    let consumer = group_client(bootstrap, group)?;
+    read_committed(group_client(bootstrap, group)?, topic, partitions)
+}
+
+/// As [`committed`], but at once: an open transaction's offsets are not waited for, the
+/// commits before it are answered.
+pub fn committed_without_waiting(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<Vec<Commit>, KafkaError> {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_uncommitted");
+    read_committed(client.create()?, topic, partitions)
+}
+
+fn read_committed(consumer: BaseConsumer, topic: &str, partitions: &[i32]) -> Result<Vec<Commit>, KafkaError> {
     let mut list = TopicPartitionList::new();
     for partition in partitions {
         list.add_partition(topic, *partition);

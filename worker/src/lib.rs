@@ -17,10 +17,12 @@ pub mod mock_broker;
 pub mod offset_reset;
 pub mod offsets;
 pub mod partition_end;
+pub mod partition_start;
 pub mod pipeline;
 pub mod record;
 pub mod repartition;
 pub mod runner;
+pub mod sink_refusal;
 pub mod stall;
 #[cfg(feature = "dev-broker")]
 pub mod topic_io;

@@ -22,6 +22,11 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
 /// A record skipped for good: where it came from, which stage, and why.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SkipLabels {
@@ -44,6 +49,12 @@ impl SkipLabels {
 
 pub struct WorkerMetrics {
     registry: Registry,
+    /// Why the worker cannot do its work now, whatever its group membership says: `/readyz`
+    /// fails with it (a sink the broker refuses).
+    pub not_ready_because: std::sync::Mutex<Option<String>>,
+    pub held_partitions: Gauge,
+    pub partition_start_retries: Counter,
+    pub sink_refused: Family<ReasonLabel, Gauge>,
     pub records_in: Family<PartitionLabels, Counter>,
     pub records_out: Family<PartitionLabels, Counter>,
     pub records_dead_lettered: Family<PartitionLabels, Counter>,
@@ -71,6 +82,25 @@ impl Default for WorkerMetrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("streamjob_worker");
         Self {
+            not_ready_because: std::sync::Mutex::new(None),
+            held_partitions: registered(
+                &mut registry,
+                "held_partitions",
+                "Partitions assigned but not read: their committed offset cannot be read yet (a dead worker's open transaction, a timeout), retried with back-off",
+                Gauge::default(),
+            ),
+            partition_start_retries: registered(
+                &mut registry,
+                "partition_start_retries",
+                "Failed reads of a held partition's committed offset, each retried after a back-off",
+                Counter::default(),
+            ),
+            sink_refused: registered(
+                &mut registry,
+                "sink_refused",
+                "1 while the broker refuses the sink topic (deleted, not authorized), with its reason: the worker backs off and retries",
+                Family::default(),
+            ),
             records_in: registered(
                 &mut registry,
                 "records_in",
@@ -190,5 +220,9 @@ impl Default for WorkerMetrics {
 impl streamjob_runtime::http::Exposition for WorkerMetrics {
     fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    fn not_ready_reason(&self) -> Option<String> {
+        streamjob_runtime::sync::lock(&self.not_ready_because).clone()
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use super::{Checkpoint, Commit, Destination, Engine, Role, Ticket};
 use crate::metrics::SkipLabels;
 use crate::pipeline::Reason;
-use crate::undeliverable::{DeliveryFailure, Poison};
+use crate::undeliverable::{DeliveryFailure, FailureKind, Poison};
 
 /// The stage an output left from, for the skipped-records metric.
 fn stage_of(destination: Destination) -> &'static str {
@@ -49,6 +49,9 @@ impl Engine {
                 if failure.is_permanent_for(ticket.destination) {
                     return self.undeliverable(ticket, failure);
                 }
+                if failure.kind == FailureKind::Topic && ticket.destination == Destination::Sink {
+                    self.refused.get_or_insert_with(|| failure.error.clone());
+                }
                 if self.failure.is_none() {
                     self.failure = Some(failure.error);
                 }
@@ -79,6 +82,41 @@ impl Engine {
         self.poisoned.mark(&slot.topic, slot.partition, ticket.offset, poison);
         if self.failure.is_none() {
             self.failure = Some(format!("{} (the record is read again to be dead-lettered or skipped)", failure.error));
+        }
+    }
+
+    /// The sink refused the output whose failure needs a rewind (a deleted topic, no write
+    /// permission): the broker's reason.
+    pub fn sink_refused(&self) -> Option<&str> {
+        self.refused.as_deref()
+    }
+
+    /// The consumer's position in a partition is `position`: every offset before it was either
+    /// handed to [`Engine::on_input`] or is one the consumer never returns (a transaction's
+    /// commit or abort marker, an aborted record under `read_committed`); librdkafka forgets
+    /// the position at every seek, so it is never one from before a start or rewind. The
+    /// offsets up to the position count as read with nothing to send, so a drained partition of a transactional topic commits past its last marker and shows a lag
+    /// of 0. Holds of unacknowledged outputs and open windows still keep the commit back.
+    pub fn passed_to(&mut self, topic: &str, partition: i32, position: i64) {
+        let Some(index) = self.slots.find_assigned(topic, partition) else {
+            return;
+        };
+        let progress = &mut self.slots[index].progress;
+        if progress.next_offset().is_none_or(|next| next < position) {
+            progress.read(position - 1);
+        }
+    }
+
+    /// The partition starts at `offset` (a concrete offset its start was resolved to): until a
+    /// record is read, that is what a commit keeps, so the next owner starts there too and does
+    /// not take it for a partition without a commit.
+    pub fn started_at(&mut self, topic: &str, partition: i32, offset: i64) {
+        let Some(index) = self.slots.find_assigned(topic, partition) else {
+            return;
+        };
+        let slot = &mut self.slots[index];
+        if slot.progress.next_offset().is_none() {
+            slot.progress.read(offset - 1);
         }
     }
 
@@ -113,6 +151,7 @@ impl Engine {
     pub fn rewind(&mut self) -> Vec<(String, i32, i64)> {
         self.metrics.rewinds.inc();
         self.failure = None;
+        self.refused = None;
         self.outbox.clear();
         let mut targets = Vec::new();
         let assigned: Vec<(String, i32, Option<i64>, Option<String>)> = self

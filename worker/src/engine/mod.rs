@@ -48,6 +48,9 @@ pub struct Engine {
     slots: Slots,
     outbox: Vec<Output>,
     failure: Option<String>,
+    /// The broker's reason when the failure is the sink refusing records (see
+    /// [`crate::sink_refusal`]).
+    refused: Option<String>,
     last_flush_ms: i64,
     /// Inputs whose outputs no retry can deliver, for when the rewind reads them again.
     poisoned: PoisonedInputs,
@@ -153,6 +156,7 @@ impl Engine {
             slots: Slots::default(),
             outbox: Vec::new(),
             failure: None,
+            refused: None,
             last_flush_ms: 0,
             poisoned: PoisonedInputs::default(),
         }

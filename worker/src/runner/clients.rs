@@ -11,11 +11,32 @@ pub(super) fn client_config(config: &WorkerConfig, bootstrap: &str) -> ClientCon
         client.set(key, value);
     }
     client.set("client.id", format!("streamjob-worker-{}", config.instance_id));
+    // A producer would otherwise create a deleted sink (or a misspelt one) with the broker's
+    // defaults, where the brokers allow it; a missing sink is waited for instead, loudly.
+    client.set("allow.auto.create.topics", "false");
     client.set_log_level(RDKafkaLogLevel::Warning);
     if let Ok(contexts) = std::env::var("STREAMJOB_LIBRDKAFKA_DEBUG") {
         client.set("debug", contexts).set_log_level(RDKafkaLogLevel::Debug);
     }
     client
+}
+
+/// How often the consumer refreshes the metadata of its topics: new partitions are seen within it.
+pub(super) const METADATA_REFRESH: Duration = Duration::from_secs(2);
+
+/// The shortest `transaction.timeout.ms` the worker sets.
+const TRANSACTION_TIMEOUT_FLOOR: Duration = Duration::from_secs(30);
+
+/// `transaction.timeout.ms` of the exactly-once producer: how long the broker lets a transaction
+/// stay open before it aborts it and fences the producer, and so how long a partition of a
+/// worker that died with a transaction open stays held by its next owner (the broker answers
+/// UNSTABLE_OFFSET_COMMIT until then; its abort check runs every 10 s by default, so up to
+/// that much later). A worker's transaction lasts one commit interval (1 s by default) and its
+/// commit, a few round trips; a step stuck past 45 s ends the process anyway (`stall`). So 30 s,
+/// or three commit intervals when those are longer: librdkafka's 60 s would double every
+/// takeover, and much less would fence a live worker whose commit waits out a broker failover.
+pub(super) fn transaction_timeout(config: &WorkerConfig) -> Duration {
+    TRANSACTION_TIMEOUT_FLOOR.max(config.timings.commit_interval * 3)
 }
 
 /// A producer for `bootstrap`, which writes topics taking records of at most `topic_limits`
@@ -37,6 +58,7 @@ pub(super) fn create_producer(
     }
     if transactional {
         client.set("transactional.id", config.transactional_id());
+        client.set("transaction.timeout.ms", transaction_timeout(config).as_millis().to_string());
     }
     client
         .create_with_context(DeliveryContext::default())
@@ -61,7 +83,13 @@ pub(super) fn create_consumer(config: &WorkerConfig, shared: Arc<Shared>) -> Res
         // librdkafka pauses a partition's fetching for a second once its local queue is above
         // queued.min.messages; a worker that drains that queue would then wait idle.
         .set("fetch.queue.backoff.ms", "10")
-        .set("isolation.level", if config.exactly_once() { "read_committed" } else { "read_uncommitted" })
+        // Every job, at-least-once too: its input is often another job's exactly-once sink,
+        // whose aborted records must not be processed (measured cost in the README).
+        .set("isolation.level", "read_committed")
+        // A source topic given more partitions is noticed within this (librdkafka's default is
+        // 5 minutes); the group then rebalances and the new partitions start at their
+        // beginning (see `partition_start`).
+        .set("topic.metadata.refresh.interval.ms", METADATA_REFRESH.as_millis().to_string())
         // Where a committed offset the broker no longer has resumes (without it librdkafka
         // jumps to the end and skips what is left).
         .set(

@@ -22,6 +22,20 @@ impl Shared {
         self.commit_offsets(consumer, engine, CommitMode::Sync)
     }
 
+    /// Moves each partition's progress to the consumer's position, past the transaction
+    /// markers (and aborted records) the consumer never returns: see [`Engine::passed_to`].
+    pub(super) fn advance_past_markers(&self, consumer: &WorkerConsumer, engine: &mut Engine) {
+        let positions = match consumer.position() {
+            Ok(positions) => positions,
+            Err(error) => return tracing::debug!(%error, "no consumer positions"),
+        };
+        for element in positions.elements() {
+            if let Offset::Offset(position) = element.offset() {
+                engine.passed_to(element.topic(), element.partition(), position);
+            }
+        }
+    }
+
     pub(super) fn commit_offsets(
         &self,
         consumer: &WorkerConsumer,
@@ -125,12 +139,26 @@ impl Shared {
             self.abort_transaction(engine)?;
         }
         self.deliver_reports(engine);
-        rewind(consumer, engine);
+        self.rewind(consumer, engine);
         if self.exactly_once {
             self.stall.enter("begin_transaction", REQUEST_TIMEOUT);
             self.producer.begin_transaction()?;
         }
         Ok(())
+    }
+
+    /// Drops all state and reads every assigned partition again from its last commit. Where
+    /// each partition starts is then its commit: until a record is read again, a partition is
+    /// read to its end when that commit is (see [`partition_end::read_to_end`]), so a source
+    /// partition with nothing after its commit still goes idle and its windows close.
+    fn rewind(&self, consumer: &WorkerConsumer, engine: &mut Engine) {
+        for (topic, partition, offset) in engine.rewind() {
+            if let Err(error) = consumer.seek(&topic, partition, Offset::Offset(offset), REQUEST_TIMEOUT) {
+                tracing::error!(%error, topic, partition, offset, "seek failed during rewind");
+                continue;
+            }
+            lock(&self.starts).entry(topic).or_default().insert(partition, Start::Committed(offset));
+        }
     }
 
     /// Aborts the open transaction. librdkafka first waits for the delivery report of every
@@ -163,13 +191,4 @@ pub(crate) fn commit_list(commits: &[Commit]) -> Result<TopicPartitionList, Kafk
         }
     }
     Ok(list)
-}
-
-/// Drops all state and reads every assigned partition again from its last commit.
-pub(super) fn rewind(consumer: &WorkerConsumer, engine: &mut Engine) {
-    for (topic, partition, offset) in engine.rewind() {
-        if let Err(error) = consumer.seek(&topic, partition, Offset::Offset(offset), REQUEST_TIMEOUT) {
-            tracing::error!(%error, topic, partition, offset, "seek failed during rewind");
-        }
-    }
 }

@@ -3,7 +3,7 @@
 //! (the state the loop and the rebalance callbacks both use, the limits); `run_loop.rs` is the
 //! loop, `contexts.rs` the librdkafka callbacks, `group.rs` assignment and revocation,
 //! `output.rs` the producers, `commit.rs` commits and rewinds, `clients.rs` the client
-//! settings, `admin.rs` the repartition topic.
+//! settings, `admin.rs` the repartition topic, `starts.rs` where assigned partitions start.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -27,9 +27,10 @@ use streamjob_runtime::sync::lock;
 use crate::busy_time::{self, BusyMeter};
 use crate::config::WorkerConfig;
 use crate::engine::{Commit, Destination, Engine, EngineSettings, Input, Output, Ticket, Totals};
-use crate::metrics::{KindLabel, PartitionLabels, ResultLabel, WorkerMetrics};
+use crate::metrics::{KindLabel, PartitionLabels, ReasonLabel, ResultLabel, WorkerMetrics};
 use crate::offset_reset::{OffsetReset, PendingResets};
 use crate::partition_end::{self, Start};
+use crate::partition_start::HeldPartitions;
 use crate::pipeline::CompiledPipeline;
 use crate::repartition::source_id;
 use crate::stall::StallWatch;
@@ -43,6 +44,7 @@ mod group;
 mod limits;
 mod output;
 mod run_loop;
+mod starts;
 
 pub use clients::engine_settings;
 pub(crate) use commit::commit_list;
@@ -71,6 +73,8 @@ pub enum WorkerError {
     Kafka { what: &'static str, source: KafkaError },
     #[error("stopped before the brokers at {0} could be reached")]
     Unreachable(String),
+    #[error("cannot start a thread: {0}")]
+    Thread(String),
 }
 
 /// Shared with whoever runs the worker: flags in, metrics out.
@@ -112,6 +116,8 @@ struct Shared {
     flush_timeout: Duration,
     /// Where each assigned source partition started: its position until a record is read.
     starts: Mutex<HashMap<String, HashMap<i32, Start>>>,
+    /// Assigned partitions whose start is not known yet: paused, not in the engine.
+    held: Mutex<HeldPartitions>,
     /// The partitions whose cached high watermark is recent, from the last statistics.
     fresh_fetches: Mutex<HashMap<String, HashSet<i32>>>,
     pending_resets: PendingResets,

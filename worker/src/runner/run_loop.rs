@@ -3,7 +3,9 @@
 use super::admin::ensure_repartition_topic;
 use super::clients::{create_consumer, create_producer};
 use super::limits::read_record_limits;
+use super::starts::StartReader;
 use super::*;
+use crate::sink_refusal::{SinkRefusal, Step};
 
 /// Runs the worker until `control.shutdown` (drain, commit, leave) or `control.abandon`.
 pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
@@ -17,6 +19,7 @@ pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
     };
     let settings = engine_settings(&config, repartition.clone());
     let mut engine = Engine::new(settings, pipeline, control.metrics.clone(), control.totals.clone());
+    let reader = StartReader::start(&config, windowed.then(|| sources.clone()))?;
     engine.expect_sources(sources);
     let limits = read_record_limits(&config);
     engine.limit_record_sizes(limits);
@@ -52,6 +55,7 @@ pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
         metrics: control.metrics.clone(),
         flush_timeout: config.timings.shutdown_timeout,
         starts: Mutex::default(),
+        held: Mutex::default(),
         fresh_fetches: Mutex::default(),
         pending_resets: PendingResets::default(),
         totals: control.totals.clone(),
@@ -69,7 +73,7 @@ pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
     }
     consumer.subscribe(&topics).map_err(|source| WorkerError::Kafka { what: "cannot subscribe", source })?;
     tracing::info!(group = %config.consumer_group, ?topics, instance = %config.instance_id, exactly_once, "worker started");
-    let result = consume_until_stopped(&config, &control, &shared, &consumer);
+    let result = consume_until_stopped(&config, &control, &shared, &consumer, &reader);
     control.ready.store(false, Ordering::SeqCst);
     if control.abandon.load(Ordering::SeqCst) {
         shared.abandoned.store(true, Ordering::SeqCst);
@@ -113,12 +117,15 @@ fn consume_until_stopped(
     control: &Control,
     shared: &Shared,
     consumer: &WorkerConsumer,
+    reader: &StartReader,
 ) -> Result<(), WorkerError> {
     let mut last_tick = Instant::now();
     let mut last_commit = Instant::now();
+    let mut refusal = Refusal::default();
     while !control.shutdown.load(Ordering::Relaxed) && !control.abandon.load(Ordering::Relaxed) {
         let turn = Instant::now();
         shared.stall.enter("reading and processing records", LOOP_TURN_BOUND);
+        shared.serve_starts(consumer, reader, refusal.state.backing_off());
         let (read_busy, source_records) = read_batch(shared, consumer);
         let mut engine = lock(&shared.engine);
         let now = Instant::now();
@@ -132,7 +139,9 @@ fn consume_until_stopped(
         }
         shared.poll_producers(&mut engine);
         shared.count_busy(read_busy + now.elapsed(), turn.elapsed(), source_records);
-        if let Some(failure) = engine.failure().map(str::to_owned) {
+        if let Some(reason) = engine.sink_refused().map(str::to_owned) {
+            refusal.refused(shared, consumer, &mut engine, &reason);
+        } else if let Some(failure) = engine.failure().map(str::to_owned) {
             tracing::error!(error = %failure, "a record was not delivered; rewinding to the last commit");
             for producer in shared.producers() {
                 shared.stall.enter("flushing before a rewind", REQUEST_TIMEOUT);
@@ -143,8 +152,12 @@ fn consume_until_stopped(
                 return Err(WorkerError::Kafka { what: "cannot rewind", source: error });
             }
         }
+        if refusal.tick(shared, consumer, &mut engine, control)? {
+            continue;
+        }
         if now - last_commit >= config.timings.commit_interval {
             last_commit = now;
+            shared.advance_past_markers(consumer, &mut engine);
             let result = if shared.exactly_once {
                 shared.commit_now(consumer, &mut engine)
             } else {
@@ -159,6 +172,102 @@ fn consume_until_stopped(
         }
     }
     Ok(())
+}
+
+/// The loop's side of a sink the broker refuses (see [`crate::sink_refusal`]).
+#[derive(Default)]
+struct Refusal {
+    state: SinkRefusal,
+    /// Records the sink had acknowledged when the partitions were last resumed.
+    out_at_resume: u64,
+    /// The reason the metric shows now.
+    shown: Option<String>,
+}
+
+impl Refusal {
+    /// The sink refused a record: pause every partition for the back-off (the failure stays
+    /// set, so nothing is committed meanwhile).
+    fn refused(&mut self, shared: &Shared, consumer: &WorkerConsumer, engine: &mut Engine, reason: &str) {
+        let Step::Pause { backoff_ms, first } = self.state.refused(reason, now_ms()) else {
+            return;
+        };
+        tracing::warn!(sink = %shared.sink_topic, reason, backoff_ms, first,
+            "the broker refuses the sink topic: pausing, then reading again from the last commit; \
+             nothing is lost, and the worker reports not ready meanwhile");
+        shared.metrics.delivery_errors.inc();
+        if let Err(error) = consumer.pause(&engine_assignment(engine)) {
+            tracing::error!(%error, "cannot pause the partitions");
+        }
+        self.show(shared);
+    }
+
+    /// Resumes once the back-off is over (after a rewind), and ends the refusal when the sink
+    /// takes records again. True while backing off: the turn does nothing more.
+    fn tick(
+        &mut self,
+        shared: &Shared,
+        consumer: &WorkerConsumer,
+        engine: &mut Engine,
+        control: &Control,
+    ) -> Result<bool, WorkerError> {
+        if self.shown.is_none() {
+            return Ok(false);
+        }
+        let out = control.totals.records_out.load(Ordering::Relaxed);
+        if out > self.out_at_resume && !self.state.backing_off() {
+            self.state.accepted();
+        }
+        if self.state.tick(now_ms()) == Step::Resume {
+            for producer in shared.producers() {
+                shared.stall.enter("flushing before a rewind", REQUEST_TIMEOUT);
+                let _ = producer.flush(REQUEST_TIMEOUT);
+            }
+            shared.deliver_reports(engine);
+            shared
+                .abort_and_rewind(consumer, engine)
+                .map_err(|source| WorkerError::Kafka { what: "cannot rewind", source })?;
+            self.out_at_resume = control.totals.records_out.load(Ordering::Relaxed);
+            if let Err(error) = consumer.resume(&engine_assignment(engine)) {
+                tracing::error!(%error, "cannot resume the partitions");
+            }
+            tracing::info!(sink = %shared.sink_topic, "back-off over: sending again from the last commit");
+        }
+        self.show(shared);
+        Ok(self.state.backing_off())
+    }
+
+    /// The metric and `/readyz` follow the state.
+    fn show(&mut self, shared: &Shared) {
+        let now = self.state.reason().map(str::to_owned);
+        if now == self.shown {
+            return;
+        }
+        if let Some(old) = &self.shown {
+            shared.metrics.sink_refused.get_or_create(&ReasonLabel { reason: label(old) }).set(0);
+        }
+        if let Some(reason) = &now {
+            shared.metrics.sink_refused.get_or_create(&ReasonLabel { reason: label(reason) }).set(1);
+        } else {
+            tracing::info!(sink = %shared.sink_topic, "the sink takes records again");
+        }
+        *lock(&shared.metrics.not_ready_because) =
+            now.as_ref().map(|reason| format!("the broker refuses the sink topic {}: {reason}", shared.sink_topic));
+        self.shown = now;
+    }
+}
+
+/// A reason as a metric label: short, one line.
+fn label(reason: &str) -> String {
+    reason.lines().next().unwrap_or_default().chars().take(120).collect()
+}
+
+/// The engine's partitions, for a pause or resume (held partitions stay paused).
+fn engine_assignment(engine: &Engine) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for (topic, partition) in engine.assigned() {
+        list.add_partition(&topic, partition);
+    }
+    list
 }
 
 /// Reads what the consumer has ready, up to [`READ_BATCH`] records or errors, waiting up to
