@@ -124,7 +124,41 @@ async fn a_dead_broker_is_an_error_not_zero_lag() {
     let bootstrap = broker.bootstrap_servers();
     broker.create_topic("orders", 2).expect("topic");
     broker.cluster().broker_down(1).expect("broker down");
-    let admin = ClusterAdmin::new(ClientConfig::new().set("bootstrap.servers", &bootstrap)).expect("admin client");
+    let admin = std::sync::Arc::new(
+        ClusterAdmin::new(ClientConfig::new().set("bootstrap.servers", &bootstrap)).expect("admin client"),
+    );
     let down = measure_with(&admin, "billing", &["orders".to_owned()], Duration::from_secs(2)).await;
     assert!(down.is_err(), "a broker that is down gives an error: {down:?}");
+}
+
+/// Fault injection: the group coordinator answers OffsetFetch with NOT_COORDINATOR and
+/// COORDINATOR_LOAD_IN_PROGRESS (a fresh group, a coordinator moving). librdkafka's handler
+/// then asks the client's own group to find its coordinator again, which crashed a client
+/// without one (a segfault in CI); the probe's client has one and survives, measuring or saying
+/// why not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_that_moves_is_retried_not_a_crash() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let broker = MockBroker::start(1).expect("mock cluster");
+    let bootstrap = broker.bootstrap_servers();
+    broker.create_topic("orders", 2).expect("topic");
+    broker.cluster().request_errors(
+        RDKafkaApiKey::OffsetFetch,
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
+        ],
+    );
+    let admin = std::sync::Arc::new(
+        ClusterAdmin::new(ClientConfig::new().set("bootstrap.servers", &bootstrap)).expect("admin client"),
+    );
+    // Each measurement meets at most one injected error (an error for the poll, not a crash);
+    // once they are used up the probe measures.
+    let mut measured = Vec::new();
+    for _ in 0..4 {
+        measured.push(measure_with(&admin, "billing", &["orders".to_owned()], Duration::from_secs(5)).await);
+    }
+    let last = measured.pop().expect("four measurements");
+    assert_eq!(last.expect("measures once the coordinator answers").len(), 2);
 }

@@ -1,7 +1,7 @@
-//! One Kafka admin client per cluster and credentials for the lag probe, over librdkafka's admin
-//! API: the partitions of many topics (DescribeTopics), a group's committed offsets
+//! One Kafka client per cluster and credentials for the lag probe: the partitions of the topics
+//! (metadata), and over librdkafka's admin API a group's committed offsets
 //! (ListConsumerGroupOffsets) and many partitions' log-start and end offsets (ListOffsets), each
-//! one asynchronous request. rust-rdkafka 0.39 wraps none of the three (fede1024/rust-rdkafka#785
+//! one asynchronous request. rust-rdkafka 0.39 wraps neither (fede1024/rust-rdkafka#785
 //! is still open), and its consumer reads committed offsets only for its own `group.id`, which
 //! cost one client (threads, connections) per job; so this file calls librdkafka's C functions
 //! directly. All `unsafe` of the probe is here, each block beside the rule it relies on.
@@ -16,9 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rdkafka::admin::AdminClient;
 use rdkafka::bindings as rd;
-use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::ClientConfig;
 use streamjob_runtime::sync::lock;
 use tokio::sync::oneshot;
@@ -59,7 +58,6 @@ pub enum LogEnd {
 
 /// What a result event carried, as owned values.
 enum Answer {
-    Topics(Vec<(String, TopicPartitions)>),
     Offsets(Vec<PartitionOffset>),
     Failed(String),
 }
@@ -82,15 +80,28 @@ pub struct ClusterAdmin {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     // Dropped last: the queue and the requests belong to its librdkafka handle.
-    client: AdminClient<DefaultClientContext>,
+    client: BaseConsumer,
 }
+
+/// The group id of the probe's client. librdkafka 2.12's OffsetFetch answer handler asks the
+/// client's own group to look for a coordinator again on NOT_COORDINATOR and the like, through
+/// a null pointer in a client without a group: a segfault (seen in CI; also
+/// confluentinc/confluent-kafka-javascript#374). A consumer-type client with a group id has one;
+/// it never subscribes, so it never joins that group.
+const PROBE_GROUP: &str = "streamjob-operator-lag-probe";
 
 impl ClusterAdmin {
     pub fn new(config: &ClientConfig) -> Result<Self, AdminError> {
-        let client: AdminClient<DefaultClientContext> = config.create().map_err(AdminError::Client)?;
+        let mut config = config.clone();
+        config
+            .set("group.id", PROBE_GROUP)
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("allow.auto.create.topics", "false");
+        let client: BaseConsumer = config.create().map_err(AdminError::Client)?;
         // SAFETY: the handle is valid while `client` lives, which outlives the queue (field order
         // and Drop below).
-        let queue = Arc::new(Queue(unsafe { rd::rd_kafka_queue_new(client.inner().native_ptr()) }));
+        let queue = Arc::new(Queue(unsafe { rd::rd_kafka_queue_new(client.client().native_ptr()) }));
         let waiting: Arc<Waiting> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
@@ -103,32 +114,33 @@ impl ClusterAdmin {
         Ok(Self { queue, waiting, next_id: AtomicUsize::new(1), stop, thread: Some(thread), client })
     }
 
-    /// The partition ids of each topic.
+    /// The partition ids of each topic, from the cluster's metadata (librdkafka's mock cluster,
+    /// which `dev` runs on, does not answer DescribeTopics).
     pub async fn describe_topics(
-        &self,
+        self: &Arc<Self>,
         topics: &[String],
         timeout: Duration,
     ) -> Result<Vec<(String, TopicPartitions)>, AdminError> {
-        const REQUEST: &str = "DescribeTopics";
-        let waiting = {
-            let names = c_strings(topics)?;
-            let mut pointers: Vec<*const std::ffi::c_char> = names.iter().map(|name| name.as_ptr()).collect();
-            self.send(timeout, |rk, options, queue| {
-                // SAFETY: `pointers` holds `names.len()` valid C strings that outlive the call;
-                // librdkafka copies the collection's names and the request before returning.
-                unsafe {
-                    let collection = rd::rd_kafka_TopicCollection_of_topic_names(pointers.as_mut_ptr(), pointers.len());
-                    rd::rd_kafka_DescribeTopics(rk, collection, options, queue);
-                    rd::rd_kafka_TopicCollection_destroy(collection);
-                }
-            })
-        };
-        let answer = self.answer(REQUEST, timeout, waiting).await?;
-        match answer {
-            Answer::Topics(topics) => Ok(topics),
-            Answer::Failed(message) => Err(AdminError::Request { request: REQUEST, message }),
-            Answer::Offsets(_) => Err(unexpected(REQUEST)),
-        }
+        const REQUEST: &str = "Metadata";
+        let (admin, topics) = (self.clone(), topics.to_vec());
+        let described = tokio::task::spawn_blocking(move || {
+            topics
+                .iter()
+                .map(|topic| {
+                    let metadata = admin.client.fetch_metadata(Some(topic), timeout).map_err(|error| {
+                        AdminError::Request { request: REQUEST, message: format!("topic {topic}: {error}") }
+                    })?;
+                    let found = metadata.topics().iter().find(|t| t.name() == topic).map(|found| match found.error() {
+                        Some(error) => Err(rdkafka::types::RDKafkaErrorCode::from(error).to_string()),
+                        None => Ok(found.partitions().iter().map(|p| p.id()).collect()),
+                    });
+                    Ok((topic.clone(), found.unwrap_or_else(|| Err("not in the cluster's metadata".to_owned()))))
+                })
+                .collect::<Result<Vec<_>, AdminError>>()
+        })
+        .await
+        .map_err(|error| AdminError::Request { request: REQUEST, message: error.to_string() })?;
+        described
     }
 
     /// The group's committed offsets (and their metadata) of `partitions`; a partition the group
@@ -190,7 +202,7 @@ impl ClusterAdmin {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
         lock(&self.waiting).insert(id, sender);
-        let rk = self.client.inner().native_ptr();
+        let rk = self.client.client().native_ptr();
         let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: `rk` is this client's live handle; the options are created, used by `call`
         // (librdkafka copies them into the request) and destroyed here. The opaque is a plain
@@ -237,23 +249,11 @@ impl Drop for ClusterAdmin {
     }
 }
 
-fn unexpected(request: &'static str) -> AdminError {
-    AdminError::Request { request, message: "an answer of another request's kind".to_owned() }
-}
-
 fn offsets_of(request: &'static str, answer: Answer) -> Result<Vec<PartitionOffset>, AdminError> {
     match answer {
         Answer::Offsets(offsets) => Ok(offsets),
         Answer::Failed(message) => Err(AdminError::Request { request, message }),
-        Answer::Topics(_) => Err(unexpected(request)),
     }
-}
-
-fn c_strings(names: &[String]) -> Result<Vec<CString>, AdminError> {
-    names
-        .iter()
-        .map(|name| CString::new(name.as_str()).map_err(|_| AdminError::Name(format!("topic {name}"))))
-        .collect()
 }
 
 /// An owned librdkafka topic-partition list.
@@ -317,12 +317,6 @@ unsafe fn read_event(event: *mut rd::rd_kafka_event_t) -> Answer {
         return Answer::Failed(text(rd::rd_kafka_event_error_string(event)));
     }
     match rd::rd_kafka_event_type(event) {
-        rd::RD_KAFKA_EVENT_DESCRIBETOPICS_RESULT => {
-            let result = rd::rd_kafka_event_DescribeTopics_result(event);
-            let mut count = 0;
-            let topics = rd::rd_kafka_DescribeTopics_result_topics(result, &mut count);
-            Answer::Topics(slice(topics, count).iter().map(|topic| read_topic(*topic)).collect())
-        }
         rd::RD_KAFKA_EVENT_LISTCONSUMERGROUPOFFSETS_RESULT => {
             let result = rd::rd_kafka_event_ListConsumerGroupOffsets_result(event);
             let mut count = 0;
@@ -352,20 +346,6 @@ unsafe fn read_event(event: *mut rd::rd_kafka_event_t) -> Answer {
         }
         other => Answer::Failed(format!("an unexpected event of type {other}")),
     }
-}
-
-/// # Safety
-/// `topic` must point into a live DescribeTopics result.
-unsafe fn read_topic(topic: *const rd::rd_kafka_TopicDescription_t) -> (String, TopicPartitions) {
-    let name = text(rd::rd_kafka_TopicDescription_name(topic));
-    let error = rd::rd_kafka_TopicDescription_error(topic);
-    if !error.is_null() && rd::rd_kafka_error_code(error) != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-        return (name, Err(text(rd::rd_kafka_error_string(error))));
-    }
-    let mut count = 0;
-    let partitions = rd::rd_kafka_TopicDescription_partitions(topic, &mut count);
-    let ids = slice(partitions, count).iter().map(|partition| rd::rd_kafka_TopicPartitionInfo_partition(*partition));
-    (name, Ok(ids.collect()))
 }
 
 /// # Safety

@@ -1,7 +1,7 @@
 //! The lag probe: per partition of a job's source topics, the group's committed offset (with the
 //! capacity report the committing worker put in its metadata) and the low and high watermarks.
-//! One admin client per cluster and credentials serves every job on it (`kafka_admin.rs`), four
-//! asynchronous requests a measurement whatever the partition count, under one deadline, so a
+//! One client per cluster and credentials serves every job on it (`kafka_admin.rs`), a metadata
+//! request per topic and three asynchronous requests whatever the partition count, under one deadline, so a
 //! slow or unreachable cluster delays only its own jobs.
 
 use std::collections::hash_map::DefaultHasher;
@@ -105,7 +105,7 @@ impl LagProbe {
 /// The partitions of the topics, then the group's committed offsets and the partitions'
 /// log-start and end offsets, each one request.
 pub async fn measure_with(
-    admin: &ClusterAdmin,
+    admin: &Arc<ClusterAdmin>,
     group: &str,
     topics: &[String],
     timeout: Duration,
