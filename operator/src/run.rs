@@ -316,7 +316,7 @@ async fn run_controller(controller: JobController, namespace: Option<String>, co
 }
 
 /// The API of `K` in one namespace, or in all.
-fn scoped_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+pub(crate) fn scoped_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
 {

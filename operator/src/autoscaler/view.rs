@@ -13,6 +13,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 
 use crate::build::{selector_labels, FIELD_MANAGER, MANAGED_BY_LABEL, NAME_LABEL, WORKER_NAME};
+use crate::run::scoped_api;
 
 /// The caches of one watched scope (a namespace, or all).
 struct Scope {
@@ -35,7 +36,7 @@ impl ClusterView {
             .map(|scope| {
                 let managed = format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}");
                 let (stateful_sets, task) = cache(
-                    api::<StatefulSet>(client, scope.as_deref()),
+                    scoped_api::<StatefulSet>(client, scope.as_deref()),
                     watcher::Config::default().labels(&managed),
                     |set: &mut StatefulSet| {
                         set.managed_fields_mut().clear();
@@ -48,7 +49,7 @@ impl ClusterView {
                 tasks.push(task);
                 let workers = format!("{NAME_LABEL}={WORKER_NAME}");
                 let (pods, task) = cache(
-                    api::<Pod>(client, scope.as_deref()),
+                    scoped_api::<Pod>(client, scope.as_deref()),
                     watcher::Config::default().labels(&workers),
                     |pod: &mut Pod| {
                         pod.managed_fields_mut().clear();
@@ -57,7 +58,7 @@ impl ClusterView {
                 );
                 tasks.push(task);
                 let (events, task) = cache(
-                    api::<Event>(client, scope.as_deref()),
+                    scoped_api::<Event>(client, scope.as_deref()),
                     watcher::Config::default().fields("involvedObject.kind=StatefulSet,reason=FailedCreate"),
                     |event: &mut Event| event.managed_fields_mut().clear(),
                 );
@@ -104,16 +105,6 @@ impl ClusterView {
             .filter(|event| event.involved_object.name.as_deref() == Some(name))
             .map(|event| (*event).clone())
             .collect()
-    }
-}
-
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
     }
 }
 
