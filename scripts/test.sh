@@ -20,13 +20,13 @@ real_part_missing() {
   echo "warning: $1; the tests that need it will skip" >&2
 }
 
-echo "== cargo fmt --check"
+echo "== $(date +%T) cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "== cargo clippy"
+echo "== $(date +%T) cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "== real Kafka broker"
+echo "== $(date +%T) real Kafka broker"
 broker_dir=""
 if [ -z "${STREAMJOB_TEST_BOOTSTRAP:-}" ]; then
   broker_dir="$(mktemp -d -t streamjob-kafka.XXXXXX)"
@@ -39,7 +39,7 @@ if [ -z "${STREAMJOB_TEST_BOOTSTRAP:-}" ]; then
 fi
 echo "STREAMJOB_TEST_BOOTSTRAP=${STREAMJOB_TEST_BOOTSTRAP:-<none>}"
 
-echo "== real Kubernetes control plane"
+echo "== $(date +%T) real Kubernetes control plane"
 if [ -z "${KUBEBUILDER_ASSETS:-}" ] && [ "${STREAMJOB_E2E_CLUSTER:-}" != "1" ]; then
   if assets=$(scripts/controlplane.sh); then
     export KUBEBUILDER_ASSETS="$assets"
@@ -49,15 +49,19 @@ if [ -z "${KUBEBUILDER_ASSETS:-}" ] && [ "${STREAMJOB_E2E_CLUSTER:-}" != "1" ]; 
 fi
 echo "KUBEBUILDER_ASSETS=${KUBEBUILDER_ASSETS:-<none>}"
 
-echo "== cargo build (binaries the end-to-end tests run; the operator also as shipped, for its memory benchmark)"
+echo "== $(date +%T) cargo build (binaries the end-to-end tests run; the operator also as shipped, for its memory benchmark)"
 cargo build --workspace --bins --locked
-cargo build --profile dist --locked -p streamjob-operator --no-default-features --bin streamjob-operator
-export STREAMJOB_OPERATOR_BIN="${CARGO_TARGET_DIR:-target}/dist/streamjob-operator"
+# STREAMJOB_OPERATOR_BIN, when set, is that build already made (.ci/run keeps it per source).
+if [ -z "${STREAMJOB_OPERATOR_BIN:-}" ]; then
+  cargo build --profile dist --locked -p streamjob-operator --no-default-features --bin streamjob-operator
+  export STREAMJOB_OPERATOR_BIN="${CARGO_TARGET_DIR:-target}/dist/streamjob-operator"
+fi
+echo "STREAMJOB_OPERATOR_BIN=$STREAMJOB_OPERATOR_BIN"
 
-echo "== cargo test"
+echo "== $(date +%T) cargo test"
 cargo test --workspace --exclude streamjob-e2e --locked
 
-echo "== end-to-end tests (real API server, real Kafka, worker processes)"
+echo "== $(date +%T) end-to-end tests (real API server, real Kafka, worker processes)"
 e2e_log="$(mktemp -t streamjob-e2e.XXXXXX)"
 cargo test -p streamjob-e2e --locked -- --nocapture --test-threads 1 2>&1 | tee "$e2e_log"
 # Passed tests per test file, then the files that need each real part.
@@ -69,7 +73,11 @@ echo "real Kafka broker: $(count_passed 'autoscaling|dev_mode|worker_processes|f
 # A real-node test prints its "ran on a real node:" line last, once everything it checks held
 # (a test that skipped, outside CI, prints none).
 echo "real node: $(grep -c 'ran on a real node:' "$e2e_log" || true) tests passed on a real kubelet (the chart's operator and the workers as pods)"
+# Where the end-to-end phase's time goes, longest first (the run's budget is watched: .ci/run).
+echo "end-to-end seconds per test file:"
+awk '/Running tests\// { file = $2 } /^test result: / { sub(/s$/, "", $NF); secs[file] += $NF }
+  END { for (f in secs) printf "  %7.1f  %s\n", secs[f], f }' "$e2e_log" | sort -rn
 rm -f "$e2e_log" "$e2e_log.counts"
 
-echo "== python tests (rendered objects, CRD, chart)"
+echo "== $(date +%T) python tests (rendered objects, CRD, chart)"
 python3 -m pytest -q tests/python
