@@ -86,6 +86,16 @@ pub async fn source_client_config(client: &Client, job: &StreamJob) -> Result<Cl
     Ok(config)
 }
 
+/// librdkafka properties for the job's sink cluster: the source's, at the sink's bootstrap
+/// servers when it names others (the workers' sink producer connects the same way).
+pub async fn sink_client_config(client: &Client, job: &StreamJob) -> Result<ClientConfig, ClientConfigError> {
+    let mut config = source_client_config(client, job).await?;
+    if let Some(bootstrap) = &job.spec.sink.bootstrap_servers {
+        config.set("bootstrap.servers", bootstrap);
+    }
+    Ok(config)
+}
+
 /// Describes and deletes consumer groups and repartition topics with librdkafka's admin client.
 pub struct KafkaGroupDeleter {
     client: Client,

@@ -146,7 +146,7 @@ async fn lead(client: &Client, options: &RunOptions, metrics: &Arc<Metrics>) {
     let (view, view_tasks) = ClusterView::start(client, &scopes);
     let _view_tasks: Vec<AbortOnDrop> = view_tasks.into_iter().map(AbortOnDrop).collect();
     let controllers: Vec<(Option<String>, JobController)> =
-        scopes.into_iter().map(|ns| (ns.clone(), job_controller(client, ns.as_deref()))).collect();
+        scopes.into_iter().map(|ns| (ns.clone(), job_controller(client, ns.as_deref(), &context))).collect();
     let stores: Vec<Store<StreamJob>> = controllers.iter().map(|(_, controller)| controller.store()).collect();
     // Stopped with the controllers, also when a leader steps down and drops them.
     let _job_metrics = AbortOnDrop(tokio::spawn(follow_job_metrics(stores.clone(), metrics.clone())));
@@ -230,7 +230,12 @@ const MAX_CONCURRENT_RECONCILES: u16 = 16;
 /// to the children it owns. Each watch backs off on its own ([`WatchBackoff`]): one shared
 /// backoff made every watch wait out every other's error after an API server restart. The job
 /// cache keeps no `managedFields`; the children are watched by label, metadata only, uncached.
-fn job_controller(client: &Client, scope: Option<&str>) -> JobController {
+/// The context's reconcile requests (for findings outside the API server) wake it too.
+fn job_controller(client: &Client, scope: Option<&str>, context: &Context) -> JobController {
+    let in_scope = scope.map(str::to_owned);
+    let requests = context
+        .reconcile_requests()
+        .filter(move |job| std::future::ready(in_scope.is_none() || job.namespace.as_deref() == in_scope.as_deref()));
     let (jobs, writer) = reflector::store();
     let job_changes = watcher(scoped_api::<StreamJob>(client, scope), watcher::Config::default())
         .backoff(WatchBackoff::default())
@@ -243,6 +248,7 @@ fn job_controller(client: &Client, scope: Option<&str>) -> JobController {
         .owns_stream(child_changes::<ConfigMap>(client, scope))
         .owns_stream(child_changes::<Service>(client, scope))
         .owns_stream(child_changes::<PodDisruptionBudget>(client, scope))
+        .reconcile_on(requests)
         .trigger_backoff(NoWait)
         .with_config(kube::runtime::controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES))
         .shutdown_on_signal()

@@ -7,6 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 use streamjob_crds::{Phase, StreamJob, StreamJobStatus};
 
+use crate::autoscaler::sink_check::SINK_REFUSED;
 use crate::build::selector_string;
 
 pub const READY: &str = "Ready";
@@ -44,6 +45,8 @@ pub struct Observation<'a> {
     pub pods: &'a [Pod],
     /// Why the spec cannot run, for what the schema could not catch.
     pub config_problem: Option<String>,
+    /// Why the job's sink or dead-letter topic cannot be written (`autoscaler/sink_check.rs`).
+    pub output_problem: Option<String>,
     pub desired_replicas: i32,
 }
 
@@ -219,6 +222,8 @@ pub fn compute_status(job: &StreamJob, observation: &Observation<'_>, now: &Time
     };
     let failures = pod_failures(observation.pods);
     let suspended = job.spec.suspend;
+    // A suspended job writes nothing: its outputs are not its problem now.
+    let output_problem = observation.output_problem.as_ref().filter(|_| !suspended);
 
     match &progress {
         Some(what) => set_condition(&mut conditions, PROGRESSING, true, "RollingOut", what.clone(), generation, now),
@@ -232,7 +237,9 @@ pub fn compute_status(job: &StreamJob, observation: &Observation<'_>, now: &Time
             now,
         ),
     }
-    if failures.is_empty() {
+    if let (true, Some(problem)) = (failures.is_empty(), output_problem) {
+        set_condition(&mut conditions, DEGRADED, true, SINK_REFUSED, problem.clone(), generation, now);
+    } else if failures.is_empty() {
         set_condition(
             &mut conditions,
             DEGRADED,
@@ -265,7 +272,12 @@ pub fn compute_status(job: &StreamJob, observation: &Observation<'_>, now: &Time
         generation,
         now,
     );
-    let all_ready = !suspended && progress.is_none() && failures.is_empty() && ready == desired && desired > 0;
+    let all_ready = !suspended
+        && progress.is_none()
+        && failures.is_empty()
+        && output_problem.is_none()
+        && ready == desired
+        && desired > 0;
     let (ready_reason, ready_message) = if all_ready {
         ("AllWorkersReady", format!("{ready}/{desired} workers ready"))
     } else if suspended {
@@ -274,6 +286,8 @@ pub fn compute_status(job: &StreamJob, observation: &Observation<'_>, now: &Time
         ("ScaledToZero", "no workers are desired (scaled to zero)".to_owned())
     } else if !failures.is_empty() {
         ("WorkersFailing", format!("{ready}/{desired} workers ready; see Degraded"))
+    } else if output_problem.is_some() {
+        (SINK_REFUSED, format!("{ready}/{desired} workers running, but their output is refused; see Degraded"))
     } else {
         ("WorkersNotReady", format!("{ready}/{desired} workers ready"))
     };
@@ -281,7 +295,7 @@ pub fn compute_status(job: &StreamJob, observation: &Observation<'_>, now: &Time
 
     let phase = if suspended && replicas == 0 {
         Phase::Suspended
-    } else if !failures.is_empty() {
+    } else if !failures.is_empty() || output_problem.is_some() {
         Phase::Degraded
     } else if progress.is_none() {
         Phase::Running

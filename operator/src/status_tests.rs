@@ -61,6 +61,7 @@ struct Case {
     stateful_set: Option<StatefulSet>,
     pods: Vec<Pod>,
     config_problem: Option<&'static str>,
+    output_problem: Option<&'static str>,
     desired: i32,
     phase: Phase,
     /// (type, status, reason) of every condition, in the order the status lists them.
@@ -81,6 +82,7 @@ fn cases() -> Vec<Case> {
         stateful_set,
         pods: Vec::new(),
         config_problem: None,
+        output_problem: None,
         desired,
         phase,
         conditions,
@@ -193,6 +195,40 @@ fn cases() -> Vec<Case> {
                 [VALID, ROLLING, ("Degraded", "True", "WorkersFailing"), ACTIVE, ("Ready", "False", "WorkersFailing")],
             )
         },
+        Case {
+            output_problem: Some("sink topic out on k:9092: Broker: Unknown topic or partition"),
+            ..case(
+                "sink refused, every worker running",
+                with_status(job(""), Phase::Running),
+                Some(stateful_set(2, 2, 2)),
+                2,
+                Phase::Degraded,
+                [VALID, COMPLETE, ("Degraded", "True", "SinkRefused"), ACTIVE, ("Ready", "False", "SinkRefused")],
+            )
+        },
+        Case {
+            pods: vec![waiting_pod("CrashLoopBackOff")],
+            output_problem: Some("sink topic out on k:9092: Broker: Unknown topic or partition"),
+            ..case(
+                "sink refused and a worker crash looping: the crash is the first thing to fix",
+                job(""),
+                Some(stateful_set(2, 1, 2)),
+                2,
+                Phase::Degraded,
+                [VALID, ROLLING, ("Degraded", "True", "CrashLooping"), ACTIVE, ("Ready", "False", "WorkersFailing")],
+            )
+        },
+        Case {
+            output_problem: Some("sink topic out on k:9092: Broker: Unknown topic or partition"),
+            ..case(
+                "sink refused while suspended: nothing is written",
+                job("  suspend: true\n"),
+                Some(stateful_set(0, 0, 0)),
+                0,
+                Phase::Suspended,
+                [VALID, COMPLETE, HEALTHY, ("Suspended", "True", "Suspended"), ("Ready", "False", "Suspended")],
+            )
+        },
     ]
 }
 
@@ -204,6 +240,7 @@ fn phase_and_conditions_follow_what_was_observed() {
             stateful_set: case.stateful_set.as_ref(),
             pods: &case.pods,
             config_problem: case.config_problem.map(str::to_owned),
+            output_problem: case.output_problem.map(str::to_owned),
             desired_replicas: case.desired,
         };
         let status = compute_status(&case.job, &observation, &now);

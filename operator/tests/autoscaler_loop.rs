@@ -158,3 +158,45 @@ async fn a_fixed_size_job_gets_lag_series_and_no_decision() {
     assert!(h.job("wordcount").status.and_then(|s| s.lag).is_none(), "no status write from a metrics-only poll");
     assert!(!metrics.contains("streamjob_operator_scale_decisions_total{namespace=\"team\",job=\"wordcount\""));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sink_topic_that_does_not_exist_degrades_the_job_until_it_is_created() {
+    let Some(bootstrap) = real_broker() else { return };
+    let (lines, counts, dead_letters) = (unique("lines"), unique("counts"), unique("dead-letters"));
+    create_topics(&bootstrap, &[(&lines, PARTITIONS), (&dead_letters, 1)]);
+    let mut job = autoscaled_job(&bootstrap, &lines);
+    job.spec.sink.topic = counts.clone();
+    job.spec.sink.dead_letter_topic = Some(dead_letters.clone());
+    let h = harness();
+    h.api.create(JOBS, &job);
+    h.reconcile("wordcount").await.expect("reconcile");
+    h.workers_ready("wordcount", 1);
+    let autoscaler = Autoscaler::new(h.context.clone());
+    let check = |t: f64| {
+        let (autoscaler, job) = (&autoscaler, h.job("wordcount"));
+        async move { autoscaler.check_outputs(&job, t).await }
+    };
+
+    check(0.0).await;
+    h.reconcile("wordcount").await.expect("reconcile");
+    assert_eq!(h.phase("wordcount"), Some(streamjob_crds::Phase::Degraded));
+    let (status, reason, message) = h.condition("wordcount", "Degraded");
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "SinkRefused"), "{message}");
+    assert!(message.contains(&format!("sink topic {counts} on {bootstrap}")), "{message}");
+    assert!(message.contains("Unknown topic or partition"), "the broker's reason: {message}");
+    assert_eq!(h.condition("wordcount", "Ready").1, "SinkRefused");
+    let refused: Vec<_> = h.events().into_iter().filter(|(r, _)| r == "SinkRefused").collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+
+    check(10.0).await;
+    let refused = h.events().into_iter().filter(|(r, _)| r == "SinkRefused").count();
+    assert_eq!(refused, 1, "one event per refusal, not one per check");
+
+    create_topics(&bootstrap, &[(&counts, 1)]);
+    check(40.0).await;
+    h.reconcile("wordcount").await.expect("reconcile");
+    let (status, reason, _) = h.condition("wordcount", "Degraded");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "WorkersHealthy"));
+    assert_eq!(h.phase("wordcount"), Some(streamjob_crds::Phase::Running));
+    assert!(h.events().iter().any(|(r, _)| r == "SinkWritable"), "{:?}", h.events());
+}

@@ -13,6 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
+use rdkafka::ClientConfig;
 use serde_json::json;
 use streamjob_crds::{AutoscalingSpec, LagStatus, PartitionLag, ScaleEvent, StreamJob};
 use streamjob_runtime::metrics::PartitionLabels;
@@ -21,11 +22,12 @@ use streamjob_runtime::sync::lock;
 use super::blocked::{scale_blockers, summary, Blocker};
 use super::policy::{poll, rates, start_rebalance, Decision, History, PartitionSample, Settings, Workers};
 use super::probe::{LagProbe, ProbeError, ProbeTarget};
+use super::sink_check::{output_problem, OutputAnswer, OUTPUT_CHECK_SECONDS, SINK_REFUSED};
 use super::view::ClusterView;
 use crate::build::{selector_string, FIELD_MANAGER};
 use crate::controller::events::{publish, JobEvent};
 use crate::controller::{apply_status, job_key, reconciliation_paused, Context};
-use crate::kafka::{source_client_config, ClientConfigError};
+use crate::kafka::{sink_client_config, source_client_config, ClientConfigError};
 use crate::metrics::{DecisionLabels, JobLabels};
 use crate::status::{autoscaler_part, is_autoscaler_condition, set_condition, AUTOSCALER_DEGRADED, SCALE_BLOCKED};
 
@@ -91,6 +93,10 @@ struct JobScaling {
     blocked: Option<&'static str>,
     /// Polls in a row that could not measure lag, for `fallback.failureThreshold`.
     failed_polls: u32,
+    /// When the output topics were last checked (`sink_check.rs`), and the sink cluster's
+    /// connection that check used (its client is kept while the job is).
+    outputs_checked_at: Option<f64>,
+    sink_connection: Option<ClientConfig>,
     /// The autoscaler's part of the status as it last applied it. It is that part's only
     /// writer, so this is newer than the watch's copy, which may not show its last write yet:
     /// an apply built from that copy would drop what the last one set (server-side apply
@@ -204,12 +210,17 @@ impl Autoscaler {
             let kept = jobs.iter().any(|job| job_key(job) == *key && measured(job));
             if !kept {
                 let (namespace, job) = key.clone();
+                self.context.output_problems.forget(&namespace, &job);
                 self.context.metrics.forget_lag(&JobLabels { namespace, job });
             }
             kept
         });
-        let targets: Vec<ProbeTarget> = states.values().filter_map(|s| s.probe_target.clone()).collect();
-        self.probe.retain(&targets);
+        let connections: Vec<&ClientConfig> = states
+            .values()
+            .flat_map(|s| [s.probe_target.as_ref().map(|t| &t.connection), s.sink_connection.as_ref()])
+            .flatten()
+            .collect();
+        self.probe.retain(&connections);
         jobs.iter()
             .filter(|job| measured(job))
             .filter(|job| states.get(&job_key(job)).is_none_or(|state| state.next_poll_at <= now))
@@ -219,11 +230,74 @@ impl Autoscaler {
 
     async fn poll_logged(&self, job: &StreamJob, now: f64) {
         if !autoscaled(job) {
-            return self.measure_fixed(job, now).await;
-        }
-        if let Err(error) = self.poll_job(job, now).await {
+            self.measure_fixed(job, now).await;
+        } else if let Err(error) = self.poll_job(job, now).await {
             tracing::warn!(job = %job.name_any(), namespace = ?job.namespace(), step = error.category(), %error, "autoscaler poll failed");
         }
+        self.check_outputs(job, now).await;
+    }
+
+    /// Checks the job's sink and dead-letter topics every [`OUTPUT_CHECK_SECONDS`]
+    /// (`sink_check.rs`). A new finding is an event and a reconcile, which puts it in the
+    /// status; a check that gets no answer (the cluster is down: the lag probe reports that)
+    /// keeps the last finding.
+    pub async fn check_outputs(&self, job: &StreamJob, now: f64) {
+        let key = job_key(job);
+        {
+            let mut states = self.states();
+            let state = states.entry(key.clone()).or_default();
+            if state.outputs_checked_at.is_some_and(|at| now - at < OUTPUT_CHECK_SECONDS) {
+                return;
+            }
+            state.outputs_checked_at = Some(now);
+        }
+        let problem = match self.output_problem(job).await {
+            Ok(problem) => problem,
+            Err(error) => {
+                tracing::debug!(job = %job.name_any(), namespace = ?job.namespace(), %error, "checking the output topics failed");
+                return;
+            }
+        };
+        let (namespace, name) = key;
+        if !self.context.output_problems.set(&namespace, &name, problem.clone()) {
+            return;
+        }
+        let event = match problem {
+            Some(problem) => {
+                tracing::warn!(job = %name, %namespace, %problem, "the job's output is refused");
+                JobEvent::warning(SINK_REFUSED, "CheckOutputs", problem)
+            }
+            None => {
+                tracing::info!(job = %name, %namespace, "the job's output topics are usable again");
+                JobEvent::normal(
+                    "SinkWritable",
+                    "CheckOutputs",
+                    "the sink and dead-letter topics exist and the job's credentials see them".to_owned(),
+                )
+            }
+        };
+        publish(&self.context, job, event).await;
+        self.context.request_reconcile(job);
+    }
+
+    async fn output_problem(&self, job: &StreamJob) -> Result<Option<String>, MeasureError> {
+        let sink = &job.spec.sink;
+        let source_connection = source_client_config(&self.context.client, job).await?;
+        let sink_connection = sink_client_config(&self.context.client, job).await?;
+        self.states().entry(job_key(job)).or_default().sink_connection = Some(sink_connection.clone());
+        let sink_answer = self.probe.describe(&sink_connection, std::slice::from_ref(&sink.topic)).await?;
+        let sink_bootstrap = sink.bootstrap_servers.as_deref().unwrap_or(&job.spec.source.bootstrap_servers);
+        let mut outputs =
+            vec![OutputAnswer { role: "sink", topic: &sink.topic, bootstrap: sink_bootstrap, answer: &sink_answer }];
+        let dead_letter_answer = match &sink.dead_letter_topic {
+            Some(topic) => Some((topic, self.probe.describe(&source_connection, std::slice::from_ref(topic)).await?)),
+            None => None,
+        };
+        if let Some((topic, answer)) = &dead_letter_answer {
+            let bootstrap = &job.spec.source.bootstrap_servers;
+            outputs.push(OutputAnswer { role: "dead-letter", topic, bootstrap, answer });
+        }
+        Ok(output_problem(&outputs))
     }
 
     /// The lag of a job without autoscaling, as metrics only (`job_lag_records`,

@@ -7,6 +7,7 @@ pub mod driver;
 pub mod kafka_admin;
 pub mod policy;
 pub mod probe;
+pub mod sink_check;
 pub mod unready;
 pub mod view;
 

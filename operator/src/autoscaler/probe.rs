@@ -15,7 +15,7 @@ use streamjob_crds::capacity_report::CapacityReport;
 use streamjob_runtime::clock::now_ms;
 use streamjob_runtime::sync::lock;
 
-use super::kafka_admin::{AdminError, ClusterAdmin, LogEnd, PartitionOffset};
+use super::kafka_admin::{AdminError, ClusterAdmin, LogEnd, PartitionOffset, TopicPartitions};
 use super::policy::{PartitionSample, WorkerRate};
 
 /// How long one measurement (its four requests) may take.
@@ -48,17 +48,15 @@ pub struct ProbeTarget {
     pub topics: Vec<String>,
 }
 
-impl ProbeTarget {
-    /// Identifies the client that can measure this target: same cluster, same credentials.
-    fn client_key(&self) -> u64 {
-        let mut hasher = DefaultHasher::new();
-        // config_map() is sorted but masks secrets; get() has the real values.
-        for key in self.connection.config_map().keys() {
-            key.hash(&mut hasher);
-            self.connection.get(key).hash(&mut hasher);
-        }
-        hasher.finish()
+/// Identifies a client: same cluster, same credentials.
+fn client_key(connection: &ClientConfig) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    // config_map() is sorted but masks secrets; get() has the real values.
+    for key in connection.config_map().keys() {
+        key.hash(&mut hasher);
+        connection.get(key).hash(&mut hasher);
     }
+    hasher.finish()
 }
 
 /// Measures consumer-group lag with one admin client per cluster and credentials, shared by the
@@ -71,15 +69,29 @@ pub struct LagProbe {
 impl LagProbe {
     /// One measurement of every partition of the target's topics, within `PROBE_TIMEOUT`.
     pub async fn measure(&self, target: &ProbeTarget) -> Result<Vec<PartitionSample>, ProbeError> {
-        let admin = self.client_for(target)?;
+        let admin = self.client_for(&target.connection)?;
         tokio::time::timeout(PROBE_TIMEOUT, measure_with(&admin, &target.group, &target.topics, PROBE_TIMEOUT))
             .await
             .map_err(|_| ProbeError::Deadline(PROBE_TIMEOUT))?
     }
 
-    /// Drops clients no target in `keep` uses (jobs deleted, credentials rotated).
-    pub fn retain(&self, keep: &[ProbeTarget]) {
-        let keys: Vec<u64> = keep.iter().map(ProbeTarget::client_key).collect();
+    /// The partitions of `topics` (or each topic's error) on the cluster `connection` reaches,
+    /// within `PROBE_TIMEOUT`: whether a job's output topics exist and its credentials see them.
+    pub async fn describe(
+        &self,
+        connection: &ClientConfig,
+        topics: &[String],
+    ) -> Result<Vec<(String, TopicPartitions)>, ProbeError> {
+        let admin = self.client_for(connection)?;
+        tokio::time::timeout(PROBE_TIMEOUT, admin.describe_topics(topics, PROBE_TIMEOUT))
+            .await
+            .map_err(|_| ProbeError::Deadline(PROBE_TIMEOUT))?
+            .map_err(|source| ProbeError::Metadata { topics: topics.to_vec(), source })
+    }
+
+    /// Drops clients no connection in `keep` uses (jobs deleted, credentials rotated).
+    pub fn retain(&self, keep: &[&ClientConfig]) {
+        let keys: Vec<u64> = keep.iter().map(|connection| client_key(connection)).collect();
         lock(&self.clients).retain(|key, _| keys.contains(key));
     }
 
@@ -88,13 +100,13 @@ impl LagProbe {
         lock(&self.clients).len()
     }
 
-    fn client_for(&self, target: &ProbeTarget) -> Result<Arc<ClusterAdmin>, ProbeError> {
-        let key = target.client_key();
+    fn client_for(&self, connection: &ClientConfig) -> Result<Arc<ClusterAdmin>, ProbeError> {
+        let key = client_key(connection);
         let mut clients = lock(&self.clients);
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
-        let mut config = target.connection.clone();
+        let mut config = connection.clone();
         config.set("client.id", "streamjob-operator-lag-probe");
         let client = Arc::new(ClusterAdmin::new(&config).map_err(ProbeError::Client)?);
         clients.insert(key, client.clone());
@@ -203,16 +215,16 @@ mod tests {
         let many: Vec<(String, String)> = (0..32).map(|i| (format!("p{i}"), format!("v{i}"))).collect();
         let forward: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let backward: Vec<(&str, &str)> = forward.iter().rev().copied().collect();
-        assert_eq!(target(&forward, "g").client_key(), target(&backward, "g").client_key());
+        assert_eq!(client_key(&target(&forward, "g").connection), client_key(&target(&backward, "g").connection));
         assert_eq!(
-            target(&forward, "g").client_key(),
-            target(&forward, "other").client_key(),
+            client_key(&target(&forward, "g").connection),
+            client_key(&target(&forward, "other").connection),
             "one client per cluster and credentials, whatever the group"
         );
         let rotated = [("bootstrap.servers", "k:9092"), ("sasl.password", "new")];
         assert_ne!(
-            target(&[("bootstrap.servers", "k:9092"), ("sasl.password", "old")], "g").client_key(),
-            target(&rotated, "g").client_key()
+            client_key(&target(&[("bootstrap.servers", "k:9092"), ("sasl.password", "old")], "g").connection),
+            client_key(&target(&rotated, "g").connection)
         );
     }
 
@@ -221,10 +233,10 @@ mod tests {
         let probe = LagProbe::default();
         let (kept, dropped) =
             (target(&[("bootstrap.servers", "a:9092")], "g"), target(&[("bootstrap.servers", "b:9092")], "g"));
-        probe.client_for(&kept).expect("client");
-        probe.client_for(&dropped).expect("client");
-        probe.retain(std::slice::from_ref(&kept));
+        probe.client_for(&kept.connection).expect("client");
+        probe.client_for(&dropped.connection).expect("client");
+        probe.retain(&[&kept.connection]);
         let clients = probe.clients.lock().expect("lock");
-        assert_eq!(clients.keys().copied().collect::<Vec<_>>(), vec![kept.client_key()]);
+        assert_eq!(clients.keys().copied().collect::<Vec<_>>(), vec![client_key(&kept.connection)]);
     }
 }

@@ -17,12 +17,14 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use streamjob_crds::{runtime_problems, validate_value, Phase, StreamJob, StreamJobStatus};
 use streamjob_runtime::sync::lock;
 
+use crate::autoscaler::sink_check::OutputProblems;
 use crate::build::{build_children, selector_string, BuildContext};
 use crate::metrics::{ErrorLabels, JobLabels, Metrics};
 use crate::replicas::desired_replicas;
@@ -107,6 +109,10 @@ pub struct Context {
     failures: Attempts<(String, String)>,
     /// Failed consumer-group deletions per job UID.
     deletion_attempts: Attempts<String>,
+    /// Jobs whose sink or dead-letter topic the autoscaler's check found unusable.
+    pub output_problems: Arc<OutputProblems>,
+    /// Jobs to reconcile now for a finding outside the API server (the output check's).
+    reconcile_requests: tokio::sync::broadcast::Sender<ObjectRef<StreamJob>>,
 }
 
 impl Context {
@@ -128,9 +134,36 @@ impl Context {
             group_claims: groups::GroupClaims::default(),
             failures: Attempts::new(),
             deletion_attempts: Attempts::new(),
+            output_problems: Arc::default(),
+            reconcile_requests: tokio::sync::broadcast::channel(RECONCILE_REQUESTS_BUFFERED).0,
         }
     }
+
+    /// Asks every job controller to reconcile `job` now (the one that watches its namespace
+    /// finds it in its cache; the others do not and skip it).
+    pub fn request_reconcile(&self, job: &StreamJob) {
+        // No receiver (no controller runs, as in the driver's own tests) is no error.
+        let _ = self.reconcile_requests.send(ObjectRef::from_obj(job));
+    }
+
+    /// The reconcile requests of [`Context::request_reconcile`], for a controller's
+    /// `reconcile_on`. A receiver that falls behind skips what it missed: the periodic
+    /// reconcile catches up.
+    pub fn reconcile_requests(&self) -> impl futures::Stream<Item = ObjectRef<StreamJob>> + Send + 'static {
+        futures::stream::unfold(self.reconcile_requests.subscribe(), |mut receiver| async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(job) => return Some((job, receiver)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+    }
 }
+
+/// Reconcile requests held for a controller that has not taken them yet.
+const RECONCILE_REQUESTS_BUFFERED: usize = 1024;
 
 /// Delay before retry `attempt` (1-based): 1 s doubling, capped at [`MAX_BACKOFF`].
 pub fn backoff(attempt: u32) -> Duration {
@@ -238,8 +271,15 @@ async fn reconcile_job(job: &StreamJob, context: &Context) -> Result<Action, Err
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let selector = ListParams::default().labels(&selector_string(&job.name_any()));
     let pods = pods.list(&selector).await.map_err(Error::ListPods)?.items;
-    let observation =
-        Observation { stateful_set: Some(&stateful_set), pods: &pods, config_problem: None, desired_replicas: desired };
+    let (namespace, name) = job_key(job);
+    let output_problem = context.output_problems.get(&namespace, &name);
+    let observation = Observation {
+        stateful_set: Some(&stateful_set),
+        pods: &pods,
+        config_problem: None,
+        output_problem,
+        desired_replicas: desired,
+    };
     let status = compute_status(job, &observation, &now());
     record_job_metrics(context, job, &status);
     let settled = status.phase == Some(Phase::Running) || status.phase == Some(Phase::Suspended);
