@@ -204,6 +204,7 @@ fn phase_and_conditions_follow_what_was_observed() {
             stateful_set: case.stateful_set.as_ref(),
             pods: &case.pods,
             config_problem: case.config_problem.map(str::to_owned),
+            config_problem_reason: None,
             desired_replicas: case.desired,
         };
         let status = compute_status(&case.job, &observation, &now);
