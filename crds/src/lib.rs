@@ -75,6 +75,28 @@ pub mod worker_paths {
     pub const USERNAME_ENV: &str = "STREAMJOB_KAFKA_USERNAME";
     /// SASL password, from the Secret named in `spec.source.auth.secretRef`.
     pub const PASSWORD_ENV: &str = "STREAMJOB_KAFKA_PASSWORD";
+    /// Directory the sink cluster's CA Secret (`spec.sink.auth.tls.caSecretRef`) is mounted at.
+    pub const SINK_CA_DIR: &str = "/etc/streamjob/sink-kafka-ca";
+    /// SASL username for another sink cluster, from `spec.sink.auth.secretRef`.
+    pub const SINK_USERNAME_ENV: &str = "STREAMJOB_SINK_KAFKA_USERNAME";
+    /// SASL password for another sink cluster, from `spec.sink.auth.secretRef`.
+    pub const SINK_PASSWORD_ENV: &str = "STREAMJOB_SINK_KAFKA_PASSWORD";
+
+    /// The environment variables holding the username and password for `cluster`.
+    pub fn credential_env(cluster: crate::kafka::Cluster) -> (&'static str, &'static str) {
+        match cluster {
+            crate::kafka::Cluster::Source => (USERNAME_ENV, PASSWORD_ENV),
+            crate::kafka::Cluster::Sink => (SINK_USERNAME_ENV, SINK_PASSWORD_ENV),
+        }
+    }
+
+    /// The directory the CA Secret of `cluster` is mounted at.
+    pub fn ca_dir(cluster: crate::kafka::Cluster) -> &'static str {
+        match cluster {
+            crate::kafka::Cluster::Source => CA_DIR,
+            crate::kafka::Cluster::Sink => SINK_CA_DIR,
+        }
+    }
 
     /// Full path of the configuration file.
     pub fn config_file() -> String {

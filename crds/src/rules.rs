@@ -39,6 +39,12 @@ fn spec_level_rules() -> Vec<Value> {
             "delivery: exactlyOnce needs the sink on the source's brokers (a Kafka transaction cannot span two \
              clusters): leave sink.bootstrapServers unset",
         ),
+        rule(
+            "!has(self.sink.auth) || (has(self.sink.bootstrapServers) && \
+             self.sink.bootstrapServers != self.source.bootstrapServers)",
+            "sink.auth applies only to another cluster than the source's: set sink.bootstrapServers to it, or \
+             remove sink.auth (on the source's cluster the source's auth is used)",
+        ),
     ]
 }
 

@@ -246,9 +246,16 @@ pub enum SourceFormat {
     Bytes,
 }
 
-/// SASL authentication and TLS to the brokers.
+/// SASL authentication and TLS to the brokers. Every Secret it names must carry the label
+/// `streamjob.io/kafka-credentials: "true"`, or the job is refused (`SecretNotOptedIn`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// `!has(self.tls.enabled)`: the API server validates after defaulting, the client-side validator
+// before, and `enabled` defaults to true.
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.mechanism != 'PLAIN' || (has(self.tls) && (!has(self.tls.enabled) || self.tls.enabled)) || (has(self.allowInsecure) && self.allowInsecure)",
+    "message": "mechanism PLAIN sends the password in clear text: enable tls, or set allowInsecure: true to accept that"
+}]))]
 pub struct KafkaAuth {
     /// SASL mechanism.
     pub mechanism: SaslMechanism,
@@ -257,6 +264,10 @@ pub struct KafkaAuth {
     /// TLS to the brokers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// Allow mechanism `PLAIN` without TLS, which sends the password in clear text to the
+    /// brokers and anyone on the path. Refused unless set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_insecure: bool,
 }
 
 /// A SASL mechanism.
@@ -583,6 +594,11 @@ pub struct SinkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
     pub bootstrap_servers: Option<String>,
+    /// Authentication to the sink's brokers when `bootstrapServers` names another cluster than
+    /// the source's (same shape as `source.auth`). Without it that cluster gets no credentials;
+    /// the source's are never sent to it. On the source's cluster the source's auth applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<KafkaAuth>,
     /// How results are encoded: `json` objects, or `text` lines.
     #[serde(default)]
     pub format: SinkFormat,

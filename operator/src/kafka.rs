@@ -12,16 +12,24 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
-use streamjob_crds::kafka::{connection_properties, CaBundle, Credentials};
+use streamjob_crds::kafka::{
+    ca_secret, connection_properties, CaBundle, Cluster, Credentials, CREDENTIALS_SECRET_LABEL,
+};
 use streamjob_crds::{worker_paths, StreamJob};
 
 use crate::controller::{ConsumerGroupDeleter, GroupCleanup, GroupDeletionError};
+use crate::secrets::opted_in;
 
 /// Why the client properties of a job's cluster could not be put together.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientConfigError {
     #[error("reading Secret {name}: {source}")]
     ReadSecret { name: String, source: kube::Error },
+    #[error(
+        "Secret {name} has not opted in to be used by StreamJobs (label {label}=true): not read",
+        label = CREDENTIALS_SECRET_LABEL
+    )]
+    NotOptedIn { name: String },
     #[error("Secret {name} has no key {key}")]
     MissingKey { name: String, key: String },
     #[error("Secret {name} key {key} is not UTF-8")]
@@ -55,43 +63,62 @@ fn secret_string(secret: &Secret, key: &str) -> Result<String, ClientConfigError
     String::from_utf8(bytes.0.clone()).map_err(|_| ClientConfigError::NotUtf8 { name, key: key.to_owned() })
 }
 
+/// Reads a Secret that opted in: its metadata first, and its data only when it carries the
+/// label (checked again on the full object, in case it was removed in between).
 async fn read_secret(secrets: &Api<Secret>, name: &str) -> Result<Secret, ClientConfigError> {
-    secrets.get(name).await.map_err(|source| ClientConfigError::ReadSecret { name: name.to_owned(), source })
+    let read_error = |source| ClientConfigError::ReadSecret { name: name.to_owned(), source };
+    let metadata = secrets.get_metadata(name).await.map_err(read_error)?;
+    if !opted_in(&metadata.metadata) {
+        return Err(ClientConfigError::NotOptedIn { name: name.to_owned() });
+    }
+    let secret = secrets.get(name).await.map_err(read_error)?;
+    if !opted_in(&secret.metadata) {
+        return Err(ClientConfigError::NotOptedIn { name: name.to_owned() });
+    }
+    Ok(secret)
 }
 
-/// librdkafka properties for the job's source cluster, reading credentials and the CA bundle
-/// from the Secrets the job references.
+/// librdkafka properties for the job's source cluster (the lag probe, the consumer-group
+/// deletion, the dead-letter topic's check), reading credentials and the CA bundle from the
+/// opted-in Secrets the job references.
 pub async fn source_client_config(client: &Client, job: &StreamJob) -> Result<ClientConfig, ClientConfigError> {
+    client_config(client, job, Cluster::Source).await
+}
+
+/// librdkafka properties for the job's sink cluster (the output check): its own bootstrap
+/// servers and `sink.auth` when it names another cluster, never the source's credentials; the
+/// source's otherwise.
+pub async fn sink_client_config(client: &Client, job: &StreamJob) -> Result<ClientConfig, ClientConfigError> {
+    client_config(client, job, Cluster::Sink).await
+}
+
+async fn client_config(client: &Client, job: &StreamJob, cluster: Cluster) -> Result<ClientConfig, ClientConfigError> {
     let namespace = job.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    let source = &job.spec.source;
+    let bootstrap = match cluster {
+        Cluster::Sink if job.spec.sink_on_other_cluster() => {
+            job.spec.sink.bootstrap_servers.as_deref().unwrap_or(&job.spec.source.bootstrap_servers)
+        }
+        _ => &job.spec.source.bootstrap_servers,
+    };
+    let auth = job.spec.auth_for(cluster);
     let mut credentials = None;
     let mut ca = None;
-    if let Some(auth) = &source.auth {
+    if let Some(auth) = auth {
         let reference = &auth.secret_ref;
         let secret = read_secret(&secrets, &reference.name).await?;
         credentials = Some(Credentials {
             username: secret_string(&secret, &reference.username_key)?,
             password: secret_string(&secret, &reference.password_key)?,
         });
-        if let Some(ca_ref) = auth.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref()) {
-            let secret = read_secret(&secrets, &ca_ref.name).await?;
+        if let Some(ca_name) = ca_secret(auth) {
+            let secret = read_secret(&secrets, ca_name).await?;
             ca = Some(CaBundle::Pem(secret_string(&secret, worker_paths::CA_FILE_NAME)?));
         }
     }
     let mut config = ClientConfig::new();
-    for (key, value) in connection_properties(&source.bootstrap_servers, source, credentials.as_ref(), ca.as_ref()) {
+    for (key, value) in connection_properties(bootstrap, auth, credentials.as_ref(), ca.as_ref()) {
         config.set(key, value);
-    }
-    Ok(config)
-}
-
-/// librdkafka properties for the job's sink cluster: the source's, at the sink's bootstrap
-/// servers when it names others (the workers' sink producer connects the same way).
-pub async fn sink_client_config(client: &Client, job: &StreamJob) -> Result<ClientConfig, ClientConfigError> {
-    let mut config = source_client_config(client, job).await?;
-    if let Some(bootstrap) = &job.spec.sink.bootstrap_servers {
-        config.set("bootstrap.servers", bootstrap);
     }
     Ok(config)
 }

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod render;
 pub mod replicas;
 pub mod run;
+pub mod secrets;
 pub mod status;
 #[cfg(test)]
 mod status_tests;

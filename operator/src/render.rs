@@ -17,6 +17,7 @@ pub fn render_manifests(manifests: &str, default_worker_image: &str) -> Result<S
         let context = BuildContext {
             default_worker_image: default_worker_image.to_owned(),
             replicas: desired_replicas(&job, None),
+            credentials_checksum: None,
         };
         let children = build_children(&job, &context);
         push_document(&mut output, &children.config_map);

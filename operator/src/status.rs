@@ -47,6 +47,9 @@ pub struct Observation<'a> {
     pub config_problem: Option<String>,
     /// Why the job's sink or dead-letter topic cannot be written (`autoscaler/sink_check.rs`).
     pub output_problem: Option<String>,
+    /// The reason of the `ConfigValid=False` condition for `config_problem`; `InvalidSpec`
+    /// when `None`.
+    pub config_problem_reason: Option<&'static str>,
     pub desired_replicas: i32,
 }
 
@@ -193,12 +196,13 @@ pub fn compute_status(job: &StreamJob, observation: &Observation<'_>, now: &Time
     remove_condition(&mut conditions, RECONCILIATION_PAUSED);
 
     if let Some(problem) = &observation.config_problem {
-        set_condition(&mut conditions, CONFIG_VALID, false, "InvalidSpec", problem.clone(), generation, now);
+        let reason = observation.config_problem_reason.unwrap_or("InvalidSpec");
+        set_condition(&mut conditions, CONFIG_VALID, false, reason, problem.clone(), generation, now);
         set_condition(
             &mut conditions,
             READY,
             false,
-            "InvalidSpec",
+            reason,
             "the spec cannot run; see ConfigValid".to_owned(),
             generation,
             now,
@@ -207,8 +211,12 @@ pub fn compute_status(job: &StreamJob, observation: &Observation<'_>, now: &Time
             &mut conditions,
             PROGRESSING,
             false,
-            "InvalidSpec",
-            "waiting for a spec change".to_owned(),
+            reason,
+            if observation.config_problem_reason.is_some() {
+                "waiting for the spec or the Secrets to change; see ConfigValid".to_owned()
+            } else {
+                "waiting for a spec change".to_owned()
+            },
             generation,
             now,
         );

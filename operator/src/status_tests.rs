@@ -241,6 +241,7 @@ fn phase_and_conditions_follow_what_was_observed() {
             pods: &case.pods,
             config_problem: case.config_problem.map(str::to_owned),
             output_problem: case.output_problem.map(str::to_owned),
+            config_problem_reason: None,
             desired_replicas: case.desired,
         };
         let status = compute_status(&case.job, &observation, &now);

@@ -297,3 +297,95 @@ async fn kubectl_wait_scale_config_roll_and_pause_on_a_real_api_server() -> anyh
     controller.abort();
     rbac.assert_nothing_refused()
 }
+
+fn credentials_checksum(set: &StatefulSet) -> Option<String> {
+    set.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()?.get("checksum/credentials").cloned()
+}
+
+/// Secrets by consent: a job naming a Secret without the label `streamjob.io/kafka-credentials`
+/// is refused (`ConfigValid=False`, reason `SecretNotOptedIn`, an event) and no StatefulSet
+/// refers to the Secret; the README's `kubectl label` lets it proceed, and a changed Secret
+/// changes the pod template (rotation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_that_did_not_opt_in_is_never_used() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::api::events::v1::Event;
+
+    let Some(env) = api_server().await? else { return Ok(()) };
+    let client = env.client.clone();
+    install_crd(&client).await?;
+    let namespace = fresh_namespace(&client, "sj-secrets").await?;
+    let ns = namespace.as_str();
+    let jobs: Api<StreamJob> = Api::namespaced(client.clone(), ns);
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    // Not labelled: any Secret of the namespace, as a StreamJob author might name it.
+    let unlabelled = json!({"metadata": {"name": "db-password"}, "stringData": {"username": "u", "password": "p"}});
+    secrets.create(&PostParams::default(), &serde_json::from_value(unlabelled)?).await?;
+    let ca = json!({"metadata": {"name": "kafka-ca", "labels": {"streamjob.io/kafka-credentials": "true"}},
+        "stringData": {"ca.crt": "-----BEGIN CERTIFICATE-----"}});
+    secrets.create(&PostParams::default(), &serde_json::from_value(ca)?).await?;
+
+    let rbac = ChartRbac::for_namespaces(&env, std::slice::from_ref(&namespace)).await?;
+    let controller = tokio::spawn(run_with_client(rbac.client().await?, run_options("e2e-secrets", false, ns)));
+    let mut job = example("wordcount.yaml").fixed(1);
+    job.spec.source.auth = Some(serde_json::from_value(json!({
+        "mechanism": "SCRAM-SHA-512", "secretRef": {"name": "db-password"}, "tls": {"caSecretRef": {"name": "kafka-ca"}}
+    }))?);
+    jobs.create(&PostParams::default(), &job).await?;
+
+    let refused = eventually(WAIT, "ConfigValid=False SecretNotOptedIn", || async {
+        let status = jobs.get("wordcount").await.ok()?.status?;
+        let condition = status.conditions.into_iter().find(|c| c.type_ == "ConfigValid" && c.status == "False")?;
+        (condition.reason == "SecretNotOptedIn" && status.phase == Some(Phase::Failed)).then_some(condition.message)
+    })
+    .await?;
+    assert!(refused.contains("Secret db-password (spec.source.auth.secretRef)"), "{refused}");
+    assert!(refused.contains("kubectl label secret db-password streamjob.io/kafka-credentials=true"), "{refused}");
+    assert!(!refused.contains("kafka-ca"), "the labelled CA Secret is not refused: {refused}");
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let event = eventually(WAIT, "a SecretNotOptedIn event", || async {
+        let listed = events.list(&Default::default()).await.ok()?;
+        listed.items.into_iter().find(|e| e.reason.as_deref() == Some("SecretNotOptedIn"))
+    })
+    .await?;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert!(event.note.as_deref().is_some_and(|n| n.contains("db-password")), "{event:?}");
+    // No StatefulSet, so no pod template names the Secret (nor a ConfigMap, Service or PDB).
+    assert!(sets.list(&Default::default()).await?.items.is_empty(), "no StatefulSet for a refused job");
+
+    // The migration step the README gives: label the Secret, and the job proceeds unchanged.
+    let labelled =
+        kubectl(&env.kubeconfig, &["-n", ns, "label", "secret", "db-password", "streamjob.io/kafka-credentials=true"])?;
+    assert!(labelled.status.success(), "kubectl label: {}", String::from_utf8_lossy(&labelled.stderr));
+    let set = eventually(WAIT, "the StatefulSet once the Secret opted in", || async {
+        sets.get_opt("wordcount").await.ok().flatten()
+    })
+    .await?;
+    let container = &set.spec.as_ref().and_then(|s| s.template.spec.as_ref()).expect("pod spec").containers[0];
+    let secret_of = |variable: &str| {
+        let env = container.env.iter().flatten().find(|e| e.name == variable)?;
+        env.value_from.as_ref()?.secret_key_ref.as_ref().map(|s| s.name.clone())
+    };
+    assert_eq!(secret_of("STREAMJOB_KAFKA_PASSWORD").as_deref(), Some("db-password"));
+    let before = credentials_checksum(&set).expect("a credentials checksum on the pod template");
+    let valid = eventually(WAIT, "ConfigValid=True", || async {
+        let status = jobs.get("wordcount").await.ok()?.status?;
+        status.conditions.into_iter().find(|c| c.type_ == "ConfigValid" && c.status == "True")
+    })
+    .await?;
+    assert_eq!(valid.reason, "Valid");
+
+    // Rotation: a new password changes the pod template at the next reconcile (the job is still
+    // rolling out, no kubelet here: within its 15 s requeue), so the workers roll onto it.
+    let rotate = json!({"stringData": {"password": "rotated"}});
+    secrets.patch("db-password", &PatchParams::default(), &Patch::Merge(&rotate)).await?;
+    let after = eventually(Duration::from_secs(30), "a new credentials checksum", || async {
+        let checksum = sets.get("wordcount").await.ok().as_ref().and_then(credentials_checksum)?;
+        (checksum != before).then_some(checksum)
+    })
+    .await?;
+    eprintln!("refused: {refused}\ncredentials checksum {before} -> {after} after rotation");
+    controller.abort();
+    rbac.assert_nothing_refused()
+}

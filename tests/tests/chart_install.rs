@@ -282,31 +282,36 @@ fn committed(bootstrap: &str, group: &str, topic: &str) -> anyhow::Result<Vec<Of
     Ok(committed.elements().iter().map(|e| e.offset()).collect())
 }
 
-/// The lag probe reads the job's credentials Secret: missing, the read is a 404, which only a
-/// permitted request gets (a refused one is a 403); once it exists the probe goes past it.
+/// The operator reads the job's credentials Secret: missing, the reconciler's metadata read is a
+/// 404, which only a permitted request gets (a refused one is a 403), and the job is held with
+/// `SecretNotOptedIn`; once it exists with the opt-in label the workers are built, and the lag
+/// probe reads it and goes on to Kafka.
 async fn reads_the_credentials_secret(client: &Client, ns: &str, bootstrap: &str) -> anyhow::Result<()> {
     let (name, secret) = ("with-credentials", "kafka-credentials");
-    let auth = json!({"mechanism": "PLAIN", "secretRef": {"name": secret}});
+    let auth = json!({"mechanism": "SCRAM-SHA-512", "secretRef": {"name": secret}});
     let jobs: Api<StreamJob> = Api::namespaced(client.clone(), ns);
     let spec = json!({"autoscaling": autoscaling()});
     let mut job = job(name, bootstrap, "unused", spec)?;
     job.spec.source.auth = Some(serde_json::from_value(auth)?);
     jobs.create(&PostParams::default(), &job).await?;
-    let message = || async {
-        let job = jobs.get(name).await.ok()?;
-        let condition = job.status?.conditions.into_iter().find(|c| c.type_ == "AutoscalerDegraded")?;
-        Some(condition.message)
+    let condition = |kind: &'static str| {
+        let jobs = jobs.clone();
+        async move {
+            let job = jobs.get(name).await.ok()?;
+            job.status?.conditions.into_iter().find(|c| c.type_ == kind)
+        }
     };
-    let missing = format!("reading Secret {secret}");
-    eventually(WAIT, "with-credentials: the probe to find no Secret", || async {
-        message().await.filter(|m| m.contains(&missing) && m.contains("not found"))
+    let missing = format!("Secret {secret} (spec.source.auth.secretRef) does not exist");
+    eventually(WAIT, "with-credentials: held, its Secret not found", || async {
+        condition("ConfigValid").await.filter(|c| c.reason == "SecretNotOptedIn" && c.message.contains(&missing))
     })
     .await?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let credentials = json!({"metadata": {"name": secret}, "stringData": {"username": "u", "password": "p"}});
+    let credentials = json!({"metadata": {"name": secret, "labels": {"streamjob.io/kafka-credentials": "true"}},
+        "stringData": {"username": "u", "password": "p"}});
     secrets.create(&PostParams::default(), &serde_json::from_value(credentials)?).await?;
     let past = eventually(WAIT, "with-credentials: the probe to read the Secret and go on to Kafka", || async {
-        message().await.filter(|m| !m.contains(&missing))
+        condition("AutoscalerDegraded").await.map(|c| c.message).filter(|m| !m.contains("Secret"))
     })
     .await?;
     eprintln!("with-credentials, with its Secret read: {past}");

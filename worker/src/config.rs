@@ -4,11 +4,44 @@
 use std::path::Path;
 use std::time::Duration;
 
-use streamjob_crds::kafka::{CaBundle, Credentials};
-use streamjob_crds::{worker_paths, DeliveryGuarantee, StreamJob};
+use streamjob_crds::kafka::{ca_secret, connection_properties, CaBundle, Cluster, Credentials};
+use streamjob_crds::{worker_paths, DeliveryGuarantee, KafkaAuth, StreamJob};
 
 use crate::group_protocol::GroupProtocolChoice;
 use crate::pipeline::{CompileError, CompiledPipeline};
+
+/// The auth settings, credentials and CA file the worker uses for one cluster.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterAccess {
+    pub auth: Option<KafkaAuth>,
+    pub credentials: Option<Credentials>,
+    pub ca: Option<CaBundle>,
+}
+
+impl ClusterAccess {
+    /// `auth` with the credentials from the environment variables the operator sets for
+    /// `cluster`, and the CA file where it mounts that cluster's CA Secret.
+    fn from_env(
+        auth: Option<&KafkaAuth>,
+        cluster: Cluster,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let Some(auth) = auth else {
+            return Ok(Self::default());
+        };
+        let (username, password) = worker_paths::credential_env(cluster);
+        let credentials =
+            Credentials { username: required_env(env, username)?, password: required_env(env, password)? };
+        let ca = ca_secret(auth)
+            .map(|_| CaBundle::File(format!("{}/{}", worker_paths::ca_dir(cluster), worker_paths::CA_FILE_NAME)));
+        Ok(Self { auth: Some(auth.clone()), credentials: Some(credentials), ca })
+    }
+
+    /// librdkafka's connection properties for `bootstrap` with these settings.
+    pub fn properties(&self, bootstrap: &str) -> Vec<(String, String)> {
+        connection_properties(bootstrap, self.auth.as_ref(), self.credentials.as_ref(), self.ca.as_ref())
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -18,7 +51,7 @@ pub enum ConfigError {
     Invalid { path: String, source: streamjob_crds::ManifestErrors },
     #[error("{path}: {source}")]
     Pipeline { path: String, source: CompileError },
-    #[error("spec.source.auth is set but the environment variable {0} is empty")]
+    #[error("spec.source.auth or spec.sink.auth is set but the environment variable {0} is empty")]
     MissingCredential(&'static str),
     #[error("spec.delivery: exactlyOnce needs the sink on the source's brokers (spec.sink.bootstrapServers differs)")]
     ExactlyOnceAcrossClusters,
@@ -72,8 +105,10 @@ pub struct WorkerConfig {
     pub instance_id: String,
     /// The job's namespace: `$POD_NAMESPACE`, else the manifest's, else `default`.
     pub namespace: String,
-    pub credentials: Option<Credentials>,
-    pub ca: Option<CaBundle>,
+    /// How the worker reaches the source cluster.
+    pub source: ClusterAccess,
+    /// How the worker reaches the sink cluster: [`Self::source`]'s when the sink is on it.
+    pub sink: ClusterAccess,
     pub timings: Timings,
     /// The consumer group protocol; `auto` asks the brokers.
     pub group_protocol: GroupProtocolChoice,
@@ -108,22 +143,13 @@ impl WorkerConfig {
         if job.spec.delivery == DeliveryGuarantee::ExactlyOnce && sink_bootstrap != source_bootstrap {
             return Err(ConfigError::ExactlyOnceAcrossClusters);
         }
-        let credentials = match &job.spec.source.auth {
-            Some(_) => Some(Credentials {
-                username: required_env(&env, worker_paths::USERNAME_ENV)?,
-                password: required_env(&env, worker_paths::PASSWORD_ENV)?,
-            }),
-            None => None,
+        let source = ClusterAccess::from_env(job.spec.source.auth.as_ref(), Cluster::Source, &env)?;
+        // Another sink cluster gets `sink.auth` or nothing, never the source's credentials.
+        let sink = if sink_bootstrap != source_bootstrap {
+            ClusterAccess::from_env(job.spec.sink.auth.as_ref(), Cluster::Sink, &env)?
+        } else {
+            source.clone()
         };
-        let ca_file = format!("{}/{}", worker_paths::CA_DIR, worker_paths::CA_FILE_NAME);
-        let ca = job
-            .spec
-            .source
-            .auth
-            .as_ref()
-            .and_then(|auth| auth.tls.as_ref())
-            .and_then(|tls| tls.ca_secret_ref.as_ref())
-            .map(|_| CaBundle::File(ca_file));
         let instance_id = overrides
             .instance_id
             .clone()
@@ -141,11 +167,27 @@ impl WorkerConfig {
             consumer_group,
             instance_id,
             namespace,
-            credentials,
-            ca,
+            source,
+            sink,
             timings: Timings::default(),
             group_protocol: GroupProtocolChoice::default(),
         })
+    }
+
+    /// The brokers of `cluster` (the sink's are the source's unless it names others).
+    pub fn bootstrap(&self, cluster: Cluster) -> &str {
+        match cluster {
+            Cluster::Source => &self.source_bootstrap,
+            Cluster::Sink => &self.sink_bootstrap,
+        }
+    }
+
+    /// How the worker reaches `cluster`.
+    pub fn access(&self, cluster: Cluster) -> &ClusterAccess {
+        match cluster {
+            Cluster::Source => &self.source,
+            Cluster::Sink => &self.sink,
+        }
     }
 
     pub fn job_name(&self) -> String {
@@ -252,9 +294,71 @@ mod tests {
                 password_key: "p".into(),
             },
             tls: None,
+            allow_insecure: true,
         });
         let error = WorkerConfig::from_job(job, &Overrides::default(), |_| None).expect_err("no credentials");
         assert!(error.to_string().contains("STREAMJOB_KAFKA_USERNAME"), "{error}");
+    }
+
+    /// (source auth, sink) → what the source's and the sink's clients get, from the variables the
+    /// operator sets: another sink cluster never gets the source's credentials.
+    #[test]
+    fn the_sink_cluster_gets_sink_auth_or_nothing() {
+        let env = |name: &str| match name {
+            "STREAMJOB_KAFKA_USERNAME" => Some("src-user".to_owned()),
+            "STREAMJOB_KAFKA_PASSWORD" => Some("src-pass".to_owned()),
+            "STREAMJOB_SINK_KAFKA_USERNAME" => Some("sink-user".to_owned()),
+            "STREAMJOB_SINK_KAFKA_PASSWORD" => Some("sink-pass".to_owned()),
+            _ => None,
+        };
+        let source_auth = "auth: {mechanism: SCRAM-SHA-512, secretRef: {name: s}, tls: {caSecretRef: {name: ca}}}";
+        // (source auth, sink, source user and CA, sink bootstrap, user and CA)
+        let cases = [
+            ("", "{topic: out}", None, "k:9092", None),
+            (source_auth, "{topic: out}", Some("src-user"), "k:9092", Some("src-user")),
+            (source_auth, "{topic: out, bootstrapServers: 'k:9092'}", Some("src-user"), "k:9092", Some("src-user")),
+            (source_auth, "{topic: out, bootstrapServers: 'other:9092'}", Some("src-user"), "other:9092", None),
+            (
+                source_auth,
+                "{topic: out, bootstrapServers: 'other:9093', auth: {mechanism: SCRAM-SHA-256, secretRef: {name: t}, tls: {caSecretRef: {name: tca}}}}",
+                Some("src-user"),
+                "other:9093",
+                Some("sink-user"),
+            ),
+            ("", "{topic: out, bootstrapServers: 'other:9093', auth: {mechanism: SCRAM-SHA-256, secretRef: {name: t}}}", None, "other:9093", Some("sink-user")),
+        ];
+        for (source, sink, source_user, sink_bootstrap, sink_user) in cases {
+            let yaml = format!(
+                "apiVersion: streamjob.io/v1alpha1\nkind: StreamJob\nmetadata: {{name: wc, namespace: data}}\nspec:\n  \
+                 source: {{bootstrapServers: 'k:9092', topics: [in], {source}}}\n  sink: {sink}\n"
+            );
+            let job = streamjob_crds::parse_manifest(&yaml).expect("valid test job");
+            let config = WorkerConfig::from_job(job, &Overrides::default(), env).expect("valid");
+            let property = |cluster: Cluster, key: &str| {
+                config
+                    .access(cluster)
+                    .properties(config.bootstrap(cluster))
+                    .into_iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v)
+            };
+            let case = format!("{source} / {sink}");
+            assert_eq!(property(Cluster::Source, "sasl.username").as_deref(), source_user, "{case}");
+            assert_eq!(property(Cluster::Sink, "bootstrap.servers").as_deref(), Some(sink_bootstrap), "{case}");
+            assert_eq!(property(Cluster::Sink, "sasl.username").as_deref(), sink_user, "{case}");
+            let sink_password = property(Cluster::Sink, "sasl.password");
+            assert_eq!(sink_password.is_some(), sink_user.is_some(), "{case}");
+            if sink_user == Some("sink-user") {
+                assert_eq!(sink_password.as_deref(), Some("sink-pass"), "{case}");
+                let ca = property(Cluster::Sink, "ssl.ca.location");
+                let expected_ca = sink.contains("tca").then_some("/etc/streamjob/sink-kafka-ca/ca.crt");
+                assert_eq!(ca.as_deref(), expected_ca, "{case}");
+            }
+            if source_user.is_some() {
+                let ca = property(Cluster::Source, "ssl.ca.location");
+                assert_eq!(ca.as_deref(), Some("/etc/streamjob/kafka-ca/ca.crt"), "{case}");
+            }
+        }
     }
 
     #[test]

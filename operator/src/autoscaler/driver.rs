@@ -283,7 +283,11 @@ impl Autoscaler {
     async fn output_problem(&self, job: &StreamJob) -> Result<Option<String>, MeasureError> {
         let sink = &job.spec.sink;
         let source_connection = source_client_config(&self.context.client, job).await?;
-        let sink_connection = sink_client_config(&self.context.client, job).await?;
+        let sink_connection = if job.spec.sink_on_other_cluster() {
+            sink_client_config(&self.context.client, job).await?
+        } else {
+            source_connection.clone()
+        };
         self.states().entry(job_key(job)).or_default().sink_connection = Some(sink_connection.clone());
         let sink_answer = self.probe.describe(&sink_connection, std::slice::from_ref(&sink.topic)).await?;
         let sink_bootstrap = sink.bootstrap_servers.as_deref().unwrap_or(&job.spec.source.bootstrap_servers);

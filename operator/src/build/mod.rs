@@ -3,6 +3,7 @@
 //! it.
 
 mod config_map;
+mod credentials;
 mod pdb;
 mod service;
 mod statefulset;
@@ -34,6 +35,8 @@ pub const WORKER_NAME: &str = "streamjob-worker";
 pub const FIELD_MANAGER: &str = "streamjob-operator";
 /// Pod annotation whose change rolls the workers when their configuration changes.
 pub const CONFIG_CHECKSUM_ANNOTATION: &str = "checksum/config";
+/// Pod annotation whose change rolls the workers when a Secret they use changes (rotation).
+pub const CREDENTIALS_CHECKSUM_ANNOTATION: &str = "checksum/credentials";
 /// Port of the worker's `/healthz`, `/readyz` and `/metrics`.
 pub const WORKER_HTTP_PORT: i32 = 9090;
 
@@ -44,6 +47,9 @@ pub struct BuildContext {
     pub default_worker_image: String,
     /// Workers to run (see [`crate::replicas::desired_replicas`]).
     pub replicas: i32,
+    /// Digest of the versions of the Secrets the workers use
+    /// ([`crate::secrets::SecretsCheck::checksum`]); `None` without Secrets (or in `render`).
+    pub credentials_checksum: Option<String>,
 }
 
 /// The four children of a job.
@@ -112,7 +118,7 @@ pub(crate) mod tests {
     }
 
     fn context(replicas: i32) -> BuildContext {
-        BuildContext { default_worker_image: "img:1".to_owned(), replicas }
+        BuildContext { default_worker_image: "img:1".to_owned(), replicas, credentials_checksum: None }
     }
 
     fn pod_spec(children: &Children) -> &PodSpec {
@@ -169,5 +175,78 @@ pub(crate) mod tests {
         assert!(password.value.is_none());
         assert!(env.iter().any(|e| e.name == "EXTRA"), "the job's own env is kept");
         assert!(env.iter().any(|e| e.name == worker_paths::POD_NAME_ENV));
+    }
+
+    /// (source auth, sink) → the Secret references of the pod: env (variable → Secret/key) and
+    /// CA volumes (mount → Secret). Another sink cluster gets its own, never the source's.
+    #[test]
+    fn each_cluster_gets_its_own_secret_references() {
+        let source = "  source: {bootstrapServers: 'k:9093', topics: [in], auth: {mechanism: SCRAM-SHA-512, \
+                      secretRef: {name: src}, tls: {caSecretRef: {name: src-ca}}}}\n";
+        let cases = [
+            (
+                "  sink: {topic: out}\n",
+                vec!["STREAMJOB_KAFKA_USERNAME=src/username", "STREAMJOB_KAFKA_PASSWORD=src/password"],
+                vec!["/etc/streamjob/kafka-ca=src-ca"],
+            ),
+            (
+                "  sink: {topic: out, bootstrapServers: 'other:9092'}\n",
+                vec!["STREAMJOB_KAFKA_USERNAME=src/username", "STREAMJOB_KAFKA_PASSWORD=src/password"],
+                vec!["/etc/streamjob/kafka-ca=src-ca"],
+            ),
+            (
+                "  sink: {topic: out, bootstrapServers: 'other:9093', auth: {mechanism: SCRAM-SHA-256, \
+                 secretRef: {name: dst, usernameKey: u, passwordKey: p}, tls: {caSecretRef: {name: dst-ca}}}}\n",
+                vec![
+                    "STREAMJOB_KAFKA_USERNAME=src/username",
+                    "STREAMJOB_KAFKA_PASSWORD=src/password",
+                    "STREAMJOB_SINK_KAFKA_USERNAME=dst/u",
+                    "STREAMJOB_SINK_KAFKA_PASSWORD=dst/p",
+                ],
+                vec!["/etc/streamjob/kafka-ca=src-ca", "/etc/streamjob/sink-kafka-ca=dst-ca"],
+            ),
+        ];
+        for (sink, env, mounts) in cases {
+            let yaml = format!(
+                "apiVersion: streamjob.io/v1alpha1\nkind: StreamJob\nmetadata: {{name: j, namespace: ns}}\nspec:\n{source}{sink}"
+            );
+            let job = parse_manifest(&yaml).expect("valid test job");
+            let children = build_children(&job, &context(1));
+            let pod = pod_spec(&children);
+            let found_env: Vec<String> = pod.containers[0]
+                .env
+                .iter()
+                .flatten()
+                .filter_map(|e| {
+                    let selector = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+                    Some(format!("{}={}/{}", e.name, selector.name, selector.key))
+                })
+                .collect();
+            assert_eq!(found_env, env, "{sink}");
+            let volumes = pod.volumes.iter().flatten();
+            let secret_of = |name: &str| {
+                volumes.clone().find(|v| v.name == name).and_then(|v| v.secret.as_ref()?.secret_name.clone())
+            };
+            let found_mounts: Vec<String> = pod.containers[0]
+                .volume_mounts
+                .iter()
+                .flatten()
+                .filter_map(|m| Some(format!("{}={}", m.mount_path, secret_of(&m.name)?)))
+                .collect();
+            assert_eq!(found_mounts, mounts, "{sink}");
+        }
+    }
+
+    #[test]
+    fn a_credentials_checksum_goes_on_the_pod_template() {
+        let with = BuildContext { credentials_checksum: Some("abc".to_owned()), ..context(1) };
+        let children = build_children(&job(""), &with);
+        let template = &children.stateful_set.spec.as_ref().expect("spec").template;
+        let annotations = template.metadata.as_ref().and_then(|m| m.annotations.as_ref()).expect("annotations");
+        assert_eq!(annotations.get(CREDENTIALS_CHECKSUM_ANNOTATION).map(String::as_str), Some("abc"));
+        let without = build_children(&job(""), &context(1));
+        let template = &without.stateful_set.spec.as_ref().expect("spec").template;
+        let annotations = template.metadata.as_ref().and_then(|m| m.annotations.as_ref()).expect("annotations");
+        assert!(!annotations.contains_key(CREDENTIALS_CHECKSUM_ANNOTATION));
     }
 }

@@ -7,7 +7,7 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdate
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -15,9 +15,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use streamjob_crds::{worker_paths, StreamJob, StreamJobSpec};
 
+use super::credentials::{ca_mounts, ca_volumes, credential_env};
 use super::{
     child_labels, child_meta, config_map_name, selector_labels, BuildContext, CONFIG_CHECKSUM_ANNOTATION,
-    WORKER_HTTP_PORT,
+    CREDENTIALS_CHECKSUM_ANNOTATION, WORKER_HTTP_PORT,
 };
 
 /// Time a worker gets to stop fetching, drain, flush and commit.
@@ -26,7 +27,6 @@ pub const TERMINATION_GRACE_SECONDS: i64 = 60;
 pub const WORKER_UID: i64 = 65532;
 
 const CONFIG_VOLUME: &str = "config";
-const CA_VOLUME: &str = "kafka-ca";
 const TMP_VOLUME: &str = "tmp";
 
 /// The StatefulSet; `checksum` is the worker configuration's (see [`super::config_checksum`]).
@@ -36,6 +36,9 @@ pub fn build_stateful_set(job: &StreamJob, context: &BuildContext, checksum: &st
     pod_labels.extend(child_labels(&name));
     let mut pod_annotations = job.spec.pod_annotations.clone();
     pod_annotations.insert(CONFIG_CHECKSUM_ANNOTATION.to_owned(), checksum.to_owned());
+    if let Some(credentials) = &context.credentials_checksum {
+        pod_annotations.insert(CREDENTIALS_CHECKSUM_ANNOTATION.to_owned(), credentials.clone());
+    }
     StatefulSet {
         metadata: child_meta(job, name.clone()),
         spec: Some(StatefulSetSpec {
@@ -131,14 +134,7 @@ fn build_worker_container(job: &StreamJob, context: &BuildContext) -> Container 
         },
         VolumeMount { name: TMP_VOLUME.to_owned(), mount_path: "/tmp".to_owned(), ..VolumeMount::default() },
     ];
-    if ca_secret_name(spec).is_some() {
-        volume_mounts.push(VolumeMount {
-            name: CA_VOLUME.to_owned(),
-            mount_path: worker_paths::CA_DIR.to_owned(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
-    }
+    volume_mounts.extend(ca_mounts(spec));
     Container {
         name: "worker".to_owned(),
         image: Some(spec.image.clone().unwrap_or_else(|| context.default_worker_image.clone())),
@@ -174,42 +170,15 @@ fn field_ref_env(name: &str, field_path: &str) -> EnvVar {
     }
 }
 
-fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
-    EnvVar {
-        name: name.to_owned(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.to_owned(),
-                key: key.to_owned(),
-                optional: Some(false),
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    }
-}
-
 /// Downward-API identity, Kafka credentials by Secret reference, then the job's own env.
 fn build_env(spec: &StreamJobSpec) -> Vec<EnvVar> {
     let mut env = vec![
         field_ref_env(worker_paths::POD_NAME_ENV, "metadata.name"),
         field_ref_env(worker_paths::POD_NAMESPACE_ENV, "metadata.namespace"),
     ];
-    if let Some(auth) = &spec.source.auth {
-        let secret = &auth.secret_ref;
-        env.push(secret_env(worker_paths::USERNAME_ENV, &secret.name, &secret.username_key));
-        env.push(secret_env(worker_paths::PASSWORD_ENV, &secret.name, &secret.password_key));
-    }
+    env.extend(credential_env(spec));
     env.extend(spec.env.iter().cloned());
     env
-}
-
-fn ca_secret_name(spec: &StreamJobSpec) -> Option<&str> {
-    let tls = spec.source.auth.as_ref()?.tls.as_ref()?;
-    if !tls.enabled {
-        return None;
-    }
-    tls.ca_secret_ref.as_ref().map(|secret| secret.name.as_str())
 }
 
 fn build_volumes(job: &StreamJob) -> Vec<Volume> {
@@ -224,15 +193,6 @@ fn build_volumes(job: &StreamJob) -> Vec<Volume> {
         },
         Volume { name: TMP_VOLUME.to_owned(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() },
     ];
-    if let Some(secret_name) = ca_secret_name(&job.spec) {
-        volumes.push(Volume {
-            name: CA_VOLUME.to_owned(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret_name.to_owned()),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
-    }
+    volumes.extend(ca_volumes(&job.spec));
     volumes
 }

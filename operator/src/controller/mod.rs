@@ -1,6 +1,7 @@
 //! The reconciler: StreamJob → children (server-side apply), status and events.
 
 mod apply;
+mod consent;
 mod error;
 pub mod events;
 mod finalizer;
@@ -254,10 +255,19 @@ async fn reconcile_job(job: &StreamJob, context: &Context) -> Result<Action, Err
         });
     }
 
+    let secrets = consent::check(context, job, &namespace).await?;
+    if let Some(action) = consent::refuse_if_needed(context, &jobs, job, &secrets).await? {
+        return Ok(action);
+    }
+
     let decision = context.decisions.get(&namespace, &job.name_any()).or_else(|| last_autoscaled_replicas(job));
     let desired = desired_replicas(job, decision);
-    let children =
-        build_children(job, &BuildContext { default_worker_image: context.worker_image.clone(), replicas: desired });
+    let build = BuildContext {
+        default_worker_image: context.worker_image.clone(),
+        replicas: desired,
+        credentials_checksum: secrets.checksum(),
+    };
+    let children = build_children(job, &build);
     let client = &context.client;
     apply_reported(context, job, &Api::namespaced(client.clone(), &namespace), &children.config_map).await?;
     apply_reported(context, job, &Api::namespaced(client.clone(), &namespace), &children.service).await?;
@@ -276,9 +286,9 @@ async fn reconcile_job(job: &StreamJob, context: &Context) -> Result<Action, Err
     let observation = Observation {
         stateful_set: Some(&stateful_set),
         pods: &pods,
-        config_problem: None,
         output_problem,
         desired_replicas: desired,
+        ..Observation::default()
     };
     let status = compute_status(job, &observation, &now());
     record_job_metrics(context, job, &status);

@@ -13,7 +13,7 @@ pub(super) fn ensure_repartition_topic(
     use rdkafka::client::DefaultClientContext;
 
     let topic = config.repartition_topic();
-    let mut client = client_config(config, &config.source_bootstrap);
+    let mut client = client_config(config, Cluster::Source);
     // Else asking for the topic's metadata creates it, with the broker's default partitions.
     client.set("allow.auto.create.topics", "false");
     let admin: AdminClient<DefaultClientContext> =
@@ -88,7 +88,7 @@ fn largest_topic(sources: &[String]) -> i32 {
 
 /// Brokers without the CreateTopics API (librdkafka's mock cluster) create a topic on first use.
 fn produce_to_create(config: &WorkerConfig, topic: &str) -> Result<(), WorkerError> {
-    let mut client = client_config(config, &config.source_bootstrap);
+    let mut client = client_config(config, Cluster::Source);
     client.set("allow.auto.create.topics", "true");
     let consumer: BaseConsumer = client
         .set("group.id", "streamjob-topic-probe")

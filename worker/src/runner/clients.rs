@@ -3,11 +3,10 @@
 use super::*;
 use crate::group_protocol::{self, GroupProtocol, WorkerGroupSettings};
 
-pub(super) fn client_config(config: &WorkerConfig, bootstrap: &str) -> ClientConfig {
+/// A client of `cluster`, with that cluster's auth only.
+pub(super) fn client_config(config: &WorkerConfig, cluster: Cluster) -> ClientConfig {
     let mut client = ClientConfig::new();
-    for (key, value) in
-        connection_properties(bootstrap, &config.job.spec.source, config.credentials.as_ref(), config.ca.as_ref())
-    {
+    for (key, value) in config.access(cluster).properties(config.bootstrap(cluster)) {
         client.set(key, value);
     }
     client.set("client.id", format!("streamjob-worker-{}", config.instance_id));
@@ -39,17 +38,17 @@ pub(super) fn transaction_timeout(config: &WorkerConfig) -> Duration {
     TRANSACTION_TIMEOUT_FLOOR.max(config.timings.commit_interval * 3)
 }
 
-/// A producer for `bootstrap`, which writes topics taking records of at most `topic_limits`
+/// A producer for `cluster`, which writes topics taking records of at most `topic_limits`
 /// bytes each (their `max.message.bytes`): it sends records as large as the largest takes, in
 /// batches no larger than the smallest takes (a record larger than that goes in a batch of its
 /// own).
 pub(super) fn create_producer(
     config: &WorkerConfig,
-    bootstrap: &str,
+    cluster: Cluster,
     transactional: bool,
     topic_limits: &[usize],
 ) -> Result<WorkerProducer, WorkerError> {
-    let mut client = client_config(config, bootstrap);
+    let mut client = client_config(config, cluster);
     client.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
     if let (Some(largest), Some(smallest)) = (topic_limits.iter().max(), topic_limits.iter().min()) {
         client
@@ -70,9 +69,8 @@ pub(super) fn create_consumer(config: &WorkerConfig, shared: Arc<Shared>) -> Res
         session_timeout: config.timings.session_timeout,
         static_membership: config.job.spec.source.static_membership,
     };
-    let protocol =
-        group_protocol::choose(config.group_protocol, worker, &client_config(config, &config.source_bootstrap));
-    let mut client = client_config(config, &config.source_bootstrap);
+    let protocol = group_protocol::choose(config.group_protocol, worker, &client_config(config, Cluster::Source));
+    let mut client = client_config(config, Cluster::Source);
     client
         .set("group.id", &config.consumer_group)
         .set("group.protocol", protocol.name())

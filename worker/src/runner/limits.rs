@@ -19,17 +19,17 @@ const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The sink's and the dead-letter topic's `max.message.bytes`, each read on the brokers its
 /// producer writes to.
 pub(super) fn read_record_limits(config: &WorkerConfig) -> RecordLimits {
-    let sink = topic_max_bytes(config, &config.sink_bootstrap, &config.job.spec.sink.topic);
+    let sink = topic_max_bytes(config, Cluster::Sink, &config.job.spec.sink.topic);
     let dead_letter = match &config.job.spec.sink.dead_letter_topic {
-        Some(topic) => topic_max_bytes(config, &config.source_bootstrap, topic),
+        Some(topic) => topic_max_bytes(config, Cluster::Source, topic),
         None => PRODUCER_DEFAULT_MAX_BYTES,
     };
     tracing::info!(sink, dead_letter, "the largest records the sink and dead-letter topics take (max.message.bytes)");
     RecordLimits { sink, dead_letter }
 }
 
-fn topic_max_bytes(config: &WorkerConfig, bootstrap: &str, topic: &str) -> usize {
-    match describe_max_bytes(config, bootstrap, topic) {
+fn topic_max_bytes(config: &WorkerConfig, cluster: Cluster, topic: &str) -> usize {
+    match describe_max_bytes(config, cluster, topic) {
         Ok(bytes) => bytes,
         Err(error) => {
             tracing::warn!(topic, %error, default = PRODUCER_DEFAULT_MAX_BYTES,
@@ -39,8 +39,8 @@ fn topic_max_bytes(config: &WorkerConfig, bootstrap: &str, topic: &str) -> usize
     }
 }
 
-fn describe_max_bytes(config: &WorkerConfig, bootstrap: &str, topic: &str) -> Result<usize, String> {
-    let mut client = client_config(config, bootstrap);
+fn describe_max_bytes(config: &WorkerConfig, cluster: Cluster, topic: &str) -> Result<usize, String> {
+    let mut client = client_config(config, cluster);
     client.set("allow.auto.create.topics", "false");
     let admin: AdminClient<DefaultClientContext> = client.create().map_err(|e| e.to_string())?;
     let options = AdminOptions::new().request_timeout(Some(DESCRIBE_TIMEOUT));

@@ -20,7 +20,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use streamjob_crds::capacity_report::CapacityReport;
-use streamjob_crds::kafka::connection_properties;
+use streamjob_crds::kafka::Cluster;
 use streamjob_crds::StartFrom;
 use streamjob_runtime::sync::lock;
 

@@ -26,12 +26,9 @@ pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
     let exactly_once = config.exactly_once();
     let separate_sink = config.sink_bootstrap != config.source_bootstrap;
     let main_limits = if separate_sink { vec![limits.dead_letter] } else { vec![limits.sink, limits.dead_letter] };
-    let producer = create_producer(&config, &config.source_bootstrap, exactly_once, &main_limits)?;
-    let sink_producer = if separate_sink {
-        Some(create_producer(&config, &config.sink_bootstrap, false, &[limits.sink])?)
-    } else {
-        None
-    };
+    let producer = create_producer(&config, Cluster::Source, exactly_once, &main_limits)?;
+    let sink_producer =
+        if separate_sink { Some(create_producer(&config, Cluster::Sink, false, &[limits.sink])?) } else { None };
     if exactly_once {
         control.stall.enter("init_transactions", REQUEST_TIMEOUT);
         producer

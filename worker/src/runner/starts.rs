@@ -45,7 +45,7 @@ impl StartReader {
     /// Starts the thread. `watch_sources`: the job is windowed and its windows wait for every
     /// source partition, starting with `sources`.
     pub(super) fn start(config: &WorkerConfig, watch_sources: Option<Vec<String>>) -> Result<Self, WorkerError> {
-        let mut client = client_config(config, &config.source_bootstrap);
+        let mut client = client_config(config, Cluster::Source);
         client
             .set("group.id", &config.consumer_group)
             .set("enable.auto.commit", "false")
