@@ -11,7 +11,8 @@
 //! alone (the operator's own writes, the autoscaler's readings) does not wake the reconciler,
 //! and a deleted job's series leave `/metrics`. Workers a `ResourceQuota` blocks: the job keeps
 //! scaling up while lag grows and says why (`ScaleBlocked`). A broker that cannot be reached:
-//! `fallback.replicas` after `fallback.failureThreshold` failed polls.
+//! `fallback.replicas` after `fallback.failureThreshold` failed polls. A sink topic that does not
+//! exist: the job `Degraded` (`SinkRefused`, the broker's reason) until it is created.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -558,6 +559,53 @@ async fn fallback_replicas_run_after_failed_polls_against_an_unreachable_broker(
     let last = jobs.get("scaled").await?.status.and_then(|s| s.last_scale);
     assert_eq!(last.map(|l| (l.from, l.to)), Some((1, 4)), "status.lastScale says so");
     kubelet.abort();
+    operator.abort();
+    rbac.assert_nothing_refused()
+}
+
+#[tokio::test]
+async fn a_missing_sink_topic_shows_the_job_degraded_until_it_is_created() -> anyhow::Result<()> {
+    let Some(env) = api_server().await? else { return Ok(()) };
+    let Some(bootstrap) = real_broker() else { return Ok(()) };
+    let client = env.client.clone();
+    install_crd(&client).await?;
+    let namespace = fresh_namespace(&client, "sj-sink").await?;
+    let (rbac, _port, operator) = start_operator(&env, &namespace, "e2e-sink").await?;
+    let topic = unique("lines");
+    let sink = format!("{topic}-out");
+    create_topics(&bootstrap, &[(topic.as_str(), 1)])?;
+    let mut job = autoscaled_job("refused", &bootstrap, &topic)?;
+    (job.spec.autoscaling, job.spec.replicas) = (None, 1);
+    let jobs: Api<StreamJob> = Api::namespaced(client.clone(), &namespace);
+    jobs.create(&PostParams::default(), &job).await?;
+
+    let degraded = |wanted: &'static str| {
+        let jobs = jobs.clone();
+        move || {
+            let jobs = jobs.clone();
+            async move { condition(&jobs, "refused", "Degraded").await.filter(|(status, _, _)| status == wanted) }
+        }
+    };
+    let (_, reason, message) = eventually(Duration::from_secs(60), "Degraded=True", degraded("True")).await?;
+    assert_eq!(reason, "SinkRefused", "{message}");
+    assert!(message.contains(&format!("sink topic {sink} on {bootstrap}")), "{message}");
+    assert!(message.contains("Unknown topic or partition"), "the broker's reason: {message}");
+    let status = jobs.get("refused").await?.status.unwrap_or_default();
+    assert_eq!(status.phase, Some(streamjob_crds::Phase::Degraded), "what `kubectl get sj` shows");
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").map(|c| (c.status.as_str(), c.reason.as_str()));
+    assert_eq!(ready, Some(("False", "SinkRefused")));
+    let warnings = scale_notes(&client, &namespace, "refused", "SinkRefused").await;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+
+    create_topics(&bootstrap, &[(sink.as_str(), 1)])?;
+    let (_, reason, _) = eventually(Duration::from_secs(60), "Degraded=False", degraded("False")).await?;
+    assert_eq!(reason, "WorkersHealthy");
+    let writable = eventually(Duration::from_secs(10), "the SinkWritable event", || async {
+        let notes = scale_notes(&client, &namespace, "refused", "SinkWritable").await;
+        (!notes.is_empty()).then_some(notes)
+    })
+    .await?;
+    assert_eq!(writable.len(), 1, "{writable:?}");
     operator.abort();
     rbac.assert_nothing_refused()
 }
