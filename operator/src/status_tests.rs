@@ -205,6 +205,7 @@ fn phase_and_conditions_follow_what_was_observed() {
             pods: &case.pods,
             config_problem: case.config_problem.map(str::to_owned),
             desired_replicas: case.desired,
+            draining: None,
         };
         let status = compute_status(&case.job, &observation, &now);
         assert_eq!(status.phase, Some(case.phase), "{}", case.name);

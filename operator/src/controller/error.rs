@@ -17,6 +17,8 @@ pub enum Error {
     ReadJob(#[source] kube::Error),
     #[error("stopping the workers before deleting the consumer group: {0}")]
     StopWorkers(#[source] kube::Error),
+    #[error("draining the workers for a pipeline change: {0}")]
+    Drain(#[source] kube::Error),
 }
 
 impl Error {
@@ -30,6 +32,7 @@ impl Error {
             Error::Finalizer(_) => "Finalizer",
             Error::ReadJob(_) => "ReadJob",
             Error::StopWorkers(_) => "StopWorkers",
+            Error::Drain(_) => "Drain",
         }
     }
 
@@ -51,7 +54,8 @@ impl Error {
             | Error::PatchStatus(source)
             | Error::Finalizer(source)
             | Error::ReadJob(source)
-            | Error::StopWorkers(source) => Some(source),
+            | Error::StopWorkers(source)
+            | Error::Drain(source) => Some(source),
         }
     }
 }

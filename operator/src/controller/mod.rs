@@ -1,6 +1,8 @@
 //! The reconciler: StreamJob → children (server-side apply), status and events.
 
 mod apply;
+mod drain;
+mod drain_roll;
 mod error;
 pub mod events;
 mod finalizer;
@@ -33,6 +35,7 @@ use events::{child_applied, invalid_config, publish, reconcile_failed, workload_
 use finalizer::{ensure_finalizer, finalize};
 
 pub use apply::apply_status;
+pub use drain::draining;
 pub use error::Error;
 pub use finalizer::{
     ConsumerGroupDeleter, GroupCleanup, GroupDeletionError, CONSUMER_GROUP_FINALIZER, GROUP_EMPTY_TIMEOUT,
@@ -225,6 +228,9 @@ async fn reconcile_job(job: &StreamJob, context: &Context) -> Result<Action, Err
     let desired = desired_replicas(job, decision);
     let children =
         build_children(job, &BuildContext { default_worker_image: context.worker_image.clone(), replicas: desired });
+    if let Some(action) = drain_roll::hold_for_drain(job, context, &children, desired).await? {
+        return Ok(action);
+    }
     let client = &context.client;
     apply_reported(context, job, &Api::namespaced(client.clone(), &namespace), &children.config_map).await?;
     apply_reported(context, job, &Api::namespaced(client.clone(), &namespace), &children.service).await?;
@@ -238,8 +244,12 @@ async fn reconcile_job(job: &StreamJob, context: &Context) -> Result<Action, Err
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let selector = ListParams::default().labels(&selector_string(&job.name_any()));
     let pods = pods.list(&selector).await.map_err(Error::ListPods)?.items;
-    let observation =
-        Observation { stateful_set: Some(&stateful_set), pods: &pods, config_problem: None, desired_replicas: desired };
+    let observation = Observation {
+        stateful_set: Some(&stateful_set),
+        pods: &pods,
+        desired_replicas: desired,
+        ..Observation::default()
+    };
     let status = compute_status(job, &observation, &now());
     record_job_metrics(context, job, &status);
     let settled = status.phase == Some(Phase::Running) || status.phase == Some(Phase::Suspended);
