@@ -148,7 +148,7 @@ impl Default for WorkerMetrics {
             other_pipeline_records_discarded: registered(
                 &mut registry,
                 "other_pipeline_records_discarded",
-                "Source records counted in the discarded partials of another pipeline (see other_pipeline_partials_discarded)",
+                "Contributions (records after the stages before the window: words for a word count) in the discarded partials of another pipeline (see other_pipeline_partials_discarded)",
                 Family::default(),
             ),
             processing_latency: registered(

@@ -13,7 +13,12 @@
 //! the new owner's `Reset` never counts next to its replay. (After a restart, until the replay
 //! reads an announcement again, every owner's messages count, as they did when first read.)
 //!
-//! The checkpoint is two numbers, whatever the number of sources: each source's state is
+//! Partials, markers and checkpoints carry the pipeline fingerprint of the worker that wrote
+//! them: another pipeline's (left on the topic by the workers a pipeline change stopped) are
+//! discarded, and its checkpoint is not restored, so two pipelines' partials never meet in one
+//! window. 0 is a worker from before fingerprints, and counts as this pipeline.
+//!
+//! The checkpoint is two numbers (and the fingerprint), whatever the number of sources: each source's state is
 //! rebuilt on a restart by replaying the repartition partition from its committed offset, and
 //! the committed offset never passes the last marker a source's state depends on (its pin).
 
