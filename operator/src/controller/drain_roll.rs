@@ -26,19 +26,27 @@ use crate::status::{compute_status, Observation};
 /// answer (the members of a group whose brokers do not answer cannot be waited for).
 const GROUP_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Whether the children may be applied now.
+pub(super) enum DrainGate {
+    /// A drain is under way: look again after this.
+    Hold(Action),
+    /// No drain, or the drain is through and the new pipeline starts now: apply, over the
+    /// StatefulSet as it was just read (so the apply need not read it again).
+    Proceed(Option<Box<StatefulSet>>),
+}
+
 /// Before the children are applied: when the change to apply needs a drain that is not
-/// finished, takes its next step and returns when to look again; `None` lets the apply go on
-/// (no drain, or the drain is through and the new pipeline starts now).
+/// finished, takes its next step and says when to look again.
 pub(super) async fn hold_for_drain(
     job: &StreamJob,
     context: &Context,
     children: &Children,
     desired: i32,
-) -> Result<Option<Action>, Error> {
+) -> Result<DrainGate, Error> {
     let namespace = job.namespace().unwrap_or_default();
     let name = job.name_any();
     let sets: Api<StatefulSet> = Api::namespaced(context.client.clone(), &namespace);
-    let Some(live) = sets.get_opt(&name).await.map_err(Error::Drain)? else { return Ok(None) };
+    let Some(live) = sets.get_opt(&name).await.map_err(Error::Drain)? else { return Ok(DrainGate::Proceed(None)) };
     let wanted_set = &children.stateful_set;
     let wanted = template_annotation(wanted_set, PIPELINE_FINGERPRINT_ANNOTATION).unwrap_or("none");
     let running_fingerprint = template_annotation(&live, PIPELINE_FINGERPRINT_ANNOTATION);
@@ -46,7 +54,7 @@ pub(super) async fn hold_for_drain(
         != template_annotation(wanted_set, CONFIG_CHECKSUM_ANNOTATION);
     let replicas = live.spec.as_ref().and_then(|spec| spec.replicas).unwrap_or(1);
     if !super::drain::needs_drain(&Running::new(running_fingerprint, config_changed, replicas, 0), wanted) {
-        return Ok(None);
+        return Ok(DrainGate::Proceed(Some(Box::new(live))));
     }
     let pods: Api<Pod> = Api::namespaced(context.client.clone(), &namespace);
     let pods = pods.list(&ListParams::default().labels(&selector_string(&name))).await.map_err(Error::ListPods)?.items;
@@ -70,7 +78,7 @@ pub(super) async fn hold_for_drain(
         if let Some(event) = event {
             publish(context, job, event).await;
         }
-        return Ok(None);
+        return Ok(DrainGate::Proceed(Some(Box::new(live))));
     };
     // The status first: the autoscaler holds while it says a drain is under way.
     let observation = Observation {
@@ -88,7 +96,7 @@ pub(super) async fn hold_for_drain(
     if let Some(event) = event {
         publish(context, job, event).await;
     }
-    Ok(Some(Action::requeue(DRAIN_POLL)))
+    Ok(DrainGate::Hold(Action::requeue(DRAIN_POLL)))
 }
 
 fn jobs(context: &Context, namespace: &str) -> Api<StreamJob> {

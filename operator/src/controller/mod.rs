@@ -30,7 +30,7 @@ use crate::metrics::{ErrorLabels, JobLabels, Metrics};
 use crate::replicas::desired_replicas;
 use crate::status::{compute_status, condition_is_true, paused_status, Observation, DEGRADED};
 use crate::PAUSE_ANNOTATION;
-use apply::{apply_child, write_status};
+use apply::{apply_child, apply_child_over, write_status};
 use events::{child_applied, invalid_config, publish, reconcile_failed, workload_changes};
 use finalizer::{ensure_finalizer, finalize};
 
@@ -228,14 +228,18 @@ async fn reconcile_job(job: &StreamJob, context: &Context) -> Result<Action, Err
     let desired = desired_replicas(job, decision);
     let children =
         build_children(job, &BuildContext { default_worker_image: context.worker_image.clone(), replicas: desired });
-    if let Some(action) = drain_roll::hold_for_drain(job, context, &children, desired).await? {
-        return Ok(action);
-    }
+    let live_sts = match drain_roll::hold_for_drain(job, context, &children, desired).await? {
+        drain_roll::DrainGate::Hold(action) => return Ok(action),
+        drain_roll::DrainGate::Proceed(live) => live.map(|live| *live),
+    };
     let client = &context.client;
     apply_reported(context, job, &Api::namespaced(client.clone(), &namespace), &children.config_map).await?;
     apply_reported(context, job, &Api::namespaced(client.clone(), &namespace), &children.service).await?;
-    let (previous_sts, stateful_set) =
-        apply_reported(context, job, &Api::namespaced(client.clone(), &namespace), &children.stateful_set).await?;
+    let sets = Api::namespaced(client.clone(), &namespace);
+    let (previous_sts, stateful_set) = apply_child_over(&sets, &children.stateful_set, live_sts).await?;
+    if let Some(event) = child_applied(previous_sts.as_ref(), &stateful_set) {
+        publish(context, job, event).await;
+    }
     apply_reported(context, job, &Api::namespaced(client.clone(), &namespace), &children.pod_disruption_budget).await?;
     for event in workload_changes(job, previous_sts.as_ref(), &stateful_set, desired, decision) {
         publish(context, job, event).await;
