@@ -21,6 +21,9 @@
 //! The checkpoint is two numbers (and the fingerprint), whatever the number of sources: each source's state is
 //! rebuilt on a restart by replaying the repartition partition from its committed offset, and
 //! the committed offset never passes the last marker a source's state depends on (its pin).
+//!
+//! Over 400 lines with its tests: the code is under 300, and the tests of its rules (owners,
+//! replays, checkpoints) need its private state.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
