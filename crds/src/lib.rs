@@ -4,6 +4,7 @@
 pub mod capacity_report;
 pub mod cel_fields;
 pub mod duration;
+pub mod fingerprint;
 pub mod kafka;
 pub mod names;
 mod rules;

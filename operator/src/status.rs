@@ -18,6 +18,9 @@ pub const SUSPENDED: &str = "Suspended";
 pub const RECONCILIATION_PAUSED: &str = "ReconciliationPaused";
 pub const AUTOSCALER_DEGRADED: &str = "AutoscalerDegraded";
 pub const SCALE_BLOCKED: &str = "ScaleBlocked";
+/// The `Progressing` reason while the workers are drained for a pipeline change (see
+/// `controller/drain.rs`).
+pub const DRAINING_REASON: &str = "DrainingForPipelineChange";
 
 /// The conditions the autoscaler writes, under its own field manager.
 pub const AUTOSCALER_CONDITIONS: &[&str] = &[AUTOSCALER_DEGRADED, SCALE_BLOCKED];
@@ -51,6 +54,8 @@ pub struct Observation<'a> {
     /// when `None`.
     pub config_problem_reason: Option<&'static str>,
     pub desired_replicas: i32,
+    /// What a drain for a pipeline change waits for, while one is under way.
+    pub draining: Option<String>,
 }
 
 /// The part of a status the reconciler writes (field manager `streamjob-operator`): all but
@@ -224,9 +229,10 @@ pub fn compute_status(job: &StreamJob, observation: &Observation<'_>, now: &Time
     }
     set_condition(&mut conditions, CONFIG_VALID, true, "Valid", "the spec is valid".to_owned(), generation, now);
 
-    let progress = match observation.stateful_set {
-        Some(stateful_set) => rollout_in_progress(stateful_set, desired),
-        None => Some("creating the StatefulSet".to_owned()),
+    let progress = match (&observation.draining, observation.stateful_set) {
+        (Some(drain), _) => Some(drain.clone()),
+        (None, Some(stateful_set)) => rollout_in_progress(stateful_set, desired),
+        (None, None) => Some("creating the StatefulSet".to_owned()),
     };
     let failures = pod_failures(observation.pods);
     let suspended = job.spec.suspend;
@@ -234,6 +240,11 @@ pub fn compute_status(job: &StreamJob, observation: &Observation<'_>, now: &Time
     let output_problem = observation.output_problem.as_ref().filter(|_| !suspended);
 
     match &progress {
+        Some(what) if observation.draining.is_some() => {
+            // The drain's start is the condition's transition time: it bounds the wait.
+            conditions.retain(|c| c.type_ != PROGRESSING || c.reason == DRAINING_REASON);
+            set_condition(&mut conditions, PROGRESSING, true, DRAINING_REASON, what.clone(), generation, now)
+        }
         Some(what) => set_condition(&mut conditions, PROGRESSING, true, "RollingOut", what.clone(), generation, now),
         None => set_condition(
             &mut conditions,

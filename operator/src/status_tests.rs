@@ -243,6 +243,7 @@ fn phase_and_conditions_follow_what_was_observed() {
             output_problem: case.output_problem.map(str::to_owned),
             config_problem_reason: None,
             desired_replicas: case.desired,
+            draining: None,
         };
         let status = compute_status(&case.job, &observation, &now);
         assert_eq!(status.phase, Some(case.phase), "{}", case.name);

@@ -1,10 +1,14 @@
 //! The operator against a real API server (envtest convention; see `streamjob_e2e`): the CRD
 //! installs and enforces its rules, jobs become children, the scale subresource, suspend and
 //! resume, observedGeneration, conditions, deletion, `kubectl wait`/`scale`, a config roll, the
-//! pause annotation, and leader election between two processes. The operator, in-process or as a
+//! pause annotation, a pipeline change on a windowed job that drains the workers before the new
+//! pipeline starts, and leader election between two processes. The operator, in-process or as a
 //! process, runs with nothing but a token of the chart's ServiceAccount (the chart installed
 //! with the Helm SDK for the test's namespace, [`ChartRbac`]), and the API server refuses none
 //! of its requests; the test itself acts as the admin.
+//!
+//! Over 400 lines: every test of a binary shares its one control plane, which a file per test
+//! would start again (several seconds each, in CI's wall time).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -13,9 +17,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Api, ResourceExt};
+use kube::runtime::watcher;
+use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use streamjob_crds::{Phase, StreamJob};
 use streamjob_e2e::{
@@ -386,6 +391,161 @@ async fn a_secret_that_did_not_opt_in_is_never_used() -> anyhow::Result<()> {
     })
     .await?;
     eprintln!("refused: {refused}\ncredentials checksum {before} -> {after} after rotation");
+    controller.abort();
+    rbac.assert_nothing_refused()
+}
+
+/// Every version of `K` a watch sees from its start, with its resourceVersion (the API server's
+/// storage revision, which orders changes across kinds) and whether it was the deletion.
+type Seen<K> = std::sync::Arc<std::sync::Mutex<Vec<(u64, bool, K)>>>;
+
+fn record<K>(api: Api<K>, config: watcher::Config) -> (tokio::task::JoinHandle<()>, Seen<K>)
+where
+    K: Resource + Clone + k8s_openapi::serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    use futures::StreamExt;
+    let seen: Seen<K> = Default::default();
+    let sink = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut stream = watcher(api, config).boxed();
+        while let Some(event) = stream.next().await {
+            let (object, deleted) = match event {
+                Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => (object, false),
+                Ok(watcher::Event::Delete(object)) => (object, true),
+                _ => continue,
+            };
+            let version = object.resource_version().and_then(|v| v.parse().ok()).unwrap_or(0);
+            sink.lock().expect("not poisoned").push((version, deleted, object));
+        }
+    });
+    (task, seen)
+}
+
+fn pod_revision(pod: &Pod) -> Option<&str> {
+    pod.labels().get("controller-revision-hash").map(String::as_str)
+}
+
+/// A change to the window of a running windowed job is no rolling update: the operator takes
+/// the StatefulSet to 0 with the old template, and only once every old pod is gone applies the
+/// new pipeline (ConfigMap and template) with the job's replicas; the status says
+/// `Progressing`/`DrainingForPipelineChange` meanwhile, and each step is an event. The order is
+/// checked on the resourceVersions of the watched StatefulSet and pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_change_drains_the_workers_before_the_new_pipeline_starts() -> anyhow::Result<()> {
+    let Some(env) = api_server().await? else { return Ok(()) };
+    let client = env.client.clone();
+    install_crd(&client).await?;
+    let namespace = fresh_namespace(&client, "sj-drain").await?;
+    let jobs: Api<StreamJob> = Api::namespaced(client.clone(), &namespace);
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let rbac = ChartRbac::for_namespaces(&env, std::slice::from_ref(&namespace)).await?;
+    let controller = tokio::spawn(run_with_client(rbac.client().await?, run_options("e2e-drain", false, &namespace)));
+    let selector = "app.kubernetes.io/instance=wordcount";
+    let kubelet = streamjob_e2e::kubelet_marks_pods_ready(client.clone(), &namespace, selector);
+    jobs.create(&PostParams::default(), &example("wordcount.yaml").fixed(2)).await?;
+    let ready = |job: &StreamJob| {
+        let status = job.status.as_ref();
+        status.is_some_and(|s| {
+            s.observed_generation == job.metadata.generation
+                && s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    };
+    let running = eventually(Duration::from_secs(60), "2 workers ready", || async {
+        let job = jobs.get("wordcount").await.ok()?;
+        let set = sets.get("wordcount").await.ok()?;
+        (ready(&job) && set.status.as_ref()?.ready_replicas == Some(2)).then_some(set)
+    })
+    .await?;
+    let old_checksum = pod_template_checksum(&running).expect("a checksum");
+    let old_revision = running.status.as_ref().and_then(|s| s.update_revision.clone()).expect("a revision");
+
+    let by_name = || watcher::Config::default().fields("metadata.name=wordcount");
+    let (set_watch, set_versions) = record(sets.clone(), by_name());
+    let (pod_watch, pod_versions) = record(pods.clone(), watcher::Config::default().labels(selector));
+    let (job_watch, job_versions) = record(jobs.clone(), by_name());
+    eventually(WAIT, "the watches' first lists", || async {
+        let lists = [set_versions.lock().ok()?.len(), pod_versions.lock().ok()?.len(), job_versions.lock().ok()?.len()];
+        lists.iter().all(|n| *n > 0).then_some(())
+    })
+    .await?;
+
+    let started = std::time::Instant::now();
+    let change = json!({"spec": {"pipeline": [
+        {"split": {"field": "value", "lowercase": true}}, {"keyBy": {"field": "value"}},
+        {"window": {"type": "tumbling", "size": "20s", "aggregate": {"function": "count"}}}
+    ]}});
+    jobs.patch("wordcount", &PatchParams::default(), &Patch::Merge(&change)).await?;
+    eventually(Duration::from_secs(60), "the new pipeline's 2 workers ready", || async {
+        let job = jobs.get("wordcount").await.ok()?;
+        let set = sets.get("wordcount").await.ok()?;
+        let new = pod_template_checksum(&set).is_some_and(|c| c != old_checksum);
+        let status = set.status.as_ref()?;
+        let rolled = status.ready_replicas == Some(2) && status.update_revision != Some(old_revision.clone());
+        (ready(&job) && new && rolled).then_some(())
+    })
+    .await?;
+    let took = started.elapsed();
+    for watch in [set_watch, pod_watch, job_watch] {
+        watch.abort();
+    }
+
+    let set_versions = set_versions.lock().expect("not poisoned").clone();
+    let checksum = |set: &StatefulSet| pod_template_checksum(set).unwrap_or_default();
+    let replicas = |set: &StatefulSet| set.spec.as_ref().and_then(|s| s.replicas);
+    let stopped = set_versions
+        .iter()
+        .find(|(_, _, set)| checksum(set) == old_checksum && replicas(set) == Some(0))
+        .map(|(version, _, _)| *version)
+        .expect("the StatefulSet at 0 with the old template");
+    let new_template = set_versions
+        .iter()
+        .filter(|(_, _, set)| checksum(set) != old_checksum)
+        .map(|(version, _, set)| (*version, replicas(set)))
+        .min()
+        .expect("the new template");
+    assert!(stopped < new_template.0, "stopped at {stopped}, new template at {}", new_template.0);
+    assert_eq!(new_template.1, Some(2), "the new template comes with the job's replicas");
+
+    let pod_versions = pod_versions.lock().expect("not poisoned").clone();
+    let old_pods_gone: std::collections::BTreeMap<String, u64> = pod_versions
+        .iter()
+        .filter(|(_, deleted, pod)| *deleted && pod_revision(pod) == Some(old_revision.as_str()))
+        .map(|(version, _, pod)| (pod.name_any(), *version))
+        .collect();
+    assert_eq!(old_pods_gone.len(), 2, "both old workers stopped: {old_pods_gone:?}");
+    let last_old_pod_gone = old_pods_gone.values().copied().max().unwrap_or(u64::MAX);
+    let first_new_pod = pod_versions
+        .iter()
+        .filter(|(_, _, pod)| pod_revision(pod).is_some_and(|r| r != old_revision))
+        .map(|(version, _, _)| *version)
+        .min()
+        .expect("new pods");
+    assert!(
+        last_old_pod_gone < new_template.0 && new_template.0 < first_new_pod,
+        "old pods gone at {last_old_pod_gone}, new template at {}, first new pod at {first_new_pod}",
+        new_template.0
+    );
+
+    let job_versions = job_versions.lock().expect("not poisoned").clone();
+    let draining = job_versions
+        .iter()
+        .filter_map(|(_, _, job)| job.status.as_ref())
+        .flat_map(|status| status.conditions.iter())
+        .find(|c| c.type_ == "Progressing" && c.status == "True" && c.reason == "DrainingForPipelineChange")
+        .expect("Progressing: DrainingForPipelineChange while the workers drain");
+    assert!(draining.message.contains("fingerprint"), "{}", draining.message);
+    for reason in ["DrainingForPipelineChange", "PipelineChangeStarted"] {
+        let selector = format!("reason={reason}");
+        let events = kubectl(
+            &env.kubeconfig,
+            &["-n", &namespace, "get", "events", "--field-selector", &selector, "-o", "name"],
+        )?;
+        assert!(!String::from_utf8_lossy(&events.stdout).trim().is_empty(), "a {reason} event");
+    }
+    println!("drain roll: window change to 2 new workers ready in {took:?}");
+    kubelet.abort();
     controller.abort();
     rbac.assert_nothing_refused()
 }

@@ -404,6 +404,7 @@ fn a_checkpoint_with_a_thousand_source_partitions_commits() {
         let marker = RepartitionMessage::Progress {
             src,
             owner: 1,
+            pipeline: 0,
             watermark: now + offset as i64,
             idle: false,
             through: 1 << 40,

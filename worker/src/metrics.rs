@@ -61,6 +61,8 @@ pub struct WorkerMetrics {
     pub records_skipped: Family<SkipLabels, Counter>,
     pub records_late: Family<PartitionLabels, Counter>,
     pub replayed_partials_discarded: Family<PartitionLabels, Counter>,
+    pub other_pipeline_partials_discarded: Family<PartitionLabels, Counter>,
+    pub other_pipeline_records_discarded: Family<PartitionLabels, Counter>,
     pub processing_latency: Histogram,
     pub consumer_lag: Family<PartitionLabels, Gauge>,
     pub commits: Family<ResultLabel, Counter>,
@@ -135,6 +137,18 @@ impl Default for WorkerMetrics {
                 &mut registry,
                 "replayed_partials_discarded",
                 "Partial aggregates a replay brought again for windows already emitted: already counted, so dropped and counted nowhere else",
+                Family::default(),
+            ),
+            other_pipeline_partials_discarded: registered(
+                &mut registry,
+                "other_pipeline_partials_discarded",
+                "Partial aggregates on the repartition topic from a worker of another pipeline (another fingerprint: the window, aggregate or a stage feeding them changed), by repartition partition: never merged",
+                Family::default(),
+            ),
+            other_pipeline_records_discarded: registered(
+                &mut registry,
+                "other_pipeline_records_discarded",
+                "Contributions (records after the stages before the window: words for a word count) in the discarded partials of another pipeline (see other_pipeline_partials_discarded)",
                 Family::default(),
             ),
             processing_latency: registered(

@@ -8,6 +8,11 @@
 //! count twice. `Progress` carries each source partition's watermark, as its current owner
 //! knows it: only a live owner that has read its partition to the end declares it idle, so a
 //! partition whose owner died holds windows back until a new owner reports.
+//!
+//! Every message carries the sender's pipeline fingerprint (`f`, see
+//! `streamjob_crds::fingerprint`): an aggregating worker discards whatever a worker of another
+//! pipeline sent (left in the topic when the job's window, aggregate or the stages feeding them
+//! changed), so partials of two pipelines are never merged.
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +27,9 @@ pub enum RepartitionMessage {
         src: String,
         #[serde(rename = "o", default)]
         owner: u64,
+        /// The pipeline fingerprint of the sender (0: a worker from before fingerprints).
+        #[serde(rename = "f", default, skip_serializing_if = "is_zero")]
+        pipeline: u64,
         from: i64,
         to: i64,
         window: i64,
@@ -34,6 +42,9 @@ pub enum RepartitionMessage {
         src: String,
         #[serde(rename = "o", default)]
         owner: u64,
+        /// The pipeline fingerprint of the sender (0: a worker from before fingerprints).
+        #[serde(rename = "f", default, skip_serializing_if = "is_zero")]
+        pipeline: u64,
         from: i64,
     },
     /// A new owner of the source partition that has read nothing yet (so has nothing to
@@ -43,6 +54,9 @@ pub enum RepartitionMessage {
         src: String,
         #[serde(rename = "o")]
         owner: u64,
+        /// The pipeline fingerprint of the sender (0: a worker from before fingerprints).
+        #[serde(rename = "f", default, skip_serializing_if = "is_zero")]
+        pipeline: u64,
     },
     /// The source partition's watermark (`i64::MIN`: not known yet), whether its owner has
     /// read it to the end and found nothing new for the idle timeout, and the highest source
@@ -52,6 +66,9 @@ pub enum RepartitionMessage {
         src: String,
         #[serde(rename = "o", default)]
         owner: u64,
+        /// The pipeline fingerprint of the sender (0: a worker from before fingerprints).
+        #[serde(rename = "f", default, skip_serializing_if = "is_zero")]
+        pipeline: u64,
         watermark: i64,
         idle: bool,
         #[serde(rename = "a", default = "nothing_sent")]
@@ -63,7 +80,21 @@ fn nothing_sent() -> i64 {
     -1
 }
 
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
 impl RepartitionMessage {
+    /// The pipeline fingerprint of the worker that sent it (0: unknown).
+    pub fn pipeline(&self) -> u64 {
+        match self {
+            Self::Partial { pipeline, .. }
+            | Self::Reset { pipeline, .. }
+            | Self::Owner { pipeline, .. }
+            | Self::Progress { pipeline, .. } => *pipeline,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         match serde_json::to_vec(self) {
             Ok(payload) => payload,
@@ -110,6 +141,7 @@ mod tests {
         let message = RepartitionMessage::Partial {
             src: "lines/0".into(),
             owner: u64::MAX,
+            pipeline: 0x1234_5678_9abc_def0,
             from: 10,
             to: 20,
             window: 1_000,
@@ -117,9 +149,14 @@ mod tests {
         };
         let bytes = serde_json::to_vec(&message).expect("serializes");
         assert_eq!(serde_json::from_slice::<RepartitionMessage>(&bytes).expect("parses"), message);
-        assert!(bytes.len() < 120, "{}", String::from_utf8_lossy(&bytes));
+        // The largest owner id and fingerprint: 138 bytes.
+        assert!(bytes.len() < 140, "{}", String::from_utf8_lossy(&bytes));
         let legacy: RepartitionMessage = serde_json::from_str(r#"{"t":"r","src":"lines/0","from":3}"#).expect("parses");
-        assert_eq!(legacy, RepartitionMessage::Reset { src: "lines/0".into(), owner: 0, from: 3 }, "no owner: 0");
+        assert_eq!(
+            legacy,
+            RepartitionMessage::Reset { src: "lines/0".into(), owner: 0, pipeline: 0, from: 3 },
+            "no owner, no fingerprint: 0"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The worker against the real Kafka broker named by `STREAMJOB_TEST_BOOTSTRAP`: word count,
-//! crashes, rebalances and poison messages. Every test makes its own topics and group.
+//! crashes, rebalances, poison messages and a pipeline change. Every test makes its own topics and group.
 //! Broker faults need librdkafka's mock cluster: they are in `broker_faults.rs`.
 
 mod common;
@@ -12,6 +12,7 @@ use rdkafka::ClientConfig;
 use streamjob_crds::capacity_report::CapacityReport;
 use streamjob_testkit::kafka::{produce_all, NewRecord};
 use streamjob_worker::group_offsets;
+use streamjob_worker::metrics::PartitionLabels;
 use streamjob_worker::topic_io::{ReadRecord, TopicReader};
 
 #[test]
@@ -189,4 +190,58 @@ fn every_commit_of_a_source_partition_carries_the_workers_true_rate() {
         let metadata = commit.metadata.as_deref().unwrap_or_default();
         assert_eq!(CapacityReport::decode(metadata), None, "the aggregating stage keeps its checkpoint: {metadata:?}");
     }
+}
+
+/// A pipeline change on a windowed job, as the operator's drain makes it: every worker of the
+/// old pipeline (10 s windows) stops with a window open, and a worker of the new one (20 s) starts
+/// on the same group. The old pipeline's partials on the repartition topic are discarded and
+/// counted, every one of them; the window the new pipeline emits holds its own records only.
+#[test]
+fn a_new_pipeline_discards_the_old_pipelines_partials_and_never_merges_them() {
+    let Some(bootstrap) = real_broker() else { return };
+    let names = JobNames::new("pipeline-change");
+    create_topics(&bootstrap, &[(&names.source, 2), (&names.sink, 2)]);
+    // One event time for both batches, so both pipelines' windows hold them.
+    let event_ms = now_ms() - 30_000;
+    let lines = text_lines(160, 0, 0);
+    let (before, after) = (stamped(&lines[..100], event_ms, 0), stamped(&lines[100..], event_ms, 0));
+    let words = |batch: &[NewRecord]| -> u64 {
+        batch.iter().map(|line| String::from_utf8_lossy(&line.value).split_whitespace().count() as u64).sum()
+    };
+    produce_all(&bootstrap, &names.source, &before).expect("first batch produced");
+
+    // The old pipeline never goes idle while it runs, so its window stays open.
+    let mut old = config("wordcount.yaml", &bootstrap, &names, "0");
+    old.timings.idle_timeout = Duration::from_secs(600);
+    let old = TestWorker::start(old);
+    assert!(wait_until(LIMIT, || old.records_in() >= 100), "the old pipeline never read its input");
+    old.stop();
+    let mut sink = TopicReader::new(&bootstrap, &names.sink, false).expect("reader");
+    sink.poll_for(Duration::from_secs(1));
+    assert!(sink.records.is_empty(), "the old pipeline's window was still open: {:?}", sink.records);
+
+    let mut new = config("wordcount.yaml", &bootstrap, &names, "0");
+    let window = new.job.spec.pipeline.iter_mut().find_map(|stage| stage.window.as_mut()).expect("a window stage");
+    window.size = "20s".to_owned();
+    let new = TestWorker::start(new);
+    produce_all(&bootstrap, &names.source, &after).expect("second batch produced");
+    let expected = streamjob_testkit::kafka::expected_word_counts(&after, 20_000);
+    let complete = sink.read_until(LIMIT, |records| final_word_counts(records).len() >= expected.len());
+    sink.poll_for(Duration::from_secs(2));
+    assert!(complete, "the new pipeline's window never came");
+    assert_eq!(final_word_counts(&sink.records), expected, "the new pipeline's records only");
+    let metrics = &new.control.metrics;
+    type Counters =
+        prometheus_client::metrics::family::Family<PartitionLabels, prometheus_client::metrics::counter::Counter>;
+    let discarded = |family: &Counters| -> u64 {
+        (0..2).map(|partition| family.get_or_create(&PartitionLabels::new(&names.repartition(), partition)).get()).sum()
+    };
+    assert_eq!(discarded(&metrics.other_pipeline_records_discarded), words(&before), "every old contribution");
+    assert!(discarded(&metrics.other_pipeline_partials_discarded) > 0);
+    println!(
+        "pipeline change: {} old partials with {} words discarded; {} new counts emitted",
+        discarded(&metrics.other_pipeline_partials_discarded),
+        words(&before),
+        expected.len()
+    );
 }

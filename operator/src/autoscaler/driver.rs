@@ -358,6 +358,15 @@ impl Autoscaler {
             });
         };
         let workers = workers_of(&stateful_set);
+        if crate::controller::draining(job) {
+            // The reconciler has stopped the workers to change the pipeline: no scaling until
+            // the new one starts.
+            return Ok(Decision {
+                replicas: workers.current,
+                reason: "holding: the workers are drained for a pipeline change".to_owned(),
+                kind: "hold",
+            });
+        }
         let blockers = if workers.ready < workers.current {
             self.blockers(&stateful_set, &namespace, &name, workers.current).await
         } else {

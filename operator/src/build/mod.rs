@@ -17,6 +17,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
+use streamjob_crds::fingerprint::{fingerprint_label, pipeline_fingerprint};
 use streamjob_crds::StreamJob;
 
 pub use config_map::{build_config_map, config_map_name};
@@ -37,6 +38,10 @@ pub const FIELD_MANAGER: &str = "streamjob-operator";
 pub const CONFIG_CHECKSUM_ANNOTATION: &str = "checksum/config";
 /// Pod annotation whose change rolls the workers when a Secret they use changes (rotation).
 pub const CREDENTIALS_CHECKSUM_ANNOTATION: &str = "checksum/credentials";
+/// Pod annotation naming the pipeline fingerprint the workers run (see
+/// `streamjob_crds::fingerprint` and `controller/drain.rs`): a change drains the workers
+/// instead of rolling them.
+pub const PIPELINE_FINGERPRINT_ANNOTATION: &str = "streamjob.io/pipeline-fingerprint";
 /// Port of the worker's `/healthz`, `/readyz` and `/metrics`.
 pub const WORKER_HTTP_PORT: i32 = 9090;
 
@@ -64,12 +69,27 @@ pub struct Children {
 /// Builds all four children.
 pub fn build_children(job: &StreamJob, context: &BuildContext) -> Children {
     let config_yaml = worker_config_yaml(job);
+    let mut stateful_set = build_stateful_set(job, context, &config_checksum(&config_yaml));
+    let fingerprint = fingerprint_label(pipeline_fingerprint(&job.spec));
+    let template = stateful_set.spec.as_mut().and_then(|spec| spec.template.metadata.as_mut());
+    if let Some(metadata) = template {
+        metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(PIPELINE_FINGERPRINT_ANNOTATION.to_owned(), fingerprint);
+    }
     Children {
         config_map: build_config_map(job, &config_yaml),
         service: build_service(job),
-        stateful_set: build_stateful_set(job, context, &config_checksum(&config_yaml)),
+        stateful_set,
         pod_disruption_budget: build_pod_disruption_budget(job),
     }
+}
+
+/// A pod template's annotation `key`.
+pub fn template_annotation<'a>(stateful_set: &'a StatefulSet, key: &str) -> Option<&'a str> {
+    let metadata = stateful_set.spec.as_ref()?.template.metadata.as_ref()?;
+    metadata.annotations.as_ref()?.get(key).map(String::as_str)
 }
 
 /// Labels that select a job's worker pods.
@@ -157,6 +177,23 @@ pub(crate) mod tests {
         assert_ne!(base, checksum(&build_children(&job("  delivery: exactlyOnce\n"), &context(1))));
         let with_stage = job("  pipeline:\n  - filter: {field: x, op: exists}\n");
         assert_ne!(base, checksum(&build_children(&with_stage, &context(1))));
+    }
+
+    #[test]
+    fn the_template_names_the_pipeline_fingerprint() {
+        let fingerprint = |job: &StreamJob| {
+            let children = build_children(job, &context(1));
+            template_annotation(&children.stateful_set, PIPELINE_FINGERPRINT_ANNOTATION).map(str::to_owned)
+        };
+        assert_eq!(fingerprint(&job("")).as_deref(), Some("none"), "no window");
+        let windowed = |size: &str| {
+            job(&format!(
+                "  pipeline:\n  - keyBy: {{field: k}}\n  - window: {{size: {size}, aggregate: {{function: count}}}}\n"
+            ))
+        };
+        let ten = fingerprint(&windowed("10s")).expect("an annotation");
+        assert_eq!(ten.len(), 16, "{ten}");
+        assert_ne!(Some(ten), fingerprint(&windowed("20s")));
     }
 
     #[test]

@@ -21,6 +21,16 @@ where
     let name = child.name_any();
     let failed = |source| Error::ApplyChild { kind: K::kind(&()).into_owned(), name: name.clone(), source };
     let before = api.get_opt(&name).await.map_err(failed)?;
+    apply_child_over(api, child, before).await
+}
+
+/// Server-side applies one child whose current state the caller has just read (`before`).
+pub(super) async fn apply_child_over<K>(api: &Api<K>, child: &K, before: Option<K>) -> Result<(Option<K>, K), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let name = child.name_any();
+    let failed = |source| Error::ApplyChild { kind: K::kind(&()).into_owned(), name: name.clone(), source };
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let after = api.patch(&name, &params, &Patch::Apply(child)).await.map_err(failed)?;
     Ok((before, after))

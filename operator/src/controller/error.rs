@@ -19,6 +19,8 @@ pub enum Error {
     StopWorkers(#[source] kube::Error),
     #[error("reading the metadata of the job's Secrets: {0}")]
     ReadSecrets(#[source] kube::Error),
+    #[error("draining the workers for a pipeline change: {0}")]
+    Drain(#[source] kube::Error),
 }
 
 impl Error {
@@ -33,6 +35,7 @@ impl Error {
             Error::ReadJob(_) => "ReadJob",
             Error::StopWorkers(_) => "StopWorkers",
             Error::ReadSecrets(_) => "ReadSecrets",
+            Error::Drain(_) => "Drain",
         }
     }
 
@@ -56,6 +59,7 @@ impl Error {
             | Error::ReadJob(source)
             | Error::StopWorkers(source)
             | Error::ReadSecrets(source) => Some(source),
+            Error::Drain(source) => Some(source),
         }
     }
 }

@@ -2,6 +2,8 @@
 
 mod apply;
 mod consent;
+mod drain;
+mod drain_roll;
 mod error;
 pub mod events;
 mod finalizer;
@@ -31,11 +33,12 @@ use crate::metrics::{ErrorLabels, JobLabels, Metrics};
 use crate::replicas::desired_replicas;
 use crate::status::{compute_status, condition_is_true, paused_status, Observation, DEGRADED};
 use crate::PAUSE_ANNOTATION;
-use apply::{apply_child, write_status};
+use apply::{apply_child, apply_child_over, write_status};
 use events::{child_applied, invalid_config, publish, reconcile_failed, workload_changes};
 use finalizer::{ensure_finalizer, finalize};
 
 pub use apply::apply_status;
+pub use drain::draining;
 pub use error::Error;
 pub use finalizer::{
     ConsumerGroupDeleter, GroupCleanup, GroupDeletionError, CONSUMER_GROUP_FINALIZER, GROUP_EMPTY_TIMEOUT,
@@ -268,11 +271,18 @@ async fn reconcile_job(job: &StreamJob, context: &Context) -> Result<Action, Err
         credentials_checksum: secrets.checksum(),
     };
     let children = build_children(job, &build);
+    let live_sts = match drain_roll::hold_for_drain(job, context, &children, desired).await? {
+        drain_roll::DrainGate::Hold(action) => return Ok(action),
+        drain_roll::DrainGate::Proceed(live) => live.map(|live| *live),
+    };
     let client = &context.client;
     apply_reported(context, job, &Api::namespaced(client.clone(), &namespace), &children.config_map).await?;
     apply_reported(context, job, &Api::namespaced(client.clone(), &namespace), &children.service).await?;
-    let (previous_sts, stateful_set) =
-        apply_reported(context, job, &Api::namespaced(client.clone(), &namespace), &children.stateful_set).await?;
+    let sets = Api::namespaced(client.clone(), &namespace);
+    let (previous_sts, stateful_set) = apply_child_over(&sets, &children.stateful_set, live_sts).await?;
+    if let Some(event) = child_applied(previous_sts.as_ref(), &stateful_set) {
+        publish(context, job, event).await;
+    }
     apply_reported(context, job, &Api::namespaced(client.clone(), &namespace), &children.pod_disruption_budget).await?;
     for event in workload_changes(job, previous_sts.as_ref(), &stateful_set, desired, decision) {
         publish(context, job, event).await;

@@ -68,6 +68,9 @@ struct Job {
     expected: ExpectedSources,
     /// The largest records the sink and dead-letter topics take.
     limits: RecordLimits,
+    /// The pipeline fingerprint (`streamjob_crds::fingerprint`), in every repartition message
+    /// and aggregate checkpoint; 0 when not set (engine tests).
+    pipeline_fingerprint: u64,
 }
 
 impl Job {
@@ -148,6 +151,7 @@ impl Engine {
             pipeline,
             expected: ExpectedSources::default(),
             limits: RecordLimits::default(),
+            pipeline_fingerprint: 0,
         };
         Self {
             job,
@@ -174,6 +178,11 @@ impl Engine {
         self.job.limits = limits;
     }
 
+    /// The pipeline fingerprint this worker sends, and the only one whose partials it merges.
+    pub fn set_pipeline_fingerprint(&mut self, fingerprint: u64) {
+        self.job.pipeline_fingerprint = fingerprint;
+    }
+
     /// Whether this worker has read a source partition to its end (as the consumer's position
     /// and the partition's high watermark show): the partition is idle once it stays there
     /// for the idle timeout.
@@ -186,7 +195,7 @@ impl Engine {
     /// A partition was assigned. `metadata` is its committed metadata, if any.
     pub fn assign(&mut self, topic: &str, partition: i32, metadata: Option<&str>) {
         let role = if self.job.is_repartition_topic(topic) {
-            Role::Aggregate(AggregateStage::restore(metadata))
+            Role::Aggregate(AggregateStage::restore(metadata, self.job.pipeline_fingerprint))
         } else if self.job.pipeline.window.is_some() {
             Role::Source(SourceStage::new(source_id(topic, partition)))
         } else {
@@ -315,3 +324,6 @@ mod undeliverable_tests;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod pipeline_change_tests;

@@ -115,9 +115,16 @@ impl Stage for SourceStage {
         for (window, to, key, accumulator) in partials.into_iter().flat_map(|(window, partials)| {
             partials.keys.into_iter().map(move |(key, a)| (window, partials.last_offset, key, a))
         }) {
-            let payload =
-                RepartitionMessage::Partial { src: self.id.clone(), owner: self.owner, from, to, window, accumulator }
-                    .encode();
+            let payload = RepartitionMessage::Partial {
+                src: self.id.clone(),
+                owner: self.owner,
+                pipeline: out.job.pipeline_fingerprint,
+                from,
+                to,
+                window,
+                accumulator,
+            }
+            .encode();
             out.push(Output {
                 destination: Destination::Repartition { partition: partition_for(&key, partitions) },
                 key: Some(key.into_bytes()),
@@ -167,7 +174,8 @@ impl SourceStage {
         }
         self.reset_sent = true;
         self.announced = true;
-        let message = RepartitionMessage::Reset { src: self.id.clone(), owner: self.owner, from: offset };
+        let pipeline = out.job.pipeline_fingerprint;
+        let message = RepartitionMessage::Reset { src: self.id.clone(), owner: self.owner, pipeline, from: offset };
         let ticket = out.ticket(offset, None, Destination::Repartition { partition: 0 });
         out.progress.hold(offset, partitions as u32);
         out.broadcast(&message, Some(ticket), partitions);
@@ -199,11 +207,17 @@ impl SourceStage {
             // An owner that has read nothing has nothing to replay, but the aggregators must
             // know it is the owner before its first marker.
             self.announced = true;
-            out.broadcast(&RepartitionMessage::Owner { src: self.id.clone(), owner: self.owner }, None, partitions);
+            let owner = RepartitionMessage::Owner {
+                src: self.id.clone(),
+                owner: self.owner,
+                pipeline: out.job.pipeline_fingerprint,
+            };
+            out.broadcast(&owner, None, partitions);
         }
         let message = RepartitionMessage::Progress {
             src: self.id.clone(),
             owner: self.owner,
+            pipeline: out.job.pipeline_fingerprint,
             watermark: self.watermark(lateness).unwrap_or(i64::MIN),
             idle: self.idle,
             through: self.through.unwrap_or(-1),

@@ -150,11 +150,11 @@ fn a_record_with_a_failing_piece_adds_nothing_to_its_window() {
 
 fn partial(src: &str, from: i64, to: i64, window: i64, count: u64) -> Vec<u8> {
     let accumulator = Accumulator { count, sum: count as f64, min: 1.0, max: 1.0 };
-    RepartitionMessage::Partial { src: src.into(), owner: 0, from, to, window, accumulator }.encode()
+    RepartitionMessage::Partial { src: src.into(), owner: 0, pipeline: 0, from, to, window, accumulator }.encode()
 }
 
 fn progress(src: &str, watermark: i64, idle: bool) -> Vec<u8> {
-    RepartitionMessage::Progress { src: src.into(), owner: 0, watermark, idle, through: -1 }.encode()
+    RepartitionMessage::Progress { src: src.into(), owner: 0, pipeline: 0, watermark, idle, through: -1 }.encode()
 }
 
 fn read(engine: &mut Engine, topic: &str, offset: i64, key: Option<&str>, payload: &[u8], now_ms: i64) {
@@ -186,7 +186,7 @@ fn sink_counts(outputs: &[Output]) -> Vec<(String, i64)> {
 }
 
 fn reset(src: &str, from: i64) -> Vec<u8> {
-    RepartitionMessage::Reset { src: src.into(), owner: 0, from }.encode()
+    RepartitionMessage::Reset { src: src.into(), owner: 0, pipeline: 0, from }.encode()
 }
 
 /// A source partition moves to a new owner that replays it from its last commit. Windows

@@ -23,6 +23,11 @@ pub fn run(config: WorkerConfig, control: Control) -> Result<(), WorkerError> {
     engine.expect_sources(sources);
     let limits = read_record_limits(&config);
     engine.limit_record_sizes(limits);
+    let fingerprint = streamjob_crds::fingerprint::pipeline_fingerprint(&config.job.spec);
+    engine.set_pipeline_fingerprint(fingerprint.unwrap_or(0));
+    if let Some(fingerprint) = fingerprint {
+        tracing::info!(pipeline = %streamjob_crds::fingerprint::fingerprint_label(Some(fingerprint)), "pipeline fingerprint: partials of any other are discarded");
+    }
     let exactly_once = config.exactly_once();
     let separate_sink = config.sink_bootstrap != config.source_bootstrap;
     let main_limits = if separate_sink { vec![limits.dead_letter] } else { vec![limits.sink, limits.dead_letter] };

@@ -25,17 +25,24 @@ impl Stage for AggregateStage {
                 return out.reject(input, &error, 1, false, || input.offset);
             }
         };
+        if self.foreign(message.pipeline()) {
+            if let RepartitionMessage::Partial { accumulator, .. } = &message {
+                out.metrics.other_pipeline_partials_discarded.get_or_create(out.labels).inc();
+                out.metrics.other_pipeline_records_discarded.get_or_create(out.labels).inc_by(accumulator.count);
+            }
+            return;
+        }
         match message {
-            RepartitionMessage::Reset { src, owner, from } => {
+            RepartitionMessage::Reset { src, owner, from, .. } => {
                 if !self.reset(&src, owner, from, input.offset) {
                     tracing::info!(src, from, "ignored the late reset of a replaced owner of a source partition");
                 }
             }
-            RepartitionMessage::Owner { src, owner } => self.owner(src, owner, input.offset),
+            RepartitionMessage::Owner { src, owner, .. } => self.owner(src, owner, input.offset),
             RepartitionMessage::Progress { src, owner, watermark, through, .. } => {
                 self.progress(src, owner, watermark, through, input.offset)
             }
-            RepartitionMessage::Partial { src, owner, from, to, window: start, accumulator } => {
+            RepartitionMessage::Partial { src, owner, from, to, window: start, accumulator, .. } => {
                 let key = input.key.map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
                 let records = accumulator.count;
                 let outcome = self.partial(src, owner, from, to, start, window.size_ms, key, accumulator, input.offset);
