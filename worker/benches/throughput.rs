@@ -3,7 +3,10 @@
 //! (c) a JSON filter + map, (d) word count with a 10 s tumbling window, each as records/s and
 //! as a ratio to (a). Each rate is timed from the first record read to the N-th, so group
 //! joins do not count. Beside each case it prints the same work as a hand-written rdkafka loop,
-//! and the worker's engine alone, without Kafka.
+//! and the worker's engine alone, without Kafka. Case (i) is the cost of reading with
+//! `isolation.level=read_committed`, as every worker does: the raw consumer with
+//! `read_uncommitted` on the same input, and with `read_committed` on the same records written
+//! in transactions of 1 000 (the input of a job downstream of an exactly-once one).
 //!
 //! `cargo bench -p streamjob-worker --bench throughput -- [--records N] [--repeat R] [--bootstrap HOST:PORT] [--engine-only]`
 //! Without `--bootstrap` the broker is librdkafka's mock cluster in this process. Each run makes
@@ -22,7 +25,7 @@ use clap::Parser;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use streamjob_worker::engine::{Engine, Input};
 use streamjob_worker::mock_broker::MockBroker;
 use streamjob_worker::pipeline::CompiledPipeline;
@@ -42,7 +45,7 @@ struct Args {
     #[arg(long)]
     bootstrap: Option<String>,
     /// Which cases to run, for example `ab` (the raw consumer always runs: it is the baseline).
-    #[arg(long, default_value = "abcd")]
+    #[arg(long, default_value = "abcdi")]
     cases: String,
     /// Runs of each case; the median is printed.
     #[arg(long, default_value_t = 3)]
@@ -105,13 +108,50 @@ fn produce(bootstrap: &str, topic: &str, records: usize, make: fn(usize) -> Stri
     Ok(())
 }
 
+/// The records of `produce`, written in transactions of `TRANSACTION_RECORDS` by a
+/// transactional producer.
+fn produce_in_transactions(
+    bootstrap: &str,
+    topic: &str,
+    records: usize,
+    make: fn(usize) -> String,
+) -> anyhow::Result<()> {
+    const TIMEOUT: Duration = Duration::from_secs(60);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("transactional.id", format!("{topic}-writer"))
+        .create()?;
+    producer.init_transactions(TIMEOUT)?;
+    for first in (0..records).step_by(TRANSACTION_RECORDS) {
+        producer.begin_transaction()?;
+        for i in first..(first + TRANSACTION_RECORDS).min(records) {
+            let (key, value) = (format!("k{i}"), make(i));
+            send_waiting(&producer, BaseRecord::to(topic).key(key.as_bytes()).payload(value.as_bytes()))?;
+        }
+        producer.commit_transaction(TIMEOUT)?;
+    }
+    Ok(())
+}
+
+const TRANSACTION_RECORDS: usize = 1_000;
+
+/// librdkafka's default isolation level, and what every worker reads with.
+const READ_COMMITTED: &str = "read_committed";
+
 /// A consumer of every partition of `topic` from the beginning, outside any group's commits.
-fn assigned_consumer(bootstrap: &str, topic: &str, group: &str) -> anyhow::Result<BaseConsumer> {
+fn assigned_consumer_reading(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    isolation: &str,
+) -> anyhow::Result<BaseConsumer> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("fetch.queue.backoff.ms", "10")
         .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
         .create()?;
     assign_from_beginning(&consumer, topic)?;
     Ok(consumer)
@@ -123,9 +163,20 @@ fn consume(
     topic: &str,
     records: usize,
     group: &str,
+    handle: impl FnMut(&BorrowedMessage<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    consume_reading(bootstrap, topic, records, group, READ_COMMITTED, handle)
+}
+
+fn consume_reading(
+    bootstrap: &str,
+    topic: &str,
+    records: usize,
+    group: &str,
+    isolation: &str,
     mut handle: impl FnMut(&BorrowedMessage<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<f64> {
-    let consumer = assigned_consumer(bootstrap, topic, group)?;
+    let consumer = assigned_consumer_reading(bootstrap, topic, group, isolation)?;
     let mut count = 0;
     let mut first: Option<Instant> = None;
     while count < records {
@@ -141,6 +192,38 @@ fn consume(
 /// (a): only counts.
 fn raw_consumer(bootstrap: &str, run: &str, records: usize) -> anyhow::Result<f64> {
     consume(bootstrap, &Feed::Json.topic(run), records, &format!("{run}-raw"), |_| Ok(()))
+}
+
+/// (i): only counts, reading `topic` with `isolation`.
+fn raw_consumer_reading(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    isolation: &str,
+    records: usize,
+) -> anyhow::Result<f64> {
+    consume_reading(bootstrap, topic, records, group, isolation, |_| Ok(()))
+}
+
+/// (i): the raw consumer with `read_uncommitted` on the JSON input, and with `read_committed`
+/// on the same records written in transactions.
+fn isolation_cases(bootstrap: &str, run: &str, records: usize, repeat: usize) -> anyhow::Result<Results> {
+    let (json, transactional) = (Feed::Json.topic(run), transactional_topic(run));
+    produce_in_transactions(bootstrap, &transactional, records, json_record)?;
+    let uncommitted = median_of(repeat, |i| {
+        raw_consumer_reading(bootstrap, &json, &format!("{run}-uncommitted-{i}"), "read_uncommitted", records)
+    })?;
+    let in_transactions = median_of(repeat, |i| {
+        raw_consumer_reading(bootstrap, &transactional, &format!("{run}-committed-{i}"), READ_COMMITTED, records)
+    })?;
+    Ok(vec![
+        ("(i) raw consumer, read_uncommitted", uncommitted, None),
+        ("(i) raw, read_committed, in transactions", in_transactions, None),
+    ])
+}
+
+fn transactional_topic(run: &str) -> String {
+    format!("{run}-in-transactions")
 }
 
 /// The same work as a case, written the way a hand-written rdkafka loop does it: no offset
@@ -344,6 +427,7 @@ fn run_topics(run: &str) -> Vec<String> {
     let mut topics = vec![Feed::Json.topic(run), Feed::Text.topic(run)];
     topics.extend(['b', 'c', 'd'].map(|letter| format!("{run}-out-{letter}")));
     topics.extend(['b', 'c'].map(|letter| format!("{run}-hand-{letter}")));
+    topics.push(transactional_topic(run));
     topics
 }
 
@@ -399,6 +483,9 @@ fn main() -> anyhow::Result<()> {
     let text_missing = not_kept_whole(&bootstrap, &Feed::Text.topic(&run), n)?;
     let raw = median_of(args.repeat, |_| raw_consumer(&bootstrap, &run, n))?;
     let mut results: Results = vec![("(a) raw rdkafka consumer, counting", raw, None)];
+    if args.cases.contains('i') {
+        results.extend(isolation_cases(&bootstrap, &run, n, args.repeat)?);
+    }
     for (letter, case, manifest, feed) in cases(&run).iter().filter(|(letter, ..)| args.cases.contains(*letter)) {
         if let (Feed::Text, Some(missing)) = (feed, &text_missing) {
             println!("{case}: not reported: {missing}");
